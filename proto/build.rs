@@ -1,0 +1,11 @@
+//! Compiles `rlhf/v1/*.proto` with protox (pure Rust, no `protoc` needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["rlhf/v1/common.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["."])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! `rlhf bench ...`: measured numbers printed as tables. Nothing here is asserted by tests.
+
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use clap::{Args, Subcommand};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rlhf_trainer::{Gpt2Config, Heads, SamplingConfig};
+
+use crate::device::Device;
+use crate::with_backend;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Tokens/s of batched KV-cache sampling on random weights.
+    Generate(GenerateBench),
+}
+
+#[derive(Args)]
+pub struct GenerateBench {
+    /// Model presets, comma separated (tiny, nano, distilgpt2, gpt2, gpt2-medium).
+    #[arg(long, value_delimiter = ',', default_value = "tiny")]
+    config: Vec<String>,
+    /// Batch sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
+    #[arg(long, default_value_t = 16)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Timed runs per row (after one warm-up run); the table shows the median.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Generate(args) => with_backend!(args.device, |B, device| bench_generate::<B>(&args, &device)),
+    }
+}
+
+fn bench_generate<B: Backend>(args: &GenerateBench, device: &B::Device) -> anyhow::Result<()> {
+    println!("| config | device | batch | prompt_len | new_tokens | median s | tokens/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for name in &args.config {
+        let config = Gpt2Config::preset(name)?;
+        let model = config.init::<B>(Heads::Lm, device);
+        for &batch in &args.batch {
+            let mut rng = StdRng::seed_from_u64(0);
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..config.vocab_size as u32)).collect())
+                .collect();
+            let sampling =
+                SamplingConfig { max_new_tokens: args.new_tokens, stop_at_eos: false, ..Default::default() };
+            let mut times = Vec::new();
+            for run in 0..=args.runs.max(1) {
+                let start = Instant::now();
+                let out = rlhf_trainer::generate(&model, &prompts, 0, &sampling, device)?;
+                assert_eq!(out.completion_ids[0].len(), args.new_tokens);
+                if run > 0 {
+                    times.push(start.elapsed().as_secs_f64());
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            let tokens_per_s = (batch * args.new_tokens) as f64 / median;
+            println!(
+                "| {name} | {} | {batch} | {} | {} | {median:.3} | {tokens_per_s:.1} |",
+                args.device, args.prompt_len, args.new_tokens
+            );
+        }
+    }
+    Ok(())
+}

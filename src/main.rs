@@ -1,0 +1,55 @@
+//! `rlhf`: one binary for every role. Each subcommand parses its flags, then calls library code.
+
+mod bench;
+mod device;
+mod export;
+mod generate;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rlhf", version, about = "Distributed, actor-based RLHF for GPT-2 models: one binary, no Python")]
+struct Cli {
+    /// Log format on stderr (`RUST_LOG` sets the level).
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    log_format: logging::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate continuations of text prompts with a GPT-2 model directory.
+    Generate(generate::GenerateArgs),
+    /// Print per-token log-probabilities of texts under a model.
+    Logprobs(generate::LogprobsArgs),
+    /// Write a model as a Hugging Face directory (config.json, model.safetensors, tokenizer).
+    Export(export::ExportArgs),
+    /// Benchmarks that print tables (numbers are measured, never asserted).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Generate(args) => generate::generate(args),
+        Command::Logprobs(args) => generate::logprobs(args),
+        Command::Export(args) => export::export(args),
+        Command::Bench(command) => bench::run(command),
+    }
+}

@@ -1,0 +1,116 @@
+//! `rlhf generate | logprobs | export | bench` on the fixture model, through the real binary.
+
+use super::{fixture, path_str, rlhf_err, rlhf_ok};
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+}
+
+#[test]
+fn generate_prints_one_json_object_per_prompt() {
+    let model = fixture("lm");
+    let stdout = rlhf_ok(&[
+        "generate", "--model", path_str(&model), "--prompt", "This movie", "--prompt", "I hated every minute of it",
+        "--max-new-tokens", "8", "--greedy", "--ignore-eos", "--format", "json",
+    ]);
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["prompt"], "This movie");
+    for line in &lines {
+        assert_eq!(line["completion_ids"].as_array().unwrap().len(), 8);
+        let logprobs = line["logprobs"].as_array().unwrap();
+        assert_eq!(logprobs.len(), 8);
+        assert!(logprobs.iter().all(|l| l.as_f64().unwrap() <= 0.0));
+        assert!(!line["prompt_ids"].as_array().unwrap().is_empty());
+        assert!(line["completion"].is_string());
+    }
+}
+
+#[test]
+fn sampling_with_a_seed_is_repeatable() {
+    let model = fixture("lm");
+    let args = |seed: &'static str| {
+        vec!["generate", "--model", path_str(&model), "--prompt", "The plot", "--max-new-tokens", "12",
+            "--temperature", "0.9", "--top-k", "50", "--top-p", "0.95", "--seed", seed, "--format", "json"]
+    };
+    let a = rlhf_ok(&args("5"));
+    assert_eq!(a, rlhf_ok(&args("5")));
+    assert_ne!(json_lines(&a)[0]["completion_ids"], json_lines(&rlhf_ok(&args("6")))[0]["completion_ids"]);
+}
+
+#[test]
+fn logprobs_has_one_value_per_next_token() {
+    let model = fixture("lm");
+    let stdout = rlhf_ok(&["logprobs", "--model", path_str(&model), "--text", "A great film.", "--text", "Bad."]);
+    for line in json_lines(&stdout) {
+        let ids = line["ids"].as_array().unwrap().len();
+        let logprobs = line["logprobs"].as_array().unwrap();
+        assert_eq!(logprobs.len(), ids - 1);
+        assert!(logprobs.iter().all(|l| l.as_f64().unwrap() <= 0.0));
+    }
+}
+
+#[test]
+fn an_exported_model_generates_exactly_like_the_original() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("exported");
+    rlhf_ok(&["export", "--model", path_str(&fixture("lm")), "--out", path_str(&out)]);
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        assert!(out.join(file).is_file(), "{file} missing from the export");
+    }
+    let greedy = |dir: &std::path::Path| {
+        rlhf_ok(&["generate", "--model", path_str(dir), "--prompt", "Why", "--max-new-tokens", "10", "--greedy", "--format", "json"])
+    };
+    assert_eq!(greedy(&fixture("lm")), greedy(&out));
+    // A second export onto the same directory is refused.
+    let err = rlhf_err(&["export", "--model", path_str(&fixture("lm")), "--out", path_str(&out)]);
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let model = fixture("lm");
+    let model = path_str(&model);
+    let err = rlhf_err(&["generate", "--model", "./no/such/model", "--prompt", "x"]);
+    assert!(err.contains("./no/such/model") && err.contains("no such directory"), "{err}");
+
+    let err = rlhf_err(&["generate", "--model", model, "--prompt", "x", "--device", "cuda"]);
+    if cfg!(feature = "cuda") {
+        assert!(err.contains("--device cuda"), "{err}");
+    } else {
+        assert!(err.contains("without CUDA support"), "{err}");
+    }
+    let err = rlhf_err(&["generate", "--model", model, "--prompt", "x", "--device", "tpu"]);
+    assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
+
+    let err = rlhf_err(&["generate", "--model", model, "--prompt", "x", "--temperature", "0"]);
+    assert!(err.contains("temperature"), "{err}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("lm").join("config.json"), tmp.path().join("config.json")).unwrap();
+    let err = rlhf_err(&["generate", "--model", path_str(tmp.path()), "--prompt", "x"]);
+    assert!(err.contains(path_str(tmp.path())) && err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn a_hub_name_fails_fast_offline_and_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["generate", "--model", "openai-community/gpt2", "--prompt", "x"])
+        .env("HF_HOME", tmp.path()) // an empty cache
+        .env("HF_ENDPOINT", "http://127.0.0.1:9") // nothing listens there: unreachable on any machine
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hub cannot be reached") && err.contains("pass its directory"), "{err}");
+}
+
+#[test]
+fn bench_generate_prints_a_table() {
+    let stdout = rlhf_ok(&["bench", "generate", "--config", "nano", "--batch", "1,2", "--prompt-len", "4", "--new-tokens", "3", "--runs", "1"]);
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| nano")).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(stdout.contains("tokens/s"));
+}

@@ -1,0 +1,46 @@
+//! The one integration-test binary: drives the real `rlhf` executable and checks the workspace's
+//! architecture rules.
+
+mod architecture;
+mod cli;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The fixture GPT-2 written by `trainer/fixtures/make_gpt2_fixtures.py`.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("trainer/fixtures/gpt2").join(name)
+}
+
+/// Runs `rlhf` with `args` and returns its output (whatever the exit status).
+pub fn rlhf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("HF_HUB_OFFLINE", "0")
+        .output()
+        .expect("the rlhf binary runs")
+}
+
+/// Runs `rlhf` and returns stdout, failing the test with stderr if it did not succeed.
+pub fn rlhf_ok(args: &[&str]) -> String {
+    let out = rlhf(args);
+    assert!(out.status.success(), "rlhf {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs `rlhf` expecting failure; returns stderr.
+pub fn rlhf_err(args: &[&str]) -> String {
+    let out = rlhf(args);
+    assert!(!out.status.success(), "rlhf {args:?} unexpectedly succeeded");
+    String::from_utf8(out.stderr).expect("utf-8 output")
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}

@@ -1,0 +1,96 @@
+//! Typed errors, one enum per boundary. Messages are lowercase and name the file or field.
+
+use std::path::PathBuf;
+
+/// Reading or writing `config.json`, or choosing a preset.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot access {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid GPT-2 config.json: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+    #[error("unknown model preset {name:?} (known: {known})")]
+    UnknownPreset { name: String, known: String },
+}
+
+/// Loading or exporting a model directory.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{dir} holds no weights: expected model.safetensors or pytorch_model.bin")]
+    NoWeights { dir: PathBuf },
+    #[error("cannot read weights from {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("cannot write {path}: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error(
+        "{path} does not match the config: {}",
+        describe_mismatch(missing, unexpected, misshaped)
+    )]
+    Mismatch { path: PathBuf, missing: Vec<String>, unexpected: Vec<String>, misshaped: Vec<String> },
+    #[error("{path} is a {found} checkpoint but a {expected} is needed")]
+    WrongKind { path: PathBuf, expected: String, found: String },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+fn describe_mismatch(missing: &[String], unexpected: &[String], misshaped: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing tensors [{}]", missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("unexpected tensors [{}]", unexpected.join(", ")));
+    }
+    if !misshaped.is_empty() {
+        parts.push(format!("mis-shaped tensors [{}]", misshaped.join("; ")));
+    }
+    parts.join("; ")
+}
+
+/// Loading or using a tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("no tokenizer in {dir}: expected tokenizer.json, or vocab.json + merges.txt")]
+    NotFound { dir: PathBuf },
+    #[error("cannot load tokenizer from {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("tokenizer from {path} has no end-of-text token: set eos_token in tokenizer_config.json or add <|endoftext|>")]
+    NoEos { path: PathBuf },
+    #[error("cannot {action} with the tokenizer: {message}")]
+    Codec { action: &'static str, message: String },
+    #[error("cannot write tokenizer files to {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// Resolving a remote model name.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(
+        "{name:?} is not a local directory and the Hugging Face hub cannot be reached ({message}); \
+         download the model elsewhere and pass its directory (config.json, model.safetensors, tokenizer.json) instead"
+    )]
+    Unreachable { name: String, message: String },
+    #[error("{path}: no such directory")]
+    NoSuchDir { path: PathBuf },
+    #[error("{name:?} is not a local directory, and this build has no hub support (feature `hub`); pass a model directory")]
+    Disabled { name: String },
+}
+
+/// Bad input to generation or scoring.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{field} is empty")]
+    Empty { field: &'static str },
+    #[error("token id {id} in {field} is outside the vocabulary (size {vocab_size})")]
+    TokenOutOfRange { field: &'static str, id: u32, vocab_size: usize },
+    #[error("{field}: {len} tokens exceed the model's n_positions ({n_positions})")]
+    TooLong { field: &'static str, len: usize, n_positions: usize },
+    #[error("{field} must be {expected}, got {got}")]
+    Invalid { field: &'static str, expected: &'static str, got: String },
+}

@@ -1,0 +1,54 @@
+//! Model names to directories: a local path is used as is; anything else is a Hugging Face hub id
+//! (`gpt2`, `openai-community/gpt2`) resolved through the local hub cache, then the network.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::HubError;
+
+/// Files a GPT-2 directory needs; others in the repository are not downloaded.
+#[cfg(feature = "hub")]
+const WANTED: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// Resolves `name` to a local model directory.
+pub fn resolve(name: &str) -> Result<PathBuf, HubError> {
+    let path = Path::new(name);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    // Hub ids are `name` or `owner/name`; anything else was meant as a path.
+    let looks_like_path = name.starts_with(['.', '/', '~']) || name.matches('/').count() > 1 || name.contains('\\');
+    if looks_like_path || name.is_empty() {
+        return Err(HubError::NoSuchDir { path: path.to_path_buf() });
+    }
+    download(name)
+}
+
+#[cfg(feature = "hub")]
+fn download(name: &str) -> Result<PathBuf, HubError> {
+    let unreachable = |e: &dyn std::fmt::Display| HubError::Unreachable { name: name.to_string(), message: e.to_string() };
+    let (owner, repo) = hf_hub::split_id(name);
+    // One attempt, no retries: offline, the answer should come in seconds, not minutes.
+    let client = hf_hub::HFClient::builder().retry_max_attempts(1).build_sync().map_err(|e| unreachable(&e))?;
+    let model = client.model(owner, repo);
+    let allow: Vec<String> = WANTED.iter().map(|s| s.to_string()).collect();
+    if let Ok(dir) = model.snapshot_download().allow_patterns(allow.clone()).local_files_only(true).send() {
+        if dir.join("config.json").exists() {
+            return Ok(dir);
+        }
+    }
+    tracing::info!(model = name, "downloading from the Hugging Face hub");
+    model.snapshot_download().allow_patterns(allow).send().map_err(|e| unreachable(&e))
+}
+
+#[cfg(not(feature = "hub"))]
+fn download(name: &str) -> Result<PathBuf, HubError> {
+    Err(HubError::Disabled { name: name.to_string() })
+}

@@ -1,0 +1,23 @@
+//! rlhf's compute core: GPT-2 on burn, Hugging Face interop, sampling and scoring.
+//!
+//! **Invariant:** pure compute. No tokio, no tonic, no actors: the processes around this crate
+//! call it, and it never knows whether it runs in a learner, a worker or a test.
+//! Everything is generic over the burn backend; concrete backends are chosen by the binary.
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod gpt2;
+pub mod hf;
+pub mod hub;
+pub mod sampling;
+pub mod scoring;
+pub mod tokenizer;
+
+pub use config::Gpt2Config;
+pub use gpt2::{Gpt2, Heads, KvCache};
+pub use sampling::{Generation, SamplingConfig, generate};
+pub use tokenizer::Tokenizer;
+
+#[cfg(test)]
+mod parity;

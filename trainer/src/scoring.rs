@@ -1,0 +1,82 @@
+//! One forward pass over whole sequences: per-token log-probabilities, values and scores.
+//!
+//! This is what the learner (log-probs and values of prompt + response) and the reward server
+//! (scores) call.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::batch::{left_pad, unpad_rows, validate};
+use crate::error::InputError;
+use crate::gpt2::Gpt2;
+
+/// Log-probability of each next token.
+///
+/// # Shapes
+/// - `logits`: `[batch, seq, vocab]`; `input_ids`: `[batch, seq]`
+/// - returns `[batch, seq - 1]`: entry `i` is `log p(ids[i + 1] | ids[..=i])` under
+///   `softmax(logits / temperature)`
+pub fn next_token_logprobs<B: Backend>(logits: Tensor<B, 3>, input_ids: Tensor<B, 2, Int>, temperature: f32) -> Tensor<B, 2> {
+    let [batch, seq, _] = logits.dims();
+    let logp = log_softmax(logits.narrow(1, 0, seq - 1) / temperature as f64, 2); // [batch, seq - 1, vocab]
+    let next = input_ids.narrow(1, 1, seq - 1).reshape([batch, seq - 1, 1]);
+    logp.gather(2, next).reshape([batch, seq - 1])
+}
+
+/// Results of [`score`], per row, for the row's real tokens only.
+#[derive(Debug, Clone, Default)]
+pub struct Scored {
+    /// `len - 1` values per row: log p(ids[i + 1] | ids[..=i]).
+    pub logprobs: Vec<Vec<f32>>,
+    /// `len` values per row, when the model has a value head.
+    pub values: Option<Vec<Vec<f32>>>,
+    /// `num_labels` values per row, when the model has a score head.
+    pub scores: Option<Vec<Vec<f32>>>,
+}
+
+/// Scores whole sequences in one left-padded batch.
+///
+/// The score head is read where transformers' `GPT2ForSequenceClassification` reads it: at the
+/// token before the first `pad_id` in the row (GPT-2 pads with end-of-text, so a response that
+/// ends in end-of-text is scored at its last word), else at the last token.
+pub fn score<B: Backend>(
+    model: &Gpt2<B>,
+    rows: &[Vec<u32>],
+    pad_id: u32,
+    temperature: f32,
+    with_logprobs: bool,
+    device: &B::Device,
+) -> Result<Scored, InputError> {
+    validate("sequence", rows, model.vocab_size(), model.n_positions())?;
+    if with_logprobs && rows.iter().any(|r| r.len() < 2) {
+        return Err(InputError::Invalid { field: "sequence", expected: "at least 2 tokens for log-probabilities", got: "1".into() });
+    }
+    let padded = left_pad::<B>(rows, pad_id, device);
+    let out = model.forward(padded.input_ids.clone(), padded.position_ids, padded.key_mask, None, with_logprobs);
+    let mut scored = Scored::default();
+    if let Some(logits) = out.logits {
+        let logprobs = next_token_logprobs(logits, padded.input_ids, temperature);
+        let lengths: Vec<usize> = padded.lengths.iter().map(|l| l - 1).collect();
+        scored.logprobs = unpad_rows(logprobs, &lengths);
+    }
+    scored.values = out.values.map(|values| unpad_rows(values, &padded.lengths));
+    if let Some(scores) = out.scores {
+        let [batch, width, n_labels] = scores.dims();
+        let at: Vec<i64> = rows
+            .iter()
+            .map(|row| {
+                let pad = width - row.len();
+                let index = match row.iter().position(|&t| t == pad_id) {
+                    Some(first) if first > 0 => first - 1,
+                    _ => row.len() - 1,
+                };
+                (pad + index) as i64
+            })
+            .collect();
+        let index = Tensor::<B, 3, Int>::from_data(TensorData::new(at, [batch, 1, 1]), device).expand([batch, 1, n_labels]);
+        let picked: Vec<f32> = scores.gather(1, index).into_data().iter::<f32>().collect(); // [batch, 1, n_labels]
+        scored.scores = Some(picked.chunks(n_labels).map(<[f32]>::to_vec).collect());
+    }
+    Ok(scored)
+}
