@@ -31,6 +31,9 @@ pub struct GenerateBench {
     /// Timed runs per row (after one warm-up run); the table shows the median.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Greedy decoding instead of sampling (temperature 1, no top-k/top-p).
+    #[arg(long)]
+    greedy: bool,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -53,7 +56,7 @@ fn bench_generate<B: Backend>(args: &GenerateBench, device: &B::Device) -> anyho
                 .map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..config.vocab_size as u32)).collect())
                 .collect();
             let sampling =
-                SamplingConfig { max_new_tokens: args.new_tokens, stop_at_eos: false, ..Default::default() };
+                SamplingConfig { max_new_tokens: args.new_tokens, greedy: args.greedy, stop_at_eos: false, ..Default::default() };
             let mut times = Vec::new();
             for run in 0..=args.runs.max(1) {
                 let start = Instant::now();

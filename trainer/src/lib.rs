@@ -1,4 +1,4 @@
-//! rlhf's compute core: GPT-2 on burn, Hugging Face interop, sampling and scoring.
+//! rlhf's compute core: GPT-2 on burn, Hugging Face interop, sampling, scoring and the PPO math.
 //!
 //! **Invariant:** pure compute. No tokio, no tonic, no actors: the processes around this crate
 //! call it, and it never knows whether it runs in a learner, a worker or a test.
@@ -10,6 +10,7 @@ pub mod error;
 pub mod gpt2;
 pub mod hf;
 pub mod hub;
+pub mod ppo;
 pub mod sampling;
 pub mod scoring;
 pub mod tokenizer;
@@ -21,3 +22,7 @@ pub use tokenizer::Tokenizer;
 
 #[cfg(test)]
 mod parity;
+#[cfg(test)]
+mod ppo_parity;
+#[cfg(test)]
+mod testutil;

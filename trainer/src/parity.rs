@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
 
 use crate::gpt2::Heads;
+use crate::testutil::max_abs_diff;
 use crate::sampling::{SamplingConfig, generate};
 use crate::scoring::score;
 use crate::{Gpt2, Tokenizer, hf};
@@ -15,29 +15,18 @@ use crate::{Gpt2, Tokenizer, hf};
 type B = Flex;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/gpt2")
+    crate::testutil::fixtures().join("gpt2")
 }
 
-/// A reference tensor as (shape, f64 values).
-struct Reference {
-    bytes: Vec<u8>,
-}
+struct Reference(crate::testutil::Reference);
 
 impl Reference {
     fn load() -> Self {
-        Self { bytes: std::fs::read(fixtures().join("reference.safetensors")).unwrap() }
+        Self(crate::testutil::Reference::load(&fixtures().join("reference.safetensors")))
     }
 
     fn get(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
-        let tensors = SafeTensors::deserialize(&self.bytes).unwrap();
-        let view = tensors.tensor(name).unwrap();
-        let data = view.data();
-        let values = match view.dtype() {
-            Dtype::F32 => data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            Dtype::I64 => data.chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            other => panic!("unexpected dtype {other:?}"),
-        };
-        (view.shape().to_vec(), values)
+        self.0.get(name)
     }
 
     /// The prompts, unpadded.
@@ -55,11 +44,6 @@ impl Reference {
 
 fn load(name: &str) -> Gpt2<B> {
     hf::load::<B>(&fixtures().join(name), &Default::default()).unwrap().1
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 #[test]
