@@ -1,0 +1,443 @@
+//! Datasets every command reads: labelled text, preference pairs, and RL prompts.
+//!
+//! Formats:
+//! - labelled text: JSONL `{"text", "label"}` (HF `imdb`), CSV with named columns, and the aclImdb
+//!   folder layout (`<split>/pos/*.txt`, `<split>/neg/*.txt`);
+//! - preference pairs: TRL's JSONL `{"prompt", "chosen", "rejected"}` (the prompt may be implicit:
+//!   the common prefix of chosen and rejected), and OpenAI's summarize-from-feedback comparisons
+//!   (`info.post`, `summaries[i].text`, `choice`);
+//! - derived pairs for sentiment: a positive review chosen over a negative one;
+//! - RL prompts: the first N tokens of reviews longer than 200 characters, N ~ U[min, max].
+//!
+//! A malformed row is an error naming the file, the line and the field, unless the caller asks to
+//! skip and count such rows ([`OnMalformed::Skip`]).
+
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::TokenizerError;
+use crate::tokenizer::Tokenizer;
+
+/// Errors reading a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}: {field}: expected {expected}")]
+    Malformed { path: PathBuf, line: usize, field: String, expected: String },
+    #[error("{path}: cannot tell the format (expected .jsonl, .csv, or an aclImdb folder with pos/ and neg/)")]
+    UnknownFormat { path: PathBuf },
+    #[error("{path}: no usable rows")]
+    Empty { path: PathBuf },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// What to do with a malformed row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMalformed {
+    /// Stop with an error naming the file, line and field.
+    #[default]
+    Error,
+    /// Skip the row and count it.
+    Skip,
+}
+
+/// A labelled text (label 1 = positive, 0 = negative for sentiment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextExample {
+    pub text: String,
+    pub label: i64,
+}
+
+/// A preference pair: `chosen` is preferred to `rejected` as a continuation of `prompt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferencePair {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+/// Rows read, plus how many malformed rows were skipped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<T> {
+    pub rows: Vec<T>,
+    pub skipped: usize,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io { path: path.to_path_buf(), source }
+}
+
+fn malformed(path: &Path, line: usize, field: &str, expected: &str) -> DataError {
+    DataError::Malformed { path: path.to_path_buf(), line, field: field.to_string(), expected: expected.to_string() }
+}
+
+/// Parses each non-empty line of a JSONL file with `parse`, honouring `on_malformed`.
+fn read_jsonl<T>(
+    path: &Path,
+    on_malformed: OnMalformed,
+    mut parse: impl FnMut(&Value, usize) -> Result<T, DataError>,
+) -> Result<Loaded<T>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    let mut loaded = Loaded { rows: Vec::new(), skipped: 0 };
+    // Split on '\n' only: review texts may hold other Unicode line separators.
+    for (index, line) in text.split('\n').enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = serde_json::from_str::<Value>(line)
+            .map_err(|e| malformed(path, index + 1, "line", &format!("a JSON object ({e})")))
+            .and_then(|value| parse(&value, index + 1));
+        match (row, on_malformed) {
+            (Ok(row), _) => loaded.rows.push(row),
+            (Err(_), OnMalformed::Skip) => loaded.skipped += 1,
+            (Err(e), OnMalformed::Error) => return Err(e),
+        }
+    }
+    if loaded.skipped > 0 {
+        tracing::warn!(path = %path.display(), skipped = loaded.skipped, "skipped malformed rows");
+    }
+    if loaded.rows.is_empty() {
+        return Err(DataError::Empty { path: path.to_path_buf() });
+    }
+    Ok(loaded)
+}
+
+fn string_field(value: &Value, field: &str, path: &Path, line: usize) -> Result<String, DataError> {
+    value.get(field).and_then(Value::as_str).map(str::to_string).ok_or_else(|| malformed(path, line, field, "a string"))
+}
+
+fn label_field(value: &Value, field: &str, path: &Path, line: usize) -> Result<i64, DataError> {
+    let label = match value.get(field) {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::Bool(b)) => Some(*b as i64),
+        Some(Value::String(s)) => parse_label(s),
+        _ => None,
+    };
+    label.ok_or_else(|| malformed(path, line, field, "an integer label or pos/neg"))
+}
+
+/// Labels written as text: an integer, or pos/positive/neg/negative.
+fn parse_label(text: &str) -> Option<i64> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "pos" | "positive" => Some(1),
+        "neg" | "negative" => Some(0),
+        other => other.parse().ok(),
+    }
+}
+
+/// Reads labelled text: `.jsonl`, `.csv` (columns `text_field`, `label_field`), or an aclImdb
+/// folder (`dir/pos`, `dir/neg`, or `dir/<split>/{pos,neg}` with `split` "train").
+pub fn load_text(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+    load_text_fields(path, "text", "label", on_malformed)
+}
+
+/// [`load_text`] with the column names given.
+pub fn load_text_fields(
+    path: &Path,
+    text_field: &str,
+    label_field_name: &str,
+    on_malformed: OnMalformed,
+) -> Result<Loaded<TextExample>, DataError> {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    if path.is_dir() {
+        return load_aclimdb(path);
+    }
+    match extension.as_str() {
+        "jsonl" | "json" => read_jsonl(path, on_malformed, |v, line| {
+            Ok(TextExample {
+                text: string_field(v, text_field, path, line)?,
+                label: label_field(v, label_field_name, path, line)?,
+            })
+        }),
+        "csv" => load_csv(path, text_field, label_field_name, on_malformed),
+        _ => Err(DataError::UnknownFormat { path: path.to_path_buf() }),
+    }
+}
+
+fn load_csv(path: &Path, text_field: &str, label_field_name: &str, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+    let mut reader = csv::Reader::from_path(path).map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?;
+    let headers = reader.headers().map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?.clone();
+    let column = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| malformed(path, 1, name, "a column of that name"))
+    };
+    let (text_col, label_col) = (column(text_field)?, column(label_field_name)?);
+    let mut loaded = Loaded { rows: Vec::new(), skipped: 0 };
+    for (index, record) in reader.records().enumerate() {
+        let line = index + 2;
+        let row = record
+            .map_err(|e| malformed(path, line, "record", &format!("a CSV record ({e})")))
+            .and_then(|r| {
+                let text = r.get(text_col).ok_or_else(|| malformed(path, line, text_field, "a value"))?.to_string();
+                let label = r
+                    .get(label_col)
+                    .and_then(parse_label)
+                    .ok_or_else(|| malformed(path, line, label_field_name, "an integer label or pos/neg"))?;
+                Ok(TextExample { text, label })
+            });
+        match (row, on_malformed) {
+            (Ok(row), _) => loaded.rows.push(row),
+            (Err(_), OnMalformed::Skip) => loaded.skipped += 1,
+            (Err(e), OnMalformed::Error) => return Err(e),
+        }
+    }
+    if loaded.rows.is_empty() {
+        return Err(DataError::Empty { path: path.to_path_buf() });
+    }
+    Ok(loaded)
+}
+
+/// aclImdb layout: `pos/*.txt` and `neg/*.txt` under `dir` (or under `dir/train`).
+fn load_aclimdb(dir: &Path) -> Result<Loaded<TextExample>, DataError> {
+    let root = if dir.join("pos").is_dir() { dir.to_path_buf() } else { dir.join("train") };
+    if !root.join("pos").is_dir() || !root.join("neg").is_dir() {
+        return Err(DataError::UnknownFormat { path: dir.to_path_buf() });
+    }
+    let mut rows = Vec::new();
+    for (sub, label) in [("pos", 1), ("neg", 0)] {
+        let folder = root.join(sub);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .map_err(io_error(&folder))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(io_error(&file))?;
+            rows.push(TextExample { text, label });
+        }
+    }
+    if rows.is_empty() {
+        return Err(DataError::Empty { path: dir.to_path_buf() });
+    }
+    Ok(Loaded { rows, skipped: 0 })
+}
+
+/// Reads TRL's preference JSONL. Without a `prompt` field, the prompt is the longest common
+/// prefix of `chosen` and `rejected` (cut back to a whitespace boundary), as TRL's implicit prompt.
+pub fn load_preferences(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<PreferencePair>, DataError> {
+    read_jsonl(path, on_malformed, |v, line| {
+        let chosen = string_field(v, "chosen", path, line)?;
+        let rejected = string_field(v, "rejected", path, line)?;
+        match v.get("prompt") {
+            Some(Value::String(prompt)) => Ok(PreferencePair { prompt: prompt.clone(), chosen, rejected }),
+            Some(_) => Err(malformed(path, line, "prompt", "a string")),
+            None => Ok(split_implicit_prompt(&chosen, &rejected)),
+        }
+    })
+}
+
+fn split_implicit_prompt(chosen: &str, rejected: &str) -> PreferencePair {
+    let mut common = chosen.char_indices().zip(rejected.chars()).take_while(|((_, a), b)| a == b).count();
+    let chars: Vec<(usize, char)> = chosen.char_indices().collect();
+    // Cut back to the last whitespace so the prompt ends on a word boundary.
+    while common > 0 && !chars[common - 1].1.is_whitespace() {
+        common -= 1;
+    }
+    let byte = chars.get(common).map(|(i, _)| *i).unwrap_or(chosen.len());
+    let rejected_byte = rejected.char_indices().nth(common).map(|(i, _)| i).unwrap_or(rejected.len());
+    PreferencePair { prompt: chosen[..byte].to_string(), chosen: chosen[byte..].to_string(), rejected: rejected[rejected_byte..].to_string() }
+}
+
+/// The TL;DR prompt of a summarize-from-feedback post (the format of Stiennon et al.).
+pub fn tldr_prompt(subreddit: &str, title: &str, post: &str) -> String {
+    format!("SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:")
+}
+
+/// Reads OpenAI summarize-from-feedback comparisons: the chosen summary is
+/// `summaries[choice].text`, the prompt is [`tldr_prompt`] of `info`.
+pub fn load_comparisons(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<PreferencePair>, DataError> {
+    read_jsonl(path, on_malformed, |v, line| {
+        let info = v.get("info").ok_or_else(|| malformed(path, line, "info", "an object"))?;
+        let post = info.get("post").and_then(Value::as_str).ok_or_else(|| malformed(path, line, "info.post", "a string"))?;
+        let title = info.get("title").and_then(Value::as_str).unwrap_or_default();
+        let subreddit = info.get("subreddit").and_then(Value::as_str).unwrap_or_default();
+        let summaries = v.get("summaries").and_then(Value::as_array).filter(|s| s.len() == 2);
+        let summaries = summaries.ok_or_else(|| malformed(path, line, "summaries", "an array of two summaries"))?;
+        let text = |i: usize| {
+            summaries[i]
+                .get("text")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| malformed(path, line, &format!("summaries[{i}].text"), "a string"))
+        };
+        let choice = v.get("choice").and_then(Value::as_u64).filter(|&c| c < 2);
+        let choice = choice.ok_or_else(|| malformed(path, line, "choice", "0 or 1"))? as usize;
+        Ok(PreferencePair { prompt: tldr_prompt(subreddit, title, post), chosen: text(choice)?, rejected: text(1 - choice)? })
+    })
+}
+
+/// How to cut reviews for derived sentiment pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairTruncation {
+    /// Keep whole reviews.
+    Whole,
+    /// Keep the first N tokens of each review.
+    Tokens(usize),
+}
+
+/// Sentiment pairs (the seeds' recipe): each pair's chosen text is a review with label
+/// `preferred_label`, its rejected text one with the other label; empty prompt. Reviews are
+/// shuffled with `seed` and paired in order, so the count is that of the smaller class.
+pub fn sentiment_pairs(
+    examples: &[TextExample],
+    preferred_label: i64,
+    truncation: PairTruncation,
+    tokenizer: &Tokenizer,
+    seed: u64,
+) -> Result<Vec<PreferencePair>, DataError> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut preferred: Vec<&TextExample> = examples.iter().filter(|e| e.label == preferred_label).collect();
+    let mut other: Vec<&TextExample> = examples.iter().filter(|e| e.label != preferred_label).collect();
+    preferred.shuffle(&mut rng);
+    other.shuffle(&mut rng);
+    let cut = |text: &str| -> Result<String, DataError> {
+        match truncation {
+            PairTruncation::Whole => Ok(clean_review(text)),
+            PairTruncation::Tokens(n) => {
+                let ids = tokenizer.encode(&clean_review(text))?;
+                Ok(tokenizer.decode(&ids[..ids.len().min(n)])?)
+            }
+        }
+    };
+    preferred
+        .iter()
+        .zip(&other)
+        .map(|(p, o)| Ok(PreferencePair { prompt: String::new(), chosen: cut(&p.text)?, rejected: cut(&o.text)? }))
+        .collect()
+}
+
+/// IMDb reviews carry HTML line breaks; they become spaces.
+pub fn clean_review(text: &str) -> String {
+    text.replace("<br />", " ").replace("<br/>", " ")
+}
+
+/// RL prompt settings: the seeds' recipe (reviews longer than `min_chars`; the first N tokens,
+/// N uniform in `[min_tokens, max_tokens]`, drawn per sample with `seed`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptConfig {
+    pub min_chars: usize,
+    pub min_tokens: usize,
+    pub max_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for PromptConfig {
+    fn default() -> Self {
+        Self { min_chars: 200, min_tokens: 2, max_tokens: 8, seed: 0 }
+    }
+}
+
+/// Token-id prompts from reviews.
+pub fn rl_prompts(examples: &[TextExample], tokenizer: &Tokenizer, config: &PromptConfig) -> Result<Vec<Vec<u32>>, DataError> {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut prompts = Vec::new();
+    for example in examples.iter().filter(|e| e.text.chars().count() > config.min_chars) {
+        let ids = tokenizer.encode(&clean_review(&example.text))?;
+        let n = rng.random_range(config.min_tokens..=config.max_tokens.max(config.min_tokens)).min(ids.len());
+        if n > 0 {
+            prompts.push(ids[..n].to_vec());
+        }
+    }
+    Ok(prompts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assets() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/assets")
+    }
+
+    fn gpt2_tokenizer() -> Tokenizer {
+        Tokenizer::load(&assets().join("gpt2-tokenizer")).unwrap()
+    }
+
+    #[test]
+    fn imdb_jsonl_loads_balanced() {
+        let loaded = load_text(&assets().join("imdb-sentiment/test.jsonl"), OnMalformed::Error).unwrap();
+        assert_eq!(loaded.rows.len(), 1000);
+        assert_eq!(loaded.rows.iter().filter(|r| r.label == 1).count(), 500);
+    }
+
+    #[test]
+    fn malformed_rows_are_named_or_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.jsonl");
+        std::fs::write(&path, "{\"text\": \"good\", \"label\": 1}\n{\"text\": 3, \"label\": 0}\nnot json\n").unwrap();
+        let err = load_text(&path, OnMalformed::Error).unwrap_err().to_string();
+        assert!(err.contains("bad.jsonl:2: text: expected a string"), "{err}");
+        let loaded = load_text(&path, OnMalformed::Skip).unwrap();
+        assert_eq!((loaded.rows.len(), loaded.skipped), (1, 2));
+    }
+
+    #[test]
+    fn csv_and_aclimdb_layouts_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("reviews.csv");
+        std::fs::write(&csv, "review,sentiment\n\"Great, really\",positive\nAwful,negative\n").unwrap();
+        let loaded = load_text_fields(&csv, "review", "sentiment", OnMalformed::Error).unwrap();
+        assert_eq!(loaded.rows, vec![
+            TextExample { text: "Great, really".into(), label: 1 },
+            TextExample { text: "Awful".into(), label: 0 }
+        ]);
+        let err = load_text(&csv, OnMalformed::Error).unwrap_err().to_string();
+        assert!(err.contains("reviews.csv:1: text: expected a column"), "{err}");
+
+        let acl = dir.path().join("aclImdb");
+        for (sub, text) in [("train/pos", "loved it"), ("train/neg", "hated it")] {
+            std::fs::create_dir_all(acl.join(sub)).unwrap();
+            std::fs::write(acl.join(sub).join("0_9.txt"), text).unwrap();
+        }
+        let loaded = load_text(&acl, OnMalformed::Error).unwrap();
+        assert_eq!(loaded.rows.len(), 2);
+        assert_eq!(loaded.rows[0], TextExample { text: "loved it".into(), label: 1 });
+    }
+
+    #[test]
+    fn preference_pairs_with_explicit_and_implicit_prompts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prefs.jsonl");
+        std::fs::write(
+            &path,
+            "{\"prompt\": \"Q: hi\", \"chosen\": \" hello\", \"rejected\": \" go away\"}\n{\"chosen\": \"The film was great\", \"rejected\": \"The film was bad\"}\n",
+        )
+        .unwrap();
+        let loaded = load_preferences(&path, OnMalformed::Error).unwrap();
+        assert_eq!(loaded.rows[0].prompt, "Q: hi");
+        assert_eq!(loaded.rows[1], PreferencePair { prompt: "The film was ".into(), chosen: "great".into(), rejected: "bad".into() });
+    }
+
+    #[test]
+    fn tldr_comparisons_load_with_the_chosen_summary() {
+        let loaded = load_comparisons(&assets().join("tldr-comparisons/comparisons_batch13_first500.jsonl"), OnMalformed::Error).unwrap();
+        assert_eq!(loaded.rows.len(), 500);
+        let first = &loaded.rows[0];
+        assert!(first.prompt.starts_with("SUBREDDIT: r/") && first.prompt.ends_with("\nTL;DR:"));
+        assert_ne!(first.chosen, first.rejected);
+    }
+
+    #[test]
+    fn sentiment_pairs_and_prompts_follow_the_recipe() {
+        let loaded = load_text(&assets().join("imdb-sentiment/test.jsonl"), OnMalformed::Error).unwrap();
+        let tokenizer = gpt2_tokenizer();
+        let pairs = sentiment_pairs(&loaded.rows[..100], 1, PairTruncation::Tokens(16), &tokenizer, 0).unwrap();
+        assert!(pairs.len() >= 40, "{}", pairs.len());
+        assert!(pairs.iter().all(|p| tokenizer.encode(&p.chosen).unwrap().len() <= 17));
+        let config = PromptConfig::default();
+        let prompts = rl_prompts(&loaded.rows[..50], &tokenizer, &config).unwrap();
+        assert!(!prompts.is_empty() && prompts.iter().all(|p| (2..=8).contains(&p.len())));
+        assert_eq!(prompts, rl_prompts(&loaded.rows[..50], &tokenizer, &config).unwrap());
+        let lengths: std::collections::BTreeSet<usize> = prompts.iter().map(Vec::len).collect();
+        assert!(lengths.len() > 3, "lengths should vary: {lengths:?}");
+    }
+}
