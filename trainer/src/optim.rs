@@ -1,0 +1,135 @@
+//! What every training loop shares: AdamW settings, the learning-rate schedule, and clipping by
+//! the global gradient norm (PyTorch's `clip_grad_norm_`; burn's own clipping is per tensor).
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, adaptor::OptimizerAdaptor};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Learning-rate shape over training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// AdamW and schedule settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub warmup_steps: usize,
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this value; `None` leaves gradients alone.
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 5e-5,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 0,
+            schedule: Schedule::Constant,
+            max_grad_norm: Some(1.0),
+        }
+    }
+}
+
+pub type AdamWOptimizer<M, B> = OptimizerAdaptor<AdamW, M, B>;
+
+impl OptimConfig {
+    pub fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> AdamWOptimizer<M, B> {
+        AdamWConfig::new()
+            .with_beta_1(self.beta1 as f32)
+            .with_beta_2(self.beta2 as f32)
+            .with_epsilon(self.eps as f32)
+            .with_weight_decay(self.weight_decay as f32)
+            .init()
+    }
+
+    /// Learning rate at optimizer step `step` (0-based) of `total_steps`: linear warm-up, then
+    /// constant, linear decay to 0, or cosine decay to 0.
+    pub fn lr_at(&self, step: usize, total_steps: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.learning_rate * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let decay_steps = total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / decay_steps).min(1.0);
+        match self.schedule {
+            Schedule::Constant => self.learning_rate,
+            Schedule::Linear => self.learning_rate * (1.0 - progress),
+            Schedule::Cosine => self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        }
+    }
+}
+
+/// Sums the squares of every gradient of `module`, then (second pass) scales them.
+struct GlobalNorm<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    sum_sq: Option<Tensor<B::InnerBackend, 1>>,
+    scale: Option<f64>,
+    ids: Vec<ParamId>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GlobalNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let id = param.id;
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else { return };
+        match self.scale {
+            None => {
+                let sq = grad.clone().powi_scalar(2).sum();
+                self.sum_sq = Some(match self.sum_sq.take() {
+                    Some(total) => total + sq,
+                    None => sq,
+                });
+                self.ids.push(id);
+                self.grads.register::<B::InnerBackend, D>(id, grad);
+            }
+            Some(scale) => self.grads.register::<B::InnerBackend, D>(id, grad * scale),
+        }
+    }
+}
+
+/// Clips the global L2 norm of `module`'s gradients to `max_norm`; returns the norm before
+/// clipping (logged as `grad_norm`).
+pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: Option<f64>,
+) -> f64 {
+    let mut visitor = GlobalNorm::<B> { grads, sum_sq: None, scale: None, ids: Vec::new() };
+    module.visit(&mut visitor);
+    let norm = visitor.sum_sq.take().map(|s| s.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0);
+    if let Some(max_norm) = max_norm {
+        if norm.is_finite() && norm > max_norm {
+            visitor.scale = Some(max_norm / (norm + 1e-6));
+            module.visit(&mut visitor);
+        }
+    }
+    norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_warm_up_then_decay() {
+        let config = OptimConfig { learning_rate: 1.0, warmup_steps: 2, schedule: Schedule::Linear, ..Default::default() };
+        let lrs: Vec<f64> = (0..6).map(|s| config.lr_at(s, 6)).collect();
+        assert_eq!(lrs, vec![0.5, 1.0, 1.0, 0.75, 0.5, 0.25]);
+        let cosine = OptimConfig { schedule: Schedule::Cosine, ..config };
+        assert!((cosine.lr_at(4, 6) - 0.5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,426 @@
+//! One PPO update over a batch of scored rollouts (TRL 0.11.4's `PPOTrainer.step`), built from the
+//! pure functions in [`crate::ppo`].
+//!
+//! The batch: each rollout is a query, a response, the behaviour log-probs and a score. The step
+//! 1. runs the policy (no grad) for old log-probs and values, and the frozen reference for
+//!    reference log-probs;
+//! 2. shapes per-token rewards (`−β·kl_t`, score on the last response token) and runs GAE;
+//! 3. runs `ppo_epochs` passes of shuffled mini-batches: clipped policy and value losses,
+//!    AdamW, global-norm clipping, the learning-rate schedule;
+//! 4. returns TRL's statistics and updates the KL controller.
+//!
+//! Layout: sequences are left-padded `query ++ response` (`[batch, width]`); per-token tensors
+//! are response-aligned `[batch, resp]` with a mask. Response token `j` of row `i` is predicted at
+//! column `pad_i + query_i + j − 1`, gathered with an index tensor.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{Padded, left_pad, validate};
+use crate::error::InputError;
+use crate::gpt2::{Gpt2, Gpt2Output};
+use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
+use crate::ppo::{
+    KlController, KlEstimator, MissingEos, adjust_scores, entropy_from_logits, gae, kl_penalty, masked_mean,
+    masked_var, policy_loss, shape_rewards, value_loss,
+};
+use crate::scoring::next_token_logprobs;
+
+/// One scored rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub query: Vec<u32>,
+    pub response: Vec<u32>,
+    /// Behaviour log-probs of `response` under the sampling policy (temperature-scaled).
+    pub logprobs: Vec<f32>,
+    pub score: f32,
+}
+
+/// Which log-probs the PPO ratio is taken against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OldLogprobs {
+    /// Recompute with the current policy before the update (TRL).
+    Recompute,
+    /// Use the behaviour log-probs carried by the rollouts (off-policy samples).
+    Behaviour,
+}
+
+/// PPO hyperparameters, named and defaulted as in TRL's `PPOConfig` where it has them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoConfig {
+    pub optim: OptimConfig,
+    pub ppo_epochs: usize,
+    pub mini_batch_size: usize,
+    pub gamma: f64,
+    pub lam: f64,
+    pub cliprange: f64,
+    pub cliprange_value: f64,
+    pub vf_coef: f64,
+    pub kl: KlController,
+    pub kl_estimator: KlEstimator,
+    pub whiten_rewards: bool,
+    /// Skip a mini-batch whose mean ratio exceeds this (TRL's `ratio_threshold`).
+    pub ratio_threshold: f64,
+    /// Sampling temperature; logits are divided by it before every log-prob.
+    pub temperature: f32,
+    pub missing_eos: MissingEos,
+    pub old_logprobs: OldLogprobs,
+    pub seed: u64,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        Self {
+            optim: OptimConfig { learning_rate: 1.41e-5, max_grad_norm: None, ..Default::default() },
+            ppo_epochs: 4,
+            mini_batch_size: 8,
+            gamma: 1.0,
+            lam: 0.95,
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 0.1,
+            kl: KlController::Adaptive { value: 0.2, target: 6.0, horizon: 10000.0 },
+            kl_estimator: KlEstimator::K1,
+            whiten_rewards: false,
+            ratio_threshold: 10.0,
+            temperature: 1.0,
+            missing_eos: MissingEos::Keep,
+            old_logprobs: OldLogprobs::Recompute,
+            seed: 0,
+        }
+    }
+}
+
+/// Statistics of one step, keyed by TRL's names (`ppo/loss/policy`, `objective/kl`, ...).
+pub type Stats = BTreeMap<String, f64>;
+
+/// The policy (with a value head, or beside a separate critic), its frozen reference, and the
+/// optimizer state.
+pub struct PpoTrainer<B: AutodiffBackend> {
+    pub policy: Gpt2<B>,
+    /// A separate value model (N+ / TRL's new trainer), e.g. initialised from the reward model;
+    /// its score head gives one value per token. `None`: the policy's value head is used.
+    pub critic: Option<Gpt2<B>>,
+    pub reference: Gpt2<B::InnerBackend>,
+    pub config: PpoConfig,
+    pub kl: KlController,
+    /// Optimizer steps taken.
+    pub optimizer_steps: usize,
+    policy_optim: AdamWOptimizer<Gpt2<B>, B>,
+    critic_optim: Option<AdamWOptimizer<Gpt2<B>, B>>,
+    eos_id: u32,
+    rng: StdRng,
+    device: B::Device,
+}
+
+/// The batch on the device, in both layouts.
+struct Batch<B: Backend> {
+    seqs: Padded<B>,
+    /// `[batch, resp]`: the column predicting each response token.
+    columns: Tensor<B, 2, Int>,
+    /// `[batch, resp]`
+    mask: Tensor<B, 2>,
+}
+
+impl<B: Backend> Batch<B> {
+    fn new(rollouts: &[Rollout], eos_id: u32, device: &B::Device) -> Self {
+        let rows: Vec<Vec<u32>> = rollouts.iter().map(|r| [r.query.as_slice(), &r.response].concat()).collect();
+        let seqs = left_pad::<B>(&rows, eos_id, device);
+        let resp = rollouts.iter().map(|r| r.response.len()).max().unwrap_or(0);
+        let mut columns = Vec::with_capacity(rollouts.len() * resp);
+        let mut mask = Vec::with_capacity(rollouts.len() * resp);
+        for (rollout, row) in rollouts.iter().zip(&rows) {
+            let start = (seqs.width - row.len() + rollout.query.len() - 1) as i64;
+            for j in 0..resp {
+                let real = j < rollout.response.len();
+                columns.push(if real { start + j as i64 } else { 0 });
+                mask.push(if real { 1.0f32 } else { 0.0 });
+            }
+        }
+        let n = rollouts.len();
+        Batch {
+            seqs,
+            columns: Tensor::from_data(TensorData::new(columns, [n, resp]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [n, resp]), device),
+        }
+    }
+}
+
+/// Per-token values from a value head, or from a score head read at every position.
+fn token_values<B: Backend>(out: &Gpt2Output<B>) -> Option<Tensor<B, 2>> {
+    out.values.clone().or_else(|| {
+        out.scores.clone().map(|s| {
+            let [batch, seq, _] = s.dims();
+            s.narrow(2, 0, 1).reshape([batch, seq])
+        })
+    })
+}
+
+/// Log-probs of each response token. `[batch, width, vocab]` -> `[batch, resp]`
+fn response_logprobs<B: Backend>(logits: Tensor<B, 3>, batch: &Batch<B>, temperature: f32) -> Tensor<B, 2> {
+    let all = next_token_logprobs(logits, batch.seqs.input_ids.clone(), temperature); // [batch, width - 1]
+    all.gather(1, batch.columns.clone())
+}
+
+/// Entropy of the (temperature-scaled) distribution that picked each response token.
+/// `[batch, width, vocab]` -> `[batch, resp]`
+fn response_entropy<B: Backend>(logits: Tensor<B, 3>, batch: &Batch<B>, temperature: f32) -> Tensor<B, 2> {
+    let [_, width, _] = logits.dims();
+    let scaled = logits.narrow(1, 0, width - 1) / temperature as f64;
+    entropy_from_logits(scaled).gather(1, batch.columns.clone())
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_scalar().elem::<f64>()
+}
+
+impl<B: AutodiffBackend> PpoTrainer<B> {
+    /// `policy` must carry a value head unless `critic` is given. `reference` is frozen.
+    pub fn new(
+        policy: Gpt2<B>,
+        critic: Option<Gpt2<B>>,
+        reference: Gpt2<B::InnerBackend>,
+        config: PpoConfig,
+        eos_id: u32,
+        device: &B::Device,
+    ) -> Result<Self, InputError> {
+        if critic.is_none() && policy.v_head.is_none() {
+            return Err(InputError::Invalid { field: "policy", expected: "a value head or a separate critic", got: "neither".into() });
+        }
+        if config.mini_batch_size == 0 || config.ppo_epochs == 0 {
+            return Err(InputError::Invalid { field: "mini_batch_size/ppo_epochs", expected: "at least 1", got: "0".into() });
+        }
+        let policy_optim = config.optim.adamw::<B, Gpt2<B>>();
+        let critic_optim = critic.as_ref().map(|_| config.optim.adamw::<B, Gpt2<B>>());
+        Ok(Self {
+            kl: config.kl.clone(),
+            rng: StdRng::seed_from_u64(config.seed),
+            policy,
+            critic,
+            reference,
+            config,
+            optimizer_steps: 0,
+            policy_optim,
+            critic_optim,
+            eos_id,
+            device: device.clone(),
+        })
+    }
+
+    /// Checks a batch before any tensor is made.
+    fn validate(&self, rollouts: &[Rollout]) -> Result<(), InputError> {
+        if rollouts.is_empty() {
+            return Err(InputError::Empty { field: "rollouts" });
+        }
+        let rows: Vec<Vec<u32>> = rollouts.iter().map(|r| [r.query.as_slice(), &r.response].concat()).collect();
+        validate("rollout", &rows, self.policy.vocab_size(), self.policy.n_positions())?;
+        for r in rollouts {
+            if r.query.is_empty() || r.response.is_empty() {
+                return Err(InputError::Empty { field: "rollout query or response" });
+            }
+            if r.logprobs.len() != r.response.len() {
+                return Err(InputError::Invalid {
+                    field: "rollout logprobs",
+                    expected: "one per response token",
+                    got: format!("{} for {} tokens", r.logprobs.len(), r.response.len()),
+                });
+            }
+            if !r.score.is_finite() {
+                return Err(InputError::Invalid { field: "rollout score", expected: "a finite number", got: r.score.to_string() });
+            }
+        }
+        Ok(())
+    }
+
+    /// One PPO step (see the module docs); `total_steps` sizes the learning-rate schedule.
+    pub fn step(&mut self, rollouts: &[Rollout], total_optimizer_steps: usize) -> Result<Stats, InputError> {
+        self.validate(rollouts)?;
+        let started = Instant::now();
+        let n = rollouts.len();
+        let temperature = self.config.temperature;
+        let device = self.device.clone();
+
+        // 1. Old log-probs, values and reference log-probs, without gradients.
+        let inner = Batch::<B::InnerBackend>::new(rollouts, self.eos_id, &device);
+        let forward = |model: &Gpt2<B::InnerBackend>, logits: bool| {
+            model.forward(inner.seqs.input_ids.clone(), inner.seqs.position_ids.clone(), inner.seqs.key_mask.clone(), None, logits)
+        };
+        let policy_out = forward(&self.policy.valid(), true);
+        let mut old_logprobs = response_logprobs(policy_out.logits.clone().expect("logits"), &inner, temperature);
+        if self.config.old_logprobs == OldLogprobs::Behaviour {
+            let resp = inner.mask.dims()[1];
+            let flat: Vec<f32> = rollouts
+                .iter()
+                .flat_map(|r| r.logprobs.iter().copied().chain(std::iter::repeat_n(0.0, resp - r.logprobs.len())))
+                .collect();
+            old_logprobs = Tensor::from_data(TensorData::new(flat, [n, resp]), &device);
+        }
+        let critic_out = self.critic.as_ref().map(|c| forward(&c.valid(), false));
+        let values = token_values(critic_out.as_ref().unwrap_or(&policy_out)).expect("a value head or critic");
+        let [_, width] = values.dims();
+        let values = values.narrow(1, 0, width - 1).gather(1, inner.columns.clone()); // [batch, resp]
+        let ref_out = forward(&self.reference, true);
+        let ref_logprobs = response_logprobs(ref_out.logits.expect("logits"), &inner, temperature);
+
+        // 2. Rewards and advantages.
+        let scores = Tensor::<B::InnerBackend, 1>::from_data(
+            TensorData::new(rollouts.iter().map(|r| r.score).collect::<Vec<_>>(), [n]),
+            &device,
+        );
+        let has_eos: Vec<f32> = rollouts.iter().map(|r| (r.response.last() == Some(&self.eos_id)) as u8 as f32).collect();
+        let scores = adjust_scores(scores, Tensor::from_data(TensorData::new(has_eos, [n]), &device), self.config.missing_eos);
+        let kl = kl_penalty(old_logprobs.clone(), ref_logprobs, self.config.kl_estimator);
+        let kl_coef = self.kl.value();
+        let shaped = shape_rewards(scores.clone(), kl.clone(), inner.mask.clone(), kl_coef);
+        let adv = gae(values.clone(), shaped.rewards, inner.mask.clone(), self.config.gamma, self.config.lam, self.config.whiten_rewards);
+        let forward_time = started.elapsed().as_secs_f64();
+
+        let mut stats = Stats::new();
+        let mask = inner.mask.clone();
+        let mean_kl = scalar((kl * mask.clone()).sum_dim(1).mean().reshape([1]));
+        stats.insert("objective/kl".into(), mean_kl);
+        stats.insert("objective/kl_coef".into(), kl_coef);
+        stats.insert("objective/entropy".into(), scalar((old_logprobs.clone().neg() * mask.clone()).sum_dim(1).mean().reshape([1])));
+        stats.insert("ppo/mean_non_score_reward".into(), scalar(masked_mean(shaped.non_score_rewards, mask.clone())));
+        let score_values: Vec<f64> = scores.into_data().iter::<f32>().map(f64::from).collect();
+        let mean_score = score_values.iter().sum::<f64>() / n as f64;
+        stats.insert("ppo/mean_scores".into(), mean_score);
+        let var = score_values.iter().map(|s| (s - mean_score).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
+        stats.insert("ppo/std_scores".into(), var.sqrt());
+        let lengths: Vec<f64> = rollouts.iter().map(|r| r.response.len() as f64).collect();
+        stats.insert("tokens/responses_len_mean".into(), lengths.iter().sum::<f64>() / n as f64);
+        let queries: Vec<f64> = rollouts.iter().map(|r| r.query.len() as f64).collect();
+        stats.insert("tokens/queries_len_mean".into(), queries.iter().sum::<f64>() / n as f64);
+
+        // 3. Epochs of shuffled mini-batches on the autodiff backend.
+        let optimize_started = Instant::now();
+        let to_autodiff = |t: Tensor<B::InnerBackend, 2>| Tensor::<B, 2>::from_inner(t);
+        let batch = Batch::<B>::new(rollouts, self.eos_id, &device);
+        let (old_logprobs, old_values) = (to_autodiff(old_logprobs), to_autodiff(adv.values));
+        let (advantages, returns) = (to_autodiff(adv.advantages), to_autodiff(adv.returns));
+        let mut sums = Stats::new();
+        let (mut n_minibatches, mut skipped_ratio, mut skipped_nonfinite) = (0usize, 0usize, 0usize);
+        let mut grad_norms = Vec::new();
+        for _ in 0..self.config.ppo_epochs {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut self.rng);
+            for chunk in order.chunks(self.config.mini_batch_size) {
+                let rows: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
+                let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [chunk.len()]), &device);
+                let pick2 = |t: &Tensor<B, 2>| t.clone().select(0, index.clone());
+                let pick_int = |t: &Tensor<B, 2, Int>| t.clone().select(0, index.clone());
+                let mb = Batch {
+                    seqs: Padded {
+                        input_ids: pick_int(&batch.seqs.input_ids),
+                        key_mask: batch.seqs.key_mask.clone().int().select(0, index.clone()).equal_elem(1),
+                        position_ids: pick_int(&batch.seqs.position_ids),
+                        lengths: chunk.iter().map(|&i| batch.seqs.lengths[i]).collect(),
+                        width: batch.seqs.width,
+                    },
+                    columns: pick_int(&batch.columns),
+                    mask: pick2(&batch.mask),
+                };
+                let out = self.policy.forward(
+                    mb.seqs.input_ids.clone(),
+                    mb.seqs.position_ids.clone(),
+                    mb.seqs.key_mask.clone(),
+                    None,
+                    true,
+                );
+                let logits = out.logits.clone().expect("logits");
+                // Entropy is a statistic only: computed off the autodiff graph.
+                let entropy = response_entropy(logits.clone().detach(), &mb, temperature);
+                let logprobs = response_logprobs(logits, &mb, temperature);
+                let vpred_out = match &self.critic {
+                    Some(critic) => critic.forward(mb.seqs.input_ids.clone(), mb.seqs.position_ids.clone(), mb.seqs.key_mask.clone(), None, false),
+                    None => out,
+                };
+                let vpreds = token_values(&vpred_out).expect("a value head or critic");
+                let vpreds = vpreds.narrow(1, 0, mb.seqs.width - 1).gather(1, mb.columns.clone());
+                let (mb_old_logprobs, mb_values) = (pick2(&old_logprobs), pick2(&old_values));
+                let (mb_adv, mb_returns) = (pick2(&advantages), pick2(&returns));
+                let pg = policy_loss(logprobs, mb_old_logprobs, mb_adv.clone(), mb.mask.clone(), self.config.cliprange);
+                let vf = value_loss(vpreds, mb_values.clone(), mb_returns.clone(), mb.mask.clone(), self.config.cliprange_value);
+                let loss = pg.loss.clone() + vf.loss.clone() * self.config.vf_coef;
+                let ratio_mean = scalar(pg.ratio_mean.clone().detach());
+                let total = scalar(loss.clone().detach());
+                let skip_ratio = ratio_mean > self.config.ratio_threshold;
+                let skip_nonfinite = !total.is_finite();
+                let zero = if skip_ratio || skip_nonfinite { 0.0 } else { 1.0 };
+                let record = [
+                    ("loss/policy", scalar(pg.loss.clone().detach()) * zero),
+                    ("loss/value", scalar(vf.loss.clone().detach()) * zero),
+                    ("loss/total", total * zero),
+                    ("policy/entropy", scalar(masked_mean(entropy, mb.mask.clone()).detach())),
+                    ("policy/approxkl", scalar(pg.approxkl.detach())),
+                    ("policy/policykl", scalar(pg.policykl.detach())),
+                    ("policy/clipfrac", scalar(pg.clipfrac.detach())),
+                    ("policy/advantages_mean", scalar(masked_mean(mb_adv, mb.mask.clone()).detach())),
+                    ("returns/mean", scalar(masked_mean(mb_returns.clone(), mb.mask.clone()).detach())),
+                    ("returns/var", scalar(masked_var(mb_returns, mb.mask.clone(), true).detach())),
+                    ("val/vpred", scalar(vf.vpred.detach())),
+                    ("val/error", scalar(vf.error.detach())),
+                    ("val/clipfrac", scalar(vf.clipfrac.detach())),
+                    ("val/mean", scalar(masked_mean(mb_values.clone(), mb.mask.clone()).detach())),
+                    ("val/var", scalar(masked_var(mb_values, mb.mask.clone(), true).detach())),
+                ];
+                for (key, value) in record {
+                    *sums.entry(format!("ppo/{key}")).or_default() += value;
+                }
+                n_minibatches += 1;
+                if skip_ratio {
+                    tracing::warn!(ratio_mean, threshold = self.config.ratio_threshold, "mini-batch ratio above ratio_threshold: skipped");
+                    skipped_ratio += 1;
+                    continue;
+                }
+                if skip_nonfinite {
+                    tracing::warn!(loss = total, "non-finite PPO loss: mini-batch skipped");
+                    skipped_nonfinite += 1;
+                    continue;
+                }
+                let lr = self.config.optim.lr_at(self.optimizer_steps, total_optimizer_steps);
+                let mut grads = loss.backward();
+                let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
+                grad_norms.push(clip_grad_norm(&self.policy, &mut policy_grads, self.config.optim.max_grad_norm));
+                // burn's optimizer takes the module by value; cloning shares the tensors.
+                self.policy = self.policy_optim.step(lr, self.policy.clone(), policy_grads);
+                if let (Some(critic), Some(optim)) = (self.critic.take(), self.critic_optim.as_mut()) {
+                    let mut critic_grads = GradientsParams::from_module(&mut grads, &critic);
+                    clip_grad_norm(&critic, &mut critic_grads, self.config.optim.max_grad_norm);
+                    self.critic = Some(optim.step(lr, critic, critic_grads));
+                }
+                self.optimizer_steps += 1;
+            }
+        }
+        for (key, sum) in sums {
+            stats.insert(key, sum / n_minibatches.max(1) as f64);
+        }
+        let error = stats["ppo/val/error"];
+        let returns_var = stats["ppo/returns/var"];
+        stats.insert("ppo/val/var_explained".into(), 1.0 - error / returns_var);
+        stats.insert("ppo/skipped_minibatches/ratio".into(), skipped_ratio as f64);
+        stats.insert("ppo/skipped_minibatches/nonfinite".into(), skipped_nonfinite as f64);
+        stats.insert("ppo/learning_rate".into(), self.config.optim.lr_at(self.optimizer_steps.saturating_sub(1), total_optimizer_steps));
+        if !grad_norms.is_empty() {
+            stats.insert("ppo/grad_norm".into(), grad_norms.iter().sum::<f64>() / grad_norms.len() as f64);
+        }
+        stats.insert("time/ppo/forward_pass".into(), forward_time);
+        stats.insert("time/ppo/optimize_step".into(), optimize_started.elapsed().as_secs_f64());
+        stats.insert("time/ppo/total".into(), started.elapsed().as_secs_f64());
+
+        // 4. The KL controller sees this batch's KL.
+        self.kl.update(mean_kl, n);
+        Ok(stats)
+    }
+}
+
