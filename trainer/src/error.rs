@@ -37,6 +37,8 @@ pub enum CheckpointError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Hub(#[from] HubError),
+    #[error(transparent)]
+    Input(#[from] InputError),
 }
 
 fn describe_mismatch(missing: &[String], unexpected: &[String], misshaped: &[String]) -> String {

@@ -13,7 +13,12 @@ pub mod hf;
 pub mod hub;
 pub mod optim;
 pub mod ppo;
+pub mod ppo_local;
 pub mod ppo_update;
+pub mod reward;
+pub mod scorer;
+pub mod sft;
+pub mod train;
 pub mod sampling;
 pub mod scoring;
 pub mod tokenizer;
@@ -23,6 +28,8 @@ pub use gpt2::{Gpt2, Heads, KvCache};
 pub use sampling::{Generation, SamplingConfig, generate};
 pub use tokenizer::Tokenizer;
 
+#[cfg(test)]
+mod learning_tests;
 #[cfg(test)]
 mod parity;
 #[cfg(test)]

@@ -24,6 +24,27 @@ pub fn next_token_logprobs<B: Backend>(logits: Tensor<B, 3>, input_ids: Tensor<B
     logp.gather(2, next).reshape([batch, seq - 1])
 }
 
+/// The column where each left-padded row's score is read (see [`score`]).
+pub fn score_index(rows: &[Vec<u32>], pad_id: u32, width: usize) -> Vec<i64> {
+    rows.iter()
+        .map(|row| {
+            let pad = width - row.len();
+            let index = match row.iter().position(|&t| t == pad_id) {
+                Some(first) if first > 0 => first - 1,
+                _ => row.len() - 1,
+            };
+            (pad + index) as i64
+        })
+        .collect()
+}
+
+/// Picks each row's score at its column. `scores`: `[batch, width, n_labels]` -> `[batch, n_labels]`
+pub fn gather_scores<B: Backend>(scores: Tensor<B, 3>, index: &[i64], device: &B::Device) -> Tensor<B, 2> {
+    let [batch, _, n_labels] = scores.dims();
+    let index = Tensor::<B, 3, Int>::from_data(TensorData::new(index.to_vec(), [batch, 1, 1]), device).expand([batch, 1, n_labels]);
+    scores.gather(1, index).reshape([batch, n_labels])
+}
+
 /// Results of [`score`], per row, for the row's real tokens only.
 #[derive(Debug, Clone, Default)]
 pub struct Scored {
@@ -62,20 +83,9 @@ pub fn score<B: Backend>(
     }
     scored.values = out.values.map(|values| unpad_rows(values, &padded.lengths));
     if let Some(scores) = out.scores {
-        let [batch, width, n_labels] = scores.dims();
-        let at: Vec<i64> = rows
-            .iter()
-            .map(|row| {
-                let pad = width - row.len();
-                let index = match row.iter().position(|&t| t == pad_id) {
-                    Some(first) if first > 0 => first - 1,
-                    _ => row.len() - 1,
-                };
-                (pad + index) as i64
-            })
-            .collect();
-        let index = Tensor::<B, 3, Int>::from_data(TensorData::new(at, [batch, 1, 1]), device).expand([batch, 1, n_labels]);
-        let picked: Vec<f32> = scores.gather(1, index).into_data().iter::<f32>().collect(); // [batch, 1, n_labels]
+        let picked = gather_scores(scores, &score_index(rows, pad_id, padded.width), device); // [batch, n_labels]
+        let n_labels = picked.dims()[1];
+        let picked: Vec<f32> = picked.into_data().iter::<f32>().collect();
         scored.scores = Some(picked.chunks(n_labels).map(<[f32]>::to_vec).collect());
     }
     Ok(scored)

@@ -1,0 +1,136 @@
+//! Does learning happen? Small synthetic tasks for SFT, the reward model and PPO, on tiny models.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+
+use crate::gpt2::Heads;
+use crate::optim::OptimConfig;
+use crate::ppo_local::{LocalConfig, run};
+use crate::ppo_update::{PpoConfig, PpoTrainer};
+use crate::reward::{PairIds, RewardConfig, normalize};
+use crate::sampling::SamplingConfig;
+use crate::scorer::{ScoreError, Scorer};
+use crate::sft::SftConfig;
+use crate::{Gpt2Config, reward, sft};
+
+type A = Autodiff<Flex>;
+
+fn tiny_config() -> Gpt2Config {
+    Gpt2Config::new(32, 48, 32, 2, 2)
+}
+
+#[test]
+fn a_reward_model_learns_which_token_is_preferred_and_normalises() {
+    let device = Default::default();
+    let model = tiny_config().init::<A>(Heads::Score { num_labels: 1 }, &device);
+    // Chosen texts contain token 7, rejected ones token 9, amid shared filler.
+    let pairs: Vec<PairIds> = (0..32u32)
+        .map(|i| PairIds { chosen: vec![1 + i % 5, 7, 2 + i % 3], rejected: vec![1 + i % 5, 9, 2 + i % 3] })
+        .collect();
+    let config = RewardConfig {
+        optim: OptimConfig { learning_rate: 3e-3, ..Default::default() },
+        epochs: 6,
+        batch_size: 8,
+        ..Default::default()
+    };
+    let before = reward::evaluate(&model.valid(), &pairs, &config, 0, &device);
+    let (model, evals) = reward::train(model, &pairs, &pairs, &config, 0, &device, &mut |_| {}).unwrap();
+    let after = evals.last().unwrap();
+    assert!(after["eval/accuracy"] == 1.0 && after["eval/loss"] < before["eval/loss"] * 0.5, "{before:?} -> {after:?}");
+
+    let mut model = model.valid();
+    let rows: Vec<Vec<u32>> = pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
+    normalize(&mut model, &rows, 0, 16, &device);
+    let stats = reward::evaluate(&model, &pairs, &config, 0, &device);
+    assert!(stats["eval/reward_mean"].abs() < 1e-3 && (stats["eval/reward_std"] - 1.0).abs() < 1e-3, "{stats:?}");
+    assert_eq!(stats["eval/accuracy"], 1.0);
+}
+
+#[test]
+fn sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one() {
+    let device = Default::default();
+    let rows: Vec<Vec<u32>> = (0..24u32).map(|i| (0..12).map(|j| (i + j) % 8 + 1).collect()).collect();
+    let config = SftConfig {
+        optim: OptimConfig { learning_rate: 3e-3, warmup_steps: 2, ..Default::default() },
+        epochs: 2,
+        batch_size: 6,
+        ..Default::default()
+    };
+    let init = config_model(&device);
+    let before = sft::evaluate(&init.valid(), &rows, 8, 0, &device)["eval/loss"];
+    let run = |model, optim, start, checkpoints: &mut Vec<(crate::Gpt2<A>, crate::optim::AdamWOptimizer<crate::Gpt2<A>, A>)>| {
+        sft::train(model, optim, &rows, &rows, &config, start, 0, &device, &mut |_| {}, &mut |m, o, _, _| {
+            checkpoints.push((m.clone(), o.clone()));
+            Ok(())
+        })
+        .unwrap()
+    };
+    let mut checkpoints = Vec::new();
+    let full = run(init.clone(), config.optim.adamw(), 0, &mut checkpoints);
+    let after = full.evals.last().unwrap()["eval/loss"];
+    assert!(after < before * 0.7, "{before} -> {after}");
+
+    // Resume from the end of epoch 1 through a real checkpoint directory.
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = crate::Tokenizer::load(&crate::testutil::fixtures().join("gpt2/lm")).unwrap();
+    let (model, optim) = &checkpoints[0];
+    let state = crate::train::TrainerState { step: 4, total_steps: 8, config: serde_json::Value::Null };
+    crate::train::save_checkpoint(&dir.path().join("step-4"), model, &tiny_config(), &tokenizer, optim, &state).unwrap();
+    let latest = crate::train::latest_checkpoint(dir.path()).unwrap();
+    let (_, model, optim, state) = crate::train::load_checkpoint::<A>(&latest, config.optim.adamw(), &device).unwrap();
+    assert_eq!(state.step, 4);
+    let resumed = run(model, optim, state.step, &mut Vec::new());
+    let a = crate::testutil::values(resumed.model.valid().transformer.wte.weight.val());
+    let b = crate::testutil::values(full.model.valid().transformer.wte.weight.val());
+    assert!(crate::testutil::max_abs_diff(&a, &b) < 1e-5, "resumed run diverged");
+}
+
+fn config_model(device: &burn::backend::flex::FlexDevice) -> crate::Gpt2<A> {
+    tiny_config().init::<A>(Heads::Lm, device)
+}
+
+/// Rewards each response token equal to 5.
+struct CountFives;
+
+impl Scorer for CountFives {
+    fn score(&mut self, _: &[Vec<u32>], responses: &[Vec<u32>]) -> Result<Vec<f32>, ScoreError> {
+        Ok(responses.iter().map(|r| r.iter().filter(|&&t| t == 5).count() as f32).collect())
+    }
+    fn name(&self) -> String {
+        "count-fives".into()
+    }
+}
+
+#[test]
+fn local_ppo_raises_the_reward_with_bounded_kl() {
+    let device = Default::default();
+    let policy = tiny_config().init::<A>(Heads::LmValue, &device);
+    let reference = policy.valid();
+    let local = LocalConfig {
+        iterations: 12,
+        batch_size: 32,
+        sampling: SamplingConfig { max_new_tokens: 6, stop_at_eos: false, seed: 1, ..Default::default() },
+        ppo: PpoConfig {
+            optim: OptimConfig { learning_rate: 3e-3, max_grad_norm: Some(1.0), ..Default::default() },
+            ppo_epochs: 2,
+            mini_batch_size: 16,
+            kl: crate::ppo::KlController::Fixed { value: 0.02 },
+            ..Default::default()
+        },
+    };
+    let mut trainer = PpoTrainer::<A>::new(policy, None, reference, local.ppo.clone(), 0, &device).unwrap();
+    let prompts: Vec<Vec<u32>> = (1..9u32).map(|i| vec![i, i + 1]).collect();
+    let mut rewards = Vec::new();
+    let mut kls = Vec::new();
+    run(&mut trainer, &prompts, &mut CountFives, &local, 0, &device, &mut |it| {
+        rewards.push(it.stats["env/reward_mean"]);
+        kls.push(it.stats["objective/kl"]);
+    })
+    .unwrap();
+    // Chance is 6/32 ≈ 0.19 fives per response.
+    let first = rewards[..3].iter().sum::<f64>() / 3.0;
+    let last = rewards[rewards.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last > first + 0.5, "reward did not rise: {rewards:?}");
+    // Observed: reward 0.2 -> ~5 of 6 fives, KL ~13 nats after 12 iterations at beta 0.02.
+    assert!(kls.iter().all(|kl| kl.is_finite() && *kl < 25.0), "KL unbounded: {kls:?}");
+}

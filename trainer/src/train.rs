@@ -1,0 +1,120 @@
+//! Pieces every training command shares: progress reports and resumable checkpoints.
+//!
+//! A checkpoint directory is a Hugging Face directory (so any checkpoint can be exported, scored
+//! or loaded by transformers) plus the optimizer state and `trainer_state.json`. burn keys
+//! optimizer state by parameter id, and ids are new in every process, so the state is saved with
+//! each id's module path (`optimizer_params.json`) and re-keyed on load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, ParamId};
+use burn::optim::Optimizer;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn_store::ModuleSnapshot;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Gpt2Config;
+use crate::error::CheckpointError;
+use crate::gpt2::Gpt2;
+use crate::hf;
+use crate::optim::AdamWOptimizer;
+use crate::ppo_update::Stats;
+use crate::tokenizer::Tokenizer;
+
+/// One report from a training loop, after each optimizer step.
+pub struct Progress<'a> {
+    pub step: usize,
+    pub total: usize,
+    pub metrics: &'a Stats,
+}
+
+/// Where a run resumes: written beside every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub total_steps: usize,
+    /// The resolved config of the run, for the record.
+    pub config: serde_json::Value,
+}
+
+const OPTIMIZER_FILE: &str = "optimizer";
+const OPTIMIZER_PARAMS_FILE: &str = "optimizer_params.json";
+const STATE_FILE: &str = "trainer_state.json";
+
+/// Module path of every parameter.
+fn param_paths<B: Backend>(model: &Gpt2<B>) -> BTreeMap<String, ParamId> {
+    model.collect(None, None, false).into_iter().filter_map(|s| s.tensor_id.map(|id| (s.full_path(), id))).collect()
+}
+
+fn write_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Write { path: path.to_path_buf(), message: e.to_string() }
+}
+
+fn read_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Read { path: path.to_path_buf(), message: e.to_string() }
+}
+
+/// Writes `dir` (which must not exist): the model as an HF directory, the optimizer state and
+/// the trainer state.
+pub fn save_checkpoint<B: AutodiffBackend>(
+    dir: &Path,
+    model: &Gpt2<B>,
+    config: &Gpt2Config,
+    tokenizer: &Tokenizer,
+    optim: &AdamWOptimizer<Gpt2<B>, B>,
+    state: &TrainerState,
+) -> Result<(), CheckpointError> {
+    hf::export(&model.valid(), config, tokenizer, dir)?;
+    let ids: BTreeMap<String, u64> = param_paths(model).into_iter().map(|(p, id)| (p, id.val())).collect();
+    let path = dir.join(OPTIMIZER_PARAMS_FILE);
+    std::fs::write(&path, serde_json::to_string(&ids).expect("ids serialise")).map_err(|e| write_error(&path, e))?;
+    let path = dir.join(OPTIMIZER_FILE);
+    BinFileRecorder::<FullPrecisionSettings>::new()
+        .record(optim.to_record(), path.clone())
+        .map_err(|e| write_error(&path, e))?;
+    let path = dir.join(STATE_FILE);
+    std::fs::write(&path, serde_json::to_string_pretty(state).expect("state serialises")).map_err(|e| write_error(&path, e))?;
+    Ok(())
+}
+
+/// The newest `step-N` checkpoint under `dir`, if any.
+pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step: usize = name.strip_prefix("step-")?.parse().ok()?;
+            e.path().join(STATE_FILE).is_file().then_some((step, e.path()))
+        })
+        .max_by_key(|(step, _)| *step)
+        .map(|(_, path)| path)
+}
+
+/// Loads a checkpoint's model, optimizer state and trainer state.
+pub fn load_checkpoint<B: AutodiffBackend>(
+    dir: &Path,
+    mut optim: AdamWOptimizer<Gpt2<B>, B>,
+    device: &B::Device,
+) -> Result<(Gpt2Config, Gpt2<B>, AdamWOptimizer<Gpt2<B>, B>, TrainerState), CheckpointError> {
+    let (config, model) = hf::load::<B>(dir, device)?;
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| read_error(&path, e))?;
+    let path = dir.join(OPTIMIZER_PARAMS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
+    let saved_ids: BTreeMap<String, u64> = serde_json::from_str(&text).map_err(|e| read_error(&path, e))?;
+    let path = dir.join(OPTIMIZER_FILE);
+    let record: <AdamWOptimizer<Gpt2<B>, B> as Optimizer<Gpt2<B>, B>>::Record =
+        BinFileRecorder::<FullPrecisionSettings>::new().load(path.clone(), device).map_err(|e| read_error(&path, e))?;
+    // Re-key: saved id -> module path -> this process's id.
+    let new_ids = param_paths(&model);
+    let by_old: HashMap<u64, ParamId> =
+        saved_ids.iter().filter_map(|(path, old)| new_ids.get(path).map(|new| (*old, *new))).collect();
+    let record = record.into_iter().filter_map(|(old, state)| by_old.get(&old.val()).map(|new| (*new, state))).collect();
+    optim = optim.load_record(record);
+    Ok((config, model, optim, state))
+}
