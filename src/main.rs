@@ -1,10 +1,16 @@
 //! `rlhf`: one binary for every role. Each subcommand parses its flags, then calls library code.
 
 mod bench;
+mod config;
 mod device;
 mod export;
 mod generate;
 mod logging;
+mod models;
+mod ppo;
+mod progress;
+mod reward;
+mod sft;
 
 use std::process::ExitCode;
 
@@ -28,6 +34,13 @@ enum Command {
     Logprobs(generate::LogprobsArgs),
     /// Write a model as a Hugging Face directory (config.json, model.safetensors, tokenizer).
     Export(export::ExportArgs),
+    /// Supervised fine-tuning (causal LM) on a text dataset.
+    Sft(sft::SftArgs),
+    /// Reward models: train on preference pairs, score texts.
+    #[command(subcommand)]
+    Reward(reward::RewardCommand),
+    /// PPO against a reward model or lexicon (`--local`: in one process).
+    Ppo(ppo::PpoArgs),
     /// Benchmarks that print tables (numbers are measured, never asserted).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -50,6 +63,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Generate(args) => generate::generate(args),
         Command::Logprobs(args) => generate::logprobs(args),
         Command::Export(args) => export::export(args),
+        Command::Sft(args) => sft::run(args),
+        Command::Reward(command) => reward::run(command),
+        Command::Ppo(args) => ppo::run(args),
         Command::Bench(command) => bench::run(command),
     }
 }

@@ -3,6 +3,7 @@
 
 mod architecture;
 mod cli;
+mod learning;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

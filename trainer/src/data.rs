@@ -135,14 +135,29 @@ fn parse_label(text: &str) -> Option<i64> {
 /// Reads labelled text: `.jsonl`, `.csv` (columns `text_field`, `label_field`), or an aclImdb
 /// folder (`dir/pos`, `dir/neg`, or `dir/<split>/{pos,neg}` with `split` "train").
 pub fn load_text(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
-    load_text_fields(path, "text", "label", on_malformed)
+    load_text_fields(path, "text", Some("label"), on_malformed)
 }
 
-/// [`load_text`] with the column names given.
+/// Texts without labels (for SFT): the formats of [`load_text`] with the label ignored, plus
+/// `.txt` files with one example per line. Labels read as 0.
+pub fn load_unlabelled(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+    if path.extension().is_some_and(|e| e == "txt") {
+        let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+        let rows: Vec<TextExample> =
+            text.split('\n').filter(|l| !l.trim().is_empty()).map(|l| TextExample { text: l.to_string(), label: 0 }).collect();
+        if rows.is_empty() {
+            return Err(DataError::Empty { path: path.to_path_buf() });
+        }
+        return Ok(Loaded { rows, skipped: 0 });
+    }
+    load_text_fields(path, "text", None, on_malformed)
+}
+
+/// [`load_text`] with the column names given; `label_field_name: None` reads no label (0).
 pub fn load_text_fields(
     path: &Path,
     text_field: &str,
-    label_field_name: &str,
+    label_field_name: Option<&str>,
     on_malformed: OnMalformed,
 ) -> Result<Loaded<TextExample>, DataError> {
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
@@ -151,23 +166,25 @@ pub fn load_text_fields(
     }
     match extension.as_str() {
         "jsonl" | "json" => read_jsonl(path, on_malformed, |v, line| {
-            Ok(TextExample {
-                text: string_field(v, text_field, path, line)?,
-                label: label_field(v, label_field_name, path, line)?,
-            })
+            let label = match label_field_name {
+                Some(field) => label_field(v, field, path, line)?,
+                None => 0,
+            };
+            Ok(TextExample { text: string_field(v, text_field, path, line)?, label })
         }),
         "csv" => load_csv(path, text_field, label_field_name, on_malformed),
         _ => Err(DataError::UnknownFormat { path: path.to_path_buf() }),
     }
 }
 
-fn load_csv(path: &Path, text_field: &str, label_field_name: &str, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
     let mut reader = csv::Reader::from_path(path).map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?;
     let headers = reader.headers().map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?.clone();
     let column = |name: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| malformed(path, 1, name, "a column of that name"))
     };
-    let (text_col, label_col) = (column(text_field)?, column(label_field_name)?);
+    let text_col = column(text_field)?;
+    let label_col = label_field_name.map(column).transpose()?;
     let mut loaded = Loaded { rows: Vec::new(), skipped: 0 };
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
@@ -175,10 +192,13 @@ fn load_csv(path: &Path, text_field: &str, label_field_name: &str, on_malformed:
             .map_err(|e| malformed(path, line, "record", &format!("a CSV record ({e})")))
             .and_then(|r| {
                 let text = r.get(text_col).ok_or_else(|| malformed(path, line, text_field, "a value"))?.to_string();
-                let label = r
-                    .get(label_col)
-                    .and_then(parse_label)
-                    .ok_or_else(|| malformed(path, line, label_field_name, "an integer label or pos/neg"))?;
+                let label = match (label_col, label_field_name) {
+                    (Some(col), Some(name)) => r
+                        .get(col)
+                        .and_then(parse_label)
+                        .ok_or_else(|| malformed(path, line, name, "an integer label or pos/neg"))?,
+                    _ => 0,
+                };
                 Ok(TextExample { text, label })
             });
         match (row, on_malformed) {
@@ -385,7 +405,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("reviews.csv");
         std::fs::write(&csv, "review,sentiment\n\"Great, really\",positive\nAwful,negative\n").unwrap();
-        let loaded = load_text_fields(&csv, "review", "sentiment", OnMalformed::Error).unwrap();
+        let loaded = load_text_fields(&csv, "review", Some("sentiment"), OnMalformed::Error).unwrap();
         assert_eq!(loaded.rows, vec![
             TextExample { text: "Great, really".into(), label: 1 },
             TextExample { text: "Awful".into(), label: 0 }

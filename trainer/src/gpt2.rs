@@ -10,14 +10,13 @@
 //! the same logits at its real positions as the same row alone.
 
 use burn::module::{Module, Param};
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu_approximate, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rand::{SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Normal};
 
 use crate::config::Gpt2Config;
 
@@ -198,9 +197,9 @@ pub struct TorchLinear<B: Backend> {
 }
 
 impl<B: Backend> TorchLinear<B> {
-    fn init(n_embd: usize, n_out: usize, bias: bool, device: &B::Device) -> Self {
-        let weight = Initializer::Normal { mean: 0.0, std: 0.02 }.init([n_out, n_embd], device);
-        let bias = bias.then(|| Initializer::Zeros.init([n_out], device));
+    fn init(n_embd: usize, n_out: usize, bias: bool, init: &mut Init, device: &B::Device) -> Self {
+        let weight = Param::from_tensor(init.normal([n_out, n_embd], 0.02, device));
+        let bias = bias.then(|| Param::from_tensor(Tensor::zeros([n_out], device)));
         Self { weight, bias }
     }
 
@@ -250,16 +249,44 @@ pub struct Gpt2Output<B: Backend> {
     pub scores: Option<Tensor<B, 3>>,
 }
 
+/// Where initial weights come from: a seeded host RNG (the same weights on every backend and in
+/// every process), or zeros for a model whose weights are about to be loaded.
+pub enum Init {
+    Seeded(StdRng),
+    Zeros,
+}
+
+impl Init {
+    pub fn seeded(seed: u64) -> Self {
+        Self::Seeded(StdRng::seed_from_u64(seed))
+    }
+
+    /// A `[d0, d1]` tensor of N(0, std²) draws (zeros for [`Init::Zeros`]).
+    fn normal<B: Backend>(&mut self, shape: [usize; 2], std: f64, device: &B::Device) -> Tensor<B, 2> {
+        match self {
+            Self::Zeros => Tensor::zeros(shape, device),
+            Self::Seeded(rng) => {
+                let normal = Normal::new(0.0f32, std as f32).expect("a positive std");
+                let values: Vec<f32> = (0..shape[0] * shape[1]).map(|_| normal.sample(rng)).collect();
+                Tensor::from_data(TensorData::new(values, shape), device)
+            }
+        }
+    }
+}
+
 impl Gpt2Config {
     /// A randomly initialised model with GPT-2's initialisation (normal 0.02; residual
-    /// projections scaled by 1/sqrt(2 n_layer); LayerNorm 1/0; biases 0).
+    /// projections scaled by 1/sqrt(2 n_layer); LayerNorm 1/0; biases 0), seeded with 0.
     pub fn init<B: Backend>(&self, heads: Heads, device: &B::Device) -> Gpt2<B> {
-        let normal = |std: f64| Initializer::Normal { mean: 0.0, std };
+        self.init_with(heads, &mut Init::seeded(0), device)
+    }
+
+    /// [`Gpt2Config::init`] with the weights drawn from `init`.
+    pub fn init_with<B: Backend>(&self, heads: Heads, init: &mut Init, device: &B::Device) -> Gpt2<B> {
         let proj_std = 0.02 / (2.0 * self.n_layer as f64).sqrt();
-        let lin = |d_in: usize, d_out: usize, std: f64| {
-            let mut layer = LinearConfig::new(d_in, d_out).with_initializer(normal(std)).init(device);
-            layer.bias = Some(Initializer::Zeros.init([d_out], device));
-            layer
+        let mut lin = |d_in: usize, d_out: usize, std: f64| Linear {
+            weight: Param::from_tensor(init.normal([d_in, d_out], std, device)),
+            bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
         };
         let ln = || LayerNormConfig::new(self.n_embd).with_epsilon(self.layer_norm_epsilon).init(device);
         let drop = || DropoutConfig::new(self.dropout).init();
@@ -281,7 +308,7 @@ impl Gpt2Config {
                 },
             })
             .collect();
-        let embedding = |n: usize| EmbeddingConfig::new(n, self.n_embd).with_initializer(normal(0.02)).init(device);
+        let mut embedding = |n: usize| Embedding { weight: Param::from_tensor(init.normal([n, self.n_embd], 0.02, device)) };
         let transformer = Gpt2Model {
             wte: embedding(self.vocab_size),
             wpe: embedding(self.n_positions),
@@ -290,9 +317,9 @@ impl Gpt2Config {
             drop: drop(),
         };
         let v_head = matches!(heads, Heads::LmValue)
-            .then(|| ValueHead { summary: TorchLinear::init(self.n_embd, 1, true, device) });
+            .then(|| ValueHead { summary: TorchLinear::init(self.n_embd, 1, true, init, device) });
         let score = match heads {
-            Heads::Score { num_labels } => Some(TorchLinear::init(self.n_embd, num_labels, false, device)),
+            Heads::Score { num_labels } => Some(TorchLinear::init(self.n_embd, num_labels, false, init, device)),
             _ => None,
         };
         Gpt2 { transformer, v_head, score }
@@ -318,10 +345,19 @@ impl<B: Backend> Gpt2<B> {
     }
 
     /// Adds a freshly initialised value head (a policy made from an LM checkpoint).
-    pub fn with_value_head(mut self) -> Self {
+    pub fn with_value_head(mut self, seed: u64) -> Self {
         let device = self.transformer.wte.weight.device();
         let n_embd = self.transformer.wte.weight.dims()[1];
-        self.v_head = Some(ValueHead { summary: TorchLinear::init(n_embd, 1, true, &device) });
+        self.v_head = Some(ValueHead { summary: TorchLinear::init(n_embd, 1, true, &mut Init::seeded(seed), &device) });
+        self
+    }
+
+    /// Replaces the score head with a freshly initialised one (a reward model or critic made
+    /// from an LM checkpoint).
+    pub fn with_score_head(mut self, num_labels: usize, seed: u64) -> Self {
+        let device = self.transformer.wte.weight.device();
+        let n_embd = self.transformer.wte.weight.dims()[1];
+        self.score = Some(TorchLinear::init(n_embd, num_labels, false, &mut Init::seeded(seed), &device));
         self
     }
 

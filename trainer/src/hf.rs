@@ -24,13 +24,16 @@ use burn_store::{ApplyError, ApplyResult, KeyRemapper, ModuleSnapshot, Safetenso
 
 use crate::config::Gpt2Config;
 use crate::error::CheckpointError;
-use crate::gpt2::{Gpt2, Heads};
+use crate::gpt2::{Gpt2, Heads, Init};
 use crate::tokenizer::Tokenizer;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 pub const PYTORCH_FILE: &str = "pytorch_model.bin";
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
+
+/// Seed of heads added to a checkpoint that lacks them, so runs repeat exactly.
+const FRESH_HEAD_SEED: u64 = 0;
 
 /// Checkpoint keys that are not parameters of the model.
 fn is_ignored_key(key: &str) -> bool {
@@ -100,7 +103,9 @@ fn load_weights<B: Backend>(
     heads: Heads,
     device: &B::Device,
 ) -> Result<Gpt2<B>, CheckpointError> {
-    let mut model = config.init::<B>(heads, device);
+    // Zeros, not random draws: every tensor is about to be overwritten (heads the file lacks are
+    // initialised from a seed below).
+    let mut model = config.init_with::<B>(heads, &mut Init::Zeros, device);
     let safetensors = dir.join(SAFETENSORS_FILE);
     let pytorch = dir.join(PYTORCH_FILE);
     let (path, result) = if safetensors.exists() {
@@ -128,10 +133,17 @@ fn load_weights<B: Backend>(
     check_result(&path, &result, |missing| {
         missing.starts_with("v_head.") || (missing.starts_with("score.") && !declares_score)
     })?;
-    if model.v_head.is_some() && value_head_file.exists() {
-        let mut store = SafetensorsStore::from_file(&value_head_file).allow_partial(true).validate(false);
-        let result = model.load_from(&mut store).map_err(|e| read_error(&value_head_file, e))?;
-        check_result(&value_head_file, &result, |missing| !missing.starts_with("v_head."))?;
+    if model.v_head.is_some() {
+        if value_head_file.exists() {
+            let mut store = SafetensorsStore::from_file(&value_head_file).allow_partial(true).validate(false);
+            let result = model.load_from(&mut store).map_err(|e| read_error(&value_head_file, e))?;
+            check_result(&value_head_file, &result, |missing| !missing.starts_with("v_head."))?;
+        } else {
+            model = model.with_value_head(FRESH_HEAD_SEED);
+        }
+    }
+    if let (Heads::Score { num_labels }, false) = (heads, declares_score) {
+        model = model.with_score_head(num_labels, FRESH_HEAD_SEED);
     }
     tracing::debug!(path = %path.display(), heads = ?heads, "loaded checkpoint");
     Ok(model)
@@ -199,6 +211,25 @@ pub fn export<B: Backend>(
         let _ = std::fs::remove_dir_all(&staged);
         write_error(out, e)
     })?;
+    Ok(())
+}
+
+/// Writes the files of [`export`] into an existing directory (a run directory that also holds
+/// checkpoints and metrics), staging them first so a failure leaves the old files in place.
+pub fn export_into<B: Backend>(
+    model: &Gpt2<B>,
+    config: &Gpt2Config,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
+    let staging = tempfile::Builder::new().prefix(".rlhf-export-").tempdir_in(dir).map_err(|e| write_error(dir, e))?;
+    write_dir(model, config, tokenizer, staging.path())?;
+    for entry in std::fs::read_dir(staging.path()).map_err(|e| write_error(staging.path(), e))? {
+        let entry = entry.map_err(|e| write_error(staging.path(), e))?;
+        let target = dir.join(entry.file_name());
+        std::fs::rename(entry.path(), &target).map_err(|e| write_error(&target, e))?;
+    }
     Ok(())
 }
 

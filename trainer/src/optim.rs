@@ -27,8 +27,9 @@ pub struct OptimConfig {
     pub eps: f64,
     pub warmup_steps: usize,
     pub schedule: Schedule,
-    /// Clip the global gradient norm to this value; `None` leaves gradients alone.
-    pub max_grad_norm: Option<f64>,
+    /// Clip the global gradient norm to this value; 0 leaves gradients alone. (A number rather
+    /// than an option so that TOML, which has no null, can turn it off.)
+    pub max_grad_norm: f64,
 }
 
 impl Default for OptimConfig {
@@ -41,7 +42,7 @@ impl Default for OptimConfig {
             eps: 1e-8,
             warmup_steps: 0,
             schedule: Schedule::Constant,
-            max_grad_norm: Some(1.0),
+            max_grad_norm: 1.0,
         }
     }
 }
@@ -101,21 +102,19 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GlobalNorm<'_, B> {
     }
 }
 
-/// Clips the global L2 norm of `module`'s gradients to `max_norm`; returns the norm before
+/// Clips the global L2 norm of `module`'s gradients to `max_norm` (0: no clipping); returns the norm before
 /// clipping (logged as `grad_norm`).
 pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &mut GradientsParams,
-    max_norm: Option<f64>,
+    max_norm: f64,
 ) -> f64 {
     let mut visitor = GlobalNorm::<B> { grads, sum_sq: None, scale: None, ids: Vec::new() };
     module.visit(&mut visitor);
     let norm = visitor.sum_sq.take().map(|s| s.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0);
-    if let Some(max_norm) = max_norm {
-        if norm.is_finite() && norm > max_norm {
-            visitor.scale = Some(max_norm / (norm + 1e-6));
-            module.visit(&mut visitor);
-        }
+    if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
+        visitor.scale = Some(max_norm / (norm + 1e-6));
+        module.visit(&mut visitor);
     }
     norm
 }

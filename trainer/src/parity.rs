@@ -134,7 +134,7 @@ fn export_then_import_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     for name in ["lm", "reward"] {
         let (config, model) = hf::load::<B>(&fixtures().join(name), &device).unwrap();
-        let model = if name == "lm" { model.with_value_head() } else { model };
+        let model = if name == "lm" { model.with_value_head(0) } else { model };
         let tokenizer = Tokenizer::load(&fixtures().join(name)).unwrap();
         let out = tmp.path().join(name);
         hf::export(&model, &config, &tokenizer, &out).unwrap();

@@ -249,6 +249,41 @@ pub fn entropy_from_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
     (probs * logp).sum_dim(2).squeeze_dim(2).neg()
 }
 
+/// Running mean and standard deviation of scores across steps (TRL's `RunningMoments`), for
+/// `score_scaling` / `score_norm`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningMoments {
+    pub mean: f64,
+    pub std: f64,
+    var: f64,
+    count: f64,
+}
+
+impl Default for RunningMoments {
+    fn default() -> Self {
+        Self { mean: 0.0, std: 1.0, var: 1.0, count: 1e-24 }
+    }
+}
+
+impl RunningMoments {
+    /// Merges a batch (parallel variance formula), as TRL does.
+    pub fn update(&mut self, xs: &[f64]) {
+        let n = xs.len() as f64;
+        if n == 0.0 {
+            return;
+        }
+        let xs_mean = xs.iter().sum::<f64>() / n;
+        let xs_var = xs.iter().map(|x| (x - xs_mean).powi(2)).sum::<f64>() / n;
+        let delta = xs_mean - self.mean;
+        let total = self.count + n;
+        let sum = self.var * self.count + delta * delta * self.count * n / total + xs_var * n;
+        self.mean += delta * n / total;
+        self.var = sum / total;
+        self.std = (self.var * total / (total - 1.0)).sqrt();
+        self.count = total;
+    }
+}
+
 /// The KL coefficient β: fixed, or adapted towards a target KL (Ziegler et al. 2019).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

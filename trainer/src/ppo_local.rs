@@ -8,6 +8,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use crate::data::PromptConfig;
 use crate::ppo_update::{PpoConfig, PpoTrainer, Rollout, Stats};
 use crate::sampling::{SamplingConfig, generate};
 use crate::scorer::{ScoreError, Scorer};
@@ -21,6 +22,8 @@ pub struct LocalConfig {
     pub batch_size: usize,
     pub sampling: SamplingConfig,
     pub ppo: PpoConfig,
+    /// How prompts are cut from the dataset.
+    pub prompts: PromptConfig,
 }
 
 impl Default for LocalConfig {
@@ -30,6 +33,7 @@ impl Default for LocalConfig {
             batch_size: 16,
             sampling: SamplingConfig { max_new_tokens: 16, ..Default::default() },
             ppo: PpoConfig::default(),
+            prompts: PromptConfig::default(),
         }
     }
 }

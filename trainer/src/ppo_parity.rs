@@ -151,3 +151,18 @@ fn first_ppo_step_statistics_match_trl_on_a_tiny_gpt2() {
     assert_eq!(trainer.optimizer_steps, 1);
     assert!(trainer.kl.value() < 0.2);
 }
+
+#[test]
+fn running_moments_match_trl() {
+    let r = reference();
+    let mut moments = RunningMoments::default();
+    let mut got = Vec::new();
+    for batch in [[1.0, 2.0, 4.0], [-1.0, 0.5, 3.0], [10.0, 10.0, 12.0]] {
+        moments.update(&batch);
+        got.extend([moments.mean, moments.std]);
+    }
+    // TRL accumulates in float32: compare relatively.
+    for (g, w) in got.iter().zip(r.get("running_moments").1) {
+        assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "running moments: got {got:?}, TRL {w}");
+    }
+}

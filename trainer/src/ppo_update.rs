@@ -29,7 +29,7 @@ use crate::error::InputError;
 use crate::gpt2::{Gpt2, Gpt2Output};
 use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
 use crate::ppo::{
-    KlController, KlEstimator, MissingEos, adjust_scores, entropy_from_logits, gae, kl_penalty, masked_mean,
+    KlController, KlEstimator, MissingEos, RunningMoments, adjust_scores, entropy_from_logits, gae, kl_penalty, masked_mean,
     masked_var, policy_loss, shape_rewards, value_loss,
 };
 use crate::scoring::next_token_logprobs;
@@ -75,13 +75,19 @@ pub struct PpoConfig {
     pub temperature: f32,
     pub missing_eos: MissingEos,
     pub old_logprobs: OldLogprobs,
+    /// Divide scores by their running std (TRL's `use_score_scaling`).
+    pub score_scaling: bool,
+    /// With `score_scaling`, also subtract the running mean (TRL's `use_score_norm`).
+    pub score_norm: bool,
+    /// Clip scores to ±this after scaling (0: off).
+    pub score_clip: f64,
     pub seed: u64,
 }
 
 impl Default for PpoConfig {
     fn default() -> Self {
         Self {
-            optim: OptimConfig { learning_rate: 1.41e-5, max_grad_norm: None, ..Default::default() },
+            optim: OptimConfig { learning_rate: 1.41e-5, max_grad_norm: 0.0, ..Default::default() },
             ppo_epochs: 4,
             mini_batch_size: 8,
             gamma: 1.0,
@@ -96,6 +102,9 @@ impl Default for PpoConfig {
             temperature: 1.0,
             missing_eos: MissingEos::Keep,
             old_logprobs: OldLogprobs::Recompute,
+            score_scaling: false,
+            score_norm: false,
+            score_clip: 0.0,
             seed: 0,
         }
     }
@@ -116,6 +125,8 @@ pub struct PpoTrainer<B: AutodiffBackend> {
     pub kl: KlController,
     /// Optimizer steps taken.
     pub optimizer_steps: usize,
+    /// Running score statistics for `score_scaling`.
+    pub score_moments: RunningMoments,
     policy_optim: AdamWOptimizer<Gpt2<B>, B>,
     critic_optim: Option<AdamWOptimizer<Gpt2<B>, B>>,
     eos_id: u32,
@@ -210,6 +221,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
             reference,
             config,
             optimizer_steps: 0,
+            score_moments: RunningMoments::default(),
             policy_optim,
             critic_optim,
             eos_id,
@@ -273,8 +285,18 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let ref_logprobs = response_logprobs(ref_out.logits.expect("logits"), &inner, temperature);
 
         // 2. Rewards and advantages.
+        let mut raw_scores: Vec<f64> = rollouts.iter().map(|r| r.score as f64).collect();
+        if self.config.score_scaling {
+            self.score_moments.update(&raw_scores);
+            let (mean, scale) = (self.score_moments.mean, self.score_moments.std + f32::EPSILON as f64);
+            let shift = if self.config.score_norm { mean } else { 0.0 };
+            raw_scores.iter_mut().for_each(|s| *s = (*s - shift) / scale);
+        }
+        if self.config.score_clip > 0.0 {
+            raw_scores.iter_mut().for_each(|s| *s = s.clamp(-self.config.score_clip, self.config.score_clip));
+        }
         let scores = Tensor::<B::InnerBackend, 1>::from_data(
-            TensorData::new(rollouts.iter().map(|r| r.score).collect::<Vec<_>>(), [n]),
+            TensorData::new(raw_scores.iter().map(|&s| s as f32).collect::<Vec<_>>(), [n]),
             &device,
         );
         let has_eos: Vec<f32> = rollouts.iter().map(|r| (r.response.last() == Some(&self.eos_id)) as u8 as f32).collect();

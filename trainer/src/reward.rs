@@ -38,8 +38,8 @@ pub struct RewardConfig {
     pub max_length: usize,
     /// Subtracted inside the sigmoid: the chosen reward must win by this much.
     pub margin: f64,
-    /// TRL's `center_rewards_coefficient`: pulls rewards towards 0.
-    pub center_rewards_coefficient: Option<f64>,
+    /// TRL's `center_rewards_coefficient`: pulls rewards towards 0 (0: off).
+    pub center_rewards_coefficient: f64,
     /// Evaluate every this many optimizer steps (0: at the end of each epoch).
     pub eval_every: usize,
     pub seed: u64,
@@ -53,7 +53,7 @@ impl Default for RewardConfig {
             batch_size: 8,
             max_length: 256,
             margin: 0.0,
-            center_rewards_coefficient: None,
+            center_rewards_coefficient: 0.0,
             eval_every: 0,
             seed: 0,
         }
@@ -103,8 +103,8 @@ fn pair_loss<B: Backend>(
     let chosen = scores.clone().narrow(0, 0, n);
     let rejected = scores.narrow(0, n, n);
     let mut loss = log_sigmoid(chosen.clone() - rejected.clone() - config.margin).mean().neg();
-    if let Some(c) = config.center_rewards_coefficient {
-        loss = loss + (chosen.clone() + rejected.clone()).powi_scalar(2).mean() * c;
+    if config.center_rewards_coefficient != 0.0 {
+        loss = loss + (chosen.clone() + rejected.clone()).powi_scalar(2).mean() * config.center_rewards_coefficient;
     }
     (loss, chosen, rejected)
 }

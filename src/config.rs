@@ -1,0 +1,78 @@
+//! Resolving a command's config: defaults < TOML file (`--config`) < typed flags < `--set a.b=v`.
+//! The result is deserialised once into the command's serde struct (`deny_unknown_fields`), so
+//! a misspelt key is an error naming it.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use toml::Value;
+
+/// Builds `T` from its defaults, the file, the flags and the `--set` overrides.
+pub fn resolve<T: Serialize + DeserializeOwned + Default>(
+    file: Option<&Path>,
+    flags: Vec<(&str, Value)>,
+    sets: &[String],
+) -> anyhow::Result<T> {
+    let mut value = Value::try_from(T::default()).context("serialising the default config")?;
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read config {}", file.display()))?;
+        let overrides: Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?;
+        merge(&mut value, overrides);
+        T::deserialize(value.clone()).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    }
+    for (key, flag) in flags {
+        set(&mut value, key, flag)?;
+    }
+    for assignment in sets {
+        let Some((key, raw)) = assignment.split_once('=') else {
+            bail!("--set {assignment:?}: expected KEY=VALUE, e.g. --set ppo.cliprange=0.1");
+        };
+        set(&mut value, key.trim(), parse_value(raw.trim()))?;
+        T::deserialize(value.clone()).map_err(|e| anyhow!("--set {assignment}: {e}"))?;
+    }
+    T::deserialize(value).map_err(|e| anyhow!("invalid config: {e}"))
+}
+
+/// A TOML value (`0.1`, `true`, `[1, 2]`, `{ fixed = { value = 0.1 } }`), else a bare string.
+fn parse_value(raw: &str) -> Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()))
+}
+
+fn merge(base: &mut Value, overrides: Value) {
+    match (base, overrides) {
+        (Value::Table(base), Value::Table(overrides)) => {
+            for (key, value) in overrides {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overrides) => *base = overrides,
+    }
+}
+
+fn set(root: &mut Value, key: &str, value: Value) -> anyhow::Result<()> {
+    let mut node = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        let table = node.as_table_mut().ok_or_else(|| anyhow!("config key {key:?}: {part:?} is not a table"))?;
+        node = table.entry(part.to_string()).or_insert_with(|| Value::Table(Default::default()));
+    }
+    let table = node.as_table_mut().ok_or_else(|| anyhow!("config key {key:?} does not name a table entry"))?;
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+/// Writes the resolved config as TOML (into run directories and checkpoints).
+pub fn write<T: Serialize>(config: &T, path: &Path) -> anyhow::Result<()> {
+    let text = toml::to_string_pretty(config).context("serialising the config")?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,147 @@
+//! `rlhf ppo --local`: the single-process PPO loop (generate, score, update).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use rlhf_trainer::data::{OnMalformed, load_unlabelled, rl_prompts};
+use rlhf_trainer::ppo_local::{self, LocalConfig};
+use rlhf_trainer::ppo_update::PpoTrainer;
+use rlhf_trainer::scorer::{Lexicon, LexiconScorer, Negated, RewardModelScorer, Scorer};
+use rlhf_trainer::{Heads, Tokenizer, hf};
+use toml::Value;
+
+use crate::device::Device;
+use crate::generate::load_model;
+use crate::progress::MetricsFile;
+use crate::reward::Target;
+use crate::{config, with_backend};
+
+#[derive(Args)]
+pub struct PpoArgs {
+    /// Run in one process (the distributed runtime is `rlhf run`, from the runtime issue).
+    #[arg(long)]
+    local: bool,
+    /// Policy to start from (an SFT model directory or hub id); a value head is added if absent.
+    #[arg(long)]
+    model: String,
+    /// Reward model directory.
+    #[arg(long, conflicts_with = "lexicon", required_unless_present = "lexicon")]
+    reward_model: Option<String>,
+    /// Word-weight lexicon instead of a reward model: a file of `word weight` lines, or a
+    /// directory with aclImdb's imdb.vocab + imdbEr.txt.
+    #[arg(long)]
+    lexicon: Option<PathBuf>,
+    /// Train towards positive (default) or negative scores.
+    #[arg(long, value_enum, default_value = "positive")]
+    target: Target,
+    /// Texts to cut prompts from (see prompts.* in the config): .jsonl, .csv, .txt or aclImdb.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Run directory: metrics.jsonl, ppo_config.toml and the trained policy.
+    #[arg(long)]
+    out: PathBuf,
+    /// TOML file with [LocalConfig] fields (iterations, batch_size, sampling, ppo, prompts).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    #[arg(long)]
+    iterations: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+pub fn run(args: PpoArgs) -> anyhow::Result<()> {
+    if !args.local {
+        bail!("distributed PPO (learner, workers, reward server) is not built yet; pass --local to train in one process");
+    }
+    let mut flags = Vec::new();
+    if let Some(v) = args.iterations {
+        flags.push(("iterations", Value::Integer(v as i64)));
+    }
+    if let Some(v) = args.batch_size {
+        flags.push(("batch_size", Value::Integer(v as i64)));
+    }
+    if let Some(v) = args.seed {
+        for key in ["sampling.seed", "ppo.seed", "prompts.seed"] {
+            flags.push((key, Value::Integer(v as i64)));
+        }
+    }
+    let mut local: LocalConfig = config::resolve(args.config.as_deref(), flags, &args.sets)?;
+    // The learner's log-probs must use the sampler's temperature.
+    local.ppo.temperature = if local.sampling.greedy { 1.0 } else { local.sampling.temperature };
+    with_backend!(args.device, |B, device| train::<Autodiff<B>>(&args, &local, &device))
+}
+
+fn train<B: AutodiffBackend>(args: &PpoArgs, local: &LocalConfig, device: &B::Device) -> anyhow::Result<()> {
+    if args.out.join("config.json").exists() {
+        bail!("{} already holds a model; choose another --out", args.out.display());
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let dir = rlhf_trainer::hub::resolve(&args.model)?;
+    let (model_config, policy) = hf::load_as::<B>(&dir, Heads::LmValue, device).with_context(|| format!("loading policy {}", dir.display()))?;
+    let (_, reference) = hf::load_as::<B::InnerBackend>(&dir, Heads::Lm, device)?;
+    let tokenizer = Tokenizer::load(&dir)?;
+
+    let mut scorer: Box<dyn Scorer> = match (&args.reward_model, &args.lexicon) {
+        (Some(name), _) => {
+            let (rm_dir, _, model, rm_tokenizer) = load_model::<B::InnerBackend>(name, device)?;
+            anyhow::ensure!(model.score.is_some(), "{} is not a reward model (no score head)", rm_dir.display());
+            // Pass ids through when both use the same vocabulary; re-tokenise text otherwise.
+            let same = rm_tokenizer.vocab_size() == tokenizer.vocab_size() && rm_tokenizer.eos_id() == tokenizer.eos_id();
+            Box::new(RewardModelScorer {
+                model,
+                tokenizer: rm_tokenizer,
+                policy_tokenizer: (!same).then(|| tokenizer.clone()),
+                batch_size: 32,
+                device: device.clone(),
+                label: rm_dir.display().to_string(),
+            })
+        }
+        (None, Some(path)) => Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer: tokenizer.clone() }),
+        (None, None) => bail!("pass --reward-model DIR or --lexicon PATH"),
+    };
+    if args.target == Target::Negative {
+        scorer = Box::new(Negated(scorer));
+    }
+
+    let texts = load_unlabelled(&args.prompts, OnMalformed::Error)?.rows;
+    let prompts = rl_prompts(&texts, &tokenizer, &local.prompts)?;
+    anyhow::ensure!(!prompts.is_empty(), "{} gave no prompts (texts must be longer than prompts.min_chars)", args.prompts.display());
+    config::write(local, &args.out.join("ppo_config.toml"))?;
+    tracing::info!(prompts = prompts.len(), scorer = scorer.name(), iterations = local.iterations, "ppo --local");
+
+    let mut trainer = PpoTrainer::<B>::new(policy, None, reference, local.ppo.clone(), tokenizer.eos_id(), device)?;
+    let mut metrics = MetricsFile::create(&args.out.join("metrics.jsonl"))?;
+    let mut write_error = None;
+    ppo_local::run(&mut trainer, &prompts, scorer.as_mut(), local, tokenizer.eos_id(), device, &mut |it| {
+        let s = it.stats;
+        tracing::info!(
+            iteration = it.index + 1,
+            reward = format!("{:.4}", s["env/reward_mean"]),
+            kl = format!("{:.4}", s["objective/kl"]),
+            kl_coef = format!("{:.4}", s["objective/kl_coef"]),
+            policy_loss = format!("{:.4}", s["ppo/loss/policy"]),
+            value_loss = format!("{:.4}", s["ppo/loss/value"]),
+            seconds = format!("{:.2}", s["time/rollout"] + s["time/score"] + s["time/ppo/total"]),
+            "ppo iteration"
+        );
+        if let Err(e) = metrics.write(it.index + 1, s) {
+            write_error.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &args.out).context("writing the policy")?;
+    println!("{}", args.out.display());
+    Ok(())
+}

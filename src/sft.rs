@@ -1,0 +1,169 @@
+//! `rlhf sft`: causal-LM fine-tuning into a Hugging Face directory, with checkpoints and resume.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use rlhf_trainer::data::{OnMalformed, clean_review, load_unlabelled};
+use rlhf_trainer::sft::SftConfig;
+use rlhf_trainer::train::{TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint};
+use rlhf_trainer::{Heads, Tokenizer, hf, sft};
+use toml::Value;
+
+use crate::device::Device;
+use crate::models::{ModelSource, run_dir};
+use crate::progress::{MetricsFile, bar, summary};
+use crate::{config, with_backend};
+
+#[derive(Args)]
+pub struct SftArgs {
+    #[command(flatten)]
+    source: ModelSource,
+    /// Training texts: .jsonl ({"text"}), .csv (column "text"), .txt (one per line) or an aclImdb folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out texts; default: the last --eval-fraction of --data.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.05)]
+    eval_fraction: f64,
+    /// Use only the first N training texts.
+    #[arg(long)]
+    max_examples: Option<usize>,
+    /// Skip malformed rows (and count them) instead of stopping.
+    #[arg(long)]
+    skip_malformed: bool,
+    /// Run directory: the final model (a Hugging Face directory), checkpoints/, metrics.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// TOML file with [SftConfig] fields (optim, epochs, batch_size, grad_accum, max_length, ...).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override one config field, e.g. --set optim.learning_rate=3e-4 (repeatable).
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    max_length: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+/// Texts to token ids with end-of-text, cut to `max_length`.
+pub fn tokenize_texts(texts: &[String], tokenizer: &Tokenizer, max_length: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+    texts
+        .iter()
+        .map(|t| {
+            let mut ids = tokenizer.encode(&clean_review(t))?;
+            ids.push(tokenizer.eos_id());
+            ids.truncate(max_length.max(2));
+            Ok(ids)
+        })
+        .collect()
+}
+
+pub fn run(args: SftArgs) -> anyhow::Result<()> {
+    let mut flags = Vec::new();
+    if let Some(v) = args.epochs {
+        flags.push(("epochs", Value::Integer(v as i64)));
+    }
+    if let Some(v) = args.batch_size {
+        flags.push(("batch_size", Value::Integer(v as i64)));
+    }
+    if let Some(v) = args.learning_rate {
+        flags.push(("optim.learning_rate", Value::Float(v)));
+    }
+    if let Some(v) = args.max_length {
+        flags.push(("max_length", Value::Integer(v as i64)));
+    }
+    let sft_config: SftConfig = config::resolve(args.config.as_deref(), flags, &args.sets)?;
+    with_backend!(args.device, |B, device| train::<Autodiff<B>>(&args, &sft_config, &device))
+}
+
+fn train<B: AutodiffBackend>(args: &SftArgs, sft_config: &SftConfig, device: &B::Device) -> anyhow::Result<()> {
+    run_dir(&args.out, args.resume)?;
+    let on_malformed = if args.skip_malformed { OnMalformed::Skip } else { OnMalformed::Error };
+    let mut texts: Vec<String> = load_unlabelled(&args.data, on_malformed)?.rows.into_iter().map(|r| r.text).collect();
+    if let Some(n) = args.max_examples {
+        texts.truncate(n);
+    }
+    let eval_texts: Vec<String> = match &args.eval_data {
+        Some(path) => load_unlabelled(path, on_malformed)?.rows.into_iter().map(|r| r.text).collect(),
+        None => {
+            let n_eval = ((texts.len() as f64) * args.eval_fraction).round() as usize;
+            texts.split_off(texts.len() - n_eval.min(texts.len().saturating_sub(1)))
+        }
+    };
+
+    let checkpoints = args.out.join("checkpoints");
+    let resume_from = if args.resume { latest_checkpoint(&checkpoints) } else { None };
+    let (model_config, model, optim, tokenizer, start_step) = match &resume_from {
+        Some(dir) => {
+            let (model_config, model, optim, state) = load_checkpoint::<B>(dir, sft_config.optim.adamw(), device)?;
+            tracing::info!(checkpoint = %dir.display(), step = state.step, "resuming");
+            (model_config, model, optim, Tokenizer::load(dir)?, state.step)
+        }
+        None => {
+            let (model_config, model, tokenizer) = args.source.load::<B>(Heads::Lm, device)?;
+            (model_config.with_dropout(0.0), model, sft_config.optim.adamw(), tokenizer, 0)
+        }
+    };
+    let train_rows = tokenize_texts(&texts, &tokenizer, sft_config.max_length)?;
+    let eval_rows = tokenize_texts(&eval_texts, &tokenizer, sft_config.max_length)?;
+    config::write(sft_config, &args.out.join("sft_config.toml"))?;
+    tracing::info!(train = train_rows.len(), eval = eval_rows.len(), start_step, "sft");
+
+    let mut metrics = MetricsFile::create(&args.out.join("metrics.jsonl"))?;
+    let mut bar_slot = None;
+    let mut write_error = None;
+    let outcome = sft::train(
+        model,
+        optim,
+        &train_rows,
+        &eval_rows,
+        sft_config,
+        start_step,
+        tokenizer.pad_id(),
+        device,
+        &mut |p| {
+            let bar = bar_slot.get_or_insert_with(|| {
+                let bar = bar(p.total, "sft");
+                bar.set_position(start_step as u64);
+                bar
+            });
+            bar.set_position(p.step as u64);
+            bar.set_message(summary(p.metrics, &["train/loss", "eval/loss", "eval/perplexity"]));
+            if let Err(e) = metrics.write(p.step, p.metrics) {
+                write_error.get_or_insert(e);
+            }
+        },
+        &mut |model, optim, step, total| {
+            let state = TrainerState { step, total_steps: total, config: serde_json::to_value(sft_config).unwrap_or_default() };
+            save_checkpoint(&checkpoints.join(format!("step-{step}")), model, &model_config, &tokenizer, optim, &state)
+        },
+    )?;
+    if let Some(bar) = bar_slot {
+        bar.finish();
+    }
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    hf::export_into(&outcome.model.valid(), &model_config, &tokenizer, &args.out).context("writing the final model")?;
+    if let Some(last) = outcome.evals.last() {
+        tracing::info!(eval_loss = last["eval/loss"], perplexity = last["eval/perplexity"], "sft finished");
+        std::fs::write(args.out.join("eval_results.json"), serde_json::to_string_pretty(last)?)?;
+    }
+    println!("{}", args.out.display());
+    Ok(())
+}
