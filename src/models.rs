@@ -49,6 +49,11 @@ impl ModelSource {
     }
 }
 
+/// A dataset argument: a local file or folder, or a hub dataset id (its `split` parquet file).
+pub fn data_path(arg: &std::path::Path, split: &str) -> anyhow::Result<std::path::PathBuf> {
+    Ok(hub::resolve_dataset(&arg.to_string_lossy(), split)?)
+}
+
 /// Makes a run directory; an existing one must be resumed explicitly.
 pub fn run_dir(out: &std::path::Path, resume: bool) -> anyhow::Result<()> {
     if out.join("config.json").exists() && !resume {

@@ -16,9 +16,16 @@ use toml::Value;
 
 use crate::device::Device;
 use crate::generate::load_model;
+use crate::models::data_path;
 use crate::progress::MetricsFile;
 use crate::reward::Target;
 use crate::{config, with_backend};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Critic {
+    Shared,
+    RewardModel,
+}
 
 #[derive(Args)]
 pub struct PpoArgs {
@@ -35,6 +42,10 @@ pub struct PpoArgs {
     /// directory with aclImdb's imdb.vocab + imdbEr.txt.
     #[arg(long)]
     lexicon: Option<PathBuf>,
+    /// Value model: a value head on the policy's trunk (TRL's classic PPO), or a separate critic
+    /// initialised from the reward model (N+ / TRL's newer trainer; needs --reward-model).
+    #[arg(long, value_enum, default_value = "shared")]
+    critic: Critic,
     /// Train towards positive (default) or negative scores.
     #[arg(long, value_enum, default_value = "positive")]
     target: Target,
@@ -87,7 +98,16 @@ fn train<B: AutodiffBackend>(args: &PpoArgs, local: &LocalConfig, device: &B::De
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let dir = rlhf_trainer::hub::resolve(&args.model)?;
-    let (model_config, policy) = hf::load_as::<B>(&dir, Heads::LmValue, device).with_context(|| format!("loading policy {}", dir.display()))?;
+    let policy_heads = if args.critic == Critic::Shared { Heads::LmValue } else { Heads::Lm };
+    let (model_config, policy) = hf::load_as::<B>(&dir, policy_heads, device).with_context(|| format!("loading policy {}", dir.display()))?;
+    let critic = match (args.critic, &args.reward_model) {
+        (Critic::Shared, _) => None,
+        (Critic::RewardModel, Some(name)) => {
+            let rm_dir = rlhf_trainer::hub::resolve(name)?;
+            Some(hf::load_as::<B>(&rm_dir, Heads::Score { num_labels: 1 }, device)?.1)
+        }
+        (Critic::RewardModel, None) => bail!("--critic reward-model needs --reward-model"),
+    };
     let (_, reference) = hf::load_as::<B::InnerBackend>(&dir, Heads::Lm, device)?;
     let tokenizer = Tokenizer::load(&dir)?;
 
@@ -113,13 +133,13 @@ fn train<B: AutodiffBackend>(args: &PpoArgs, local: &LocalConfig, device: &B::De
         scorer = Box::new(Negated(scorer));
     }
 
-    let texts = load_unlabelled(&args.prompts, OnMalformed::Error)?.rows;
+    let texts = load_unlabelled(&data_path(&args.prompts, "train")?, OnMalformed::Error)?.rows;
     let prompts = rl_prompts(&texts, &tokenizer, &local.prompts)?;
     anyhow::ensure!(!prompts.is_empty(), "{} gave no prompts (texts must be longer than prompts.min_chars)", args.prompts.display());
     config::write(local, &args.out.join("ppo_config.toml"))?;
     tracing::info!(prompts = prompts.len(), scorer = scorer.name(), iterations = local.iterations, "ppo --local");
 
-    let mut trainer = PpoTrainer::<B>::new(policy, None, reference, local.ppo.clone(), tokenizer.eos_id(), device)?;
+    let mut trainer = PpoTrainer::<B>::new(policy, critic, reference, local.ppo.clone(), tokenizer.eos_id(), device)?;
     let mut metrics = MetricsFile::create(&args.out.join("metrics.jsonl"))?;
     let mut write_error = None;
     ppo_local::run(&mut trainer, &prompts, scorer.as_mut(), local, tokenizer.eos_id(), device, &mut |it| {
@@ -142,6 +162,10 @@ fn train<B: AutodiffBackend>(args: &PpoArgs, local: &LocalConfig, device: &B::De
         return Err(e);
     }
     hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &args.out).context("writing the policy")?;
+    if let Some(critic) = &trainer.critic {
+        // The critic shares the reward model's architecture: a sequence-classification directory.
+        hf::export(&critic.valid(), &model_config, &tokenizer, &args.out.join("critic")).context("writing the critic")?;
+    }
     println!("{}", args.out.display());
     Ok(())
 }

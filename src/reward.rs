@@ -17,7 +17,7 @@ use toml::Value;
 
 use crate::device::Device;
 use crate::generate::load_model;
-use crate::models::{ModelSource, run_dir};
+use crate::models::{ModelSource, data_path, run_dir};
 use crate::progress::{MetricsFile, bar, summary};
 use crate::{config, with_backend};
 
@@ -146,9 +146,9 @@ fn load_pairs(args: &TrainArgs, path: &std::path::Path, tokenizer: &rlhf_trainer
 fn train<B: AutodiffBackend>(args: &TrainArgs, reward_config: &RewardConfig, device: &B::Device) -> anyhow::Result<()> {
     run_dir(&args.out, false)?;
     let (model_config, model, tokenizer) = args.source.load::<B>(Heads::Score { num_labels: 1 }, device)?;
-    let mut pairs = load_pairs(args, &args.data, &tokenizer)?;
+    let mut pairs = load_pairs(args, &data_path(&args.data, "train")?, &tokenizer)?;
     let mut eval_pairs = match &args.eval_data {
-        Some(path) => load_pairs(args, path, &tokenizer)?,
+        Some(path) => load_pairs(args, &data_path(path, "test")?, &tokenizer)?,
         None => {
             let n_eval = ((pairs.len() as f64) * args.eval_fraction).round() as usize;
             pairs.split_off(pairs.len() - n_eval.min(pairs.len().saturating_sub(1)))

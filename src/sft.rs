@@ -14,7 +14,7 @@ use rlhf_trainer::{Heads, Tokenizer, hf, sft};
 use toml::Value;
 
 use crate::device::Device;
-use crate::models::{ModelSource, run_dir};
+use crate::models::{ModelSource, data_path, run_dir};
 use crate::progress::{MetricsFile, bar, summary};
 use crate::{config, with_backend};
 
@@ -22,7 +22,8 @@ use crate::{config, with_backend};
 pub struct SftArgs {
     #[command(flatten)]
     source: ModelSource,
-    /// Training texts: .jsonl ({"text"}), .csv (column "text"), .txt (one per line) or an aclImdb folder.
+    /// Training texts: .jsonl ({"text"}), .parquet, .csv (column "text"), .txt (one per line), an
+    /// aclImdb folder, or a hub dataset id such as `imdb` (its train split).
     #[arg(long)]
     data: PathBuf,
     /// Held-out texts; default: the last --eval-fraction of --data.
@@ -94,12 +95,12 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 fn train<B: AutodiffBackend>(args: &SftArgs, sft_config: &SftConfig, device: &B::Device) -> anyhow::Result<()> {
     run_dir(&args.out, args.resume)?;
     let on_malformed = if args.skip_malformed { OnMalformed::Skip } else { OnMalformed::Error };
-    let mut texts: Vec<String> = load_unlabelled(&args.data, on_malformed)?.rows.into_iter().map(|r| r.text).collect();
+    let mut texts: Vec<String> = load_unlabelled(&data_path(&args.data, "train")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect();
     if let Some(n) = args.max_examples {
         texts.truncate(n);
     }
     let eval_texts: Vec<String> = match &args.eval_data {
-        Some(path) => load_unlabelled(path, on_malformed)?.rows.into_iter().map(|r| r.text).collect(),
+        Some(path) => load_unlabelled(&data_path(path, "test")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect(),
         None => {
             let n_eval = ((texts.len() as f64) * args.eval_fraction).round() as usize;
             texts.split_off(texts.len() - n_eval.min(texts.len().saturating_sub(1)))
@@ -127,6 +128,8 @@ fn train<B: AutodiffBackend>(args: &SftArgs, sft_config: &SftConfig, device: &B:
     let mut metrics = MetricsFile::create(&args.out.join("metrics.jsonl"))?;
     let mut bar_slot = None;
     let mut write_error = None;
+    let started = std::time::Instant::now();
+    let mut tokens_seen = 0.0;
     let outcome = sft::train(
         model,
         optim,
@@ -143,7 +146,10 @@ fn train<B: AutodiffBackend>(args: &SftArgs, sft_config: &SftConfig, device: &B:
                 bar
             });
             bar.set_position(p.step as u64);
-            bar.set_message(summary(p.metrics, &["train/loss", "eval/loss", "eval/perplexity"]));
+            tokens_seen += p.metrics.get("train/tokens").copied().unwrap_or(0.0);
+            let tokens_per_s = tokens_seen / started.elapsed().as_secs_f64().max(1e-9);
+            let message = summary(p.metrics, &["train/loss", "eval/loss", "eval/perplexity"]);
+            bar.set_message(format!("{message} tokens/s={tokens_per_s:.0}"));
             if let Err(e) = metrics.write(p.step, p.metrics) {
                 write_error.get_or_insert(e);
             }

@@ -104,7 +104,7 @@ fn a_hub_name_fails_fast_offline_and_says_what_to_do() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("hub cannot be reached") && err.contains("pass its directory"), "{err}");
+    assert!(err.contains("hub cannot be reached") && err.contains("pass the local path"), "{err}");
 }
 
 #[test]

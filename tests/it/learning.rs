@@ -80,6 +80,19 @@ fn local_ppo_raises_the_lexicon_reward_with_bounded_kl() {
 }
 
 #[test]
+fn local_ppo_with_a_separate_critic_from_the_reward_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ppo");
+    rlhf_ok(&[
+        "ppo", "--local", "--model", path_str(&fixture("lm")), "--reward-model", path_str(&fixture("reward")),
+        "--critic", "reward-model", "--prompts", path_str(&assets().join("imdb-sentiment/test.jsonl")),
+        "--out", path_str(&out), "--iterations", "2", "--batch-size", "8",
+    ]);
+    assert_eq!(metrics(&out).len(), 2);
+    assert!(out.join("critic/model.safetensors").is_file() && !out.join("value_head.safetensors").exists());
+}
+
+#[test]
 fn sft_writes_a_model_metrics_and_checkpoints_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sft");

@@ -1,8 +1,8 @@
 //! Datasets every command reads: labelled text, preference pairs, and RL prompts.
 //!
 //! Formats:
-//! - labelled text: JSONL `{"text", "label"}` (HF `imdb`), CSV with named columns, and the aclImdb
-//!   folder layout (`<split>/pos/*.txt`, `<split>/neg/*.txt`);
+//! - labelled text: JSONL `{"text", "label"}`, HF `imdb` parquet, CSV with named columns, and the
+//!   aclImdb folder layout (`<split>/pos/*.txt`, `<split>/neg/*.txt`);
 //! - preference pairs: TRL's JSONL `{"prompt", "chosen", "rejected"}` (the prompt may be implicit:
 //!   the common prefix of chosen and rejected), and OpenAI's summarize-from-feedback comparisons
 //!   (`info.post`, `summaries[i].text`, `choice`);
@@ -29,7 +29,7 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {field}: expected {expected}")]
     Malformed { path: PathBuf, line: usize, field: String, expected: String },
-    #[error("{path}: cannot tell the format (expected .jsonl, .csv, or an aclImdb folder with pos/ and neg/)")]
+    #[error("{path}: cannot tell the format (expected .jsonl, .csv, .parquet, or an aclImdb folder with pos/ and neg/)")]
     UnknownFormat { path: PathBuf },
     #[error("{path}: no usable rows")]
     Empty { path: PathBuf },
@@ -173,6 +173,7 @@ pub fn load_text_fields(
             Ok(TextExample { text: string_field(v, text_field, path, line)?, label })
         }),
         "csv" => load_csv(path, text_field, label_field_name, on_malformed),
+        "parquet" => load_parquet(path, text_field, label_field_name, on_malformed),
         _ => Err(DataError::UnknownFormat { path: path.to_path_buf() }),
     }
 }
@@ -201,6 +202,46 @@ fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_ma
                 };
                 Ok(TextExample { text, label })
             });
+        match (row, on_malformed) {
+            (Ok(row), _) => loaded.rows.push(row),
+            (Err(_), OnMalformed::Skip) => loaded.skipped += 1,
+            (Err(e), OnMalformed::Error) => return Err(e),
+        }
+    }
+    if loaded.rows.is_empty() {
+        return Err(DataError::Empty { path: path.to_path_buf() });
+    }
+    Ok(loaded)
+}
+
+/// Parquet as the Hugging Face hub serves datasets (`imdb`: `text` string, `label` int64). Rows
+/// are numbered from 1 in errors.
+fn load_parquet(path: &Path, text_field: &str, label_field_name: Option<&str>, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let file = std::fs::File::open(path).map_err(io_error(path))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| malformed(path, 0, "file", &format!("a parquet file ({e})")))?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let column = |name: &str| {
+        schema.columns().iter().position(|c| c.name() == name).ok_or_else(|| malformed(path, 0, name, "a column of that name"))
+    };
+    let text_col = column(text_field)?;
+    let label_col = label_field_name.map(column).transpose()?;
+    let rows = reader.get_row_iter(None).map_err(|e| malformed(path, 0, "file", &format!("readable rows ({e})")))?;
+    let mut loaded = Loaded { rows: Vec::new(), skipped: 0 };
+    for (index, row) in rows.enumerate() {
+        let line = index + 1;
+        let row = row.map_err(|e| malformed(path, line, "row", &format!("a readable row ({e})"))).and_then(|row| {
+            let text = row.get_string(text_col).map_err(|_| malformed(path, line, text_field, "a string"))?.clone();
+            let label = match (label_col, label_field_name) {
+                (Some(col), Some(name)) => row
+                    .get_long(col)
+                    .or_else(|_| row.get_int(col).map(i64::from))
+                    .map_err(|_| malformed(path, line, name, "an integer label"))?,
+                _ => 0,
+            };
+            Ok(TextExample { text, label })
+        });
         match (row, on_malformed) {
             (Ok(row), _) => loaded.rows.push(row),
             (Err(_), OnMalformed::Skip) => loaded.skipped += 1,
@@ -421,6 +462,16 @@ mod tests {
         let loaded = load_text(&acl, OnMalformed::Error).unwrap();
         assert_eq!(loaded.rows.len(), 2);
         assert_eq!(loaded.rows[0], TextExample { text: "loved it".into(), label: 1 });
+    }
+
+    #[test]
+    fn hf_imdb_parquet_loads_like_the_jsonl() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/data/imdb_sample.parquet");
+        let parquet = load_text(&path, OnMalformed::Error).unwrap().rows;
+        let jsonl = load_text(&assets().join("imdb-sentiment/test.jsonl"), OnMalformed::Error).unwrap().rows;
+        assert_eq!(parquet, jsonl[..8]);
+        let err = load_text_fields(&path, "review", None, OnMalformed::Error).unwrap_err().to_string();
+        assert!(err.contains("imdb_sample.parquet") && err.contains("review"), "{err}");
     }
 
     #[test]

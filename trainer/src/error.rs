@@ -74,8 +74,9 @@ pub enum TokenizerError {
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error(
-        "{name:?} is not a local directory and the Hugging Face hub cannot be reached ({message}); \
-         download the model elsewhere and pass its directory (config.json, model.safetensors, tokenizer.json) instead"
+        "{name:?} is not a local path and the Hugging Face hub cannot be reached ({message}); \
+         download it elsewhere and pass the local path instead (a model directory with config.json, \
+         model.safetensors and tokenizer.json, or a data file)"
     )]
     Unreachable { name: String, message: String },
     #[error("{path}: no such directory")]

@@ -31,6 +31,55 @@ pub fn resolve(name: &str) -> Result<PathBuf, HubError> {
     download(name)
 }
 
+/// Resolves a dataset: a local file or directory as is; otherwise a hub dataset id (`imdb`,
+/// `stanfordnlp/imdb`) whose `split` parquet file is fetched (`<split>-*.parquet`, as the hub
+/// stores converted datasets).
+pub fn resolve_dataset(name: &str, split: &str) -> Result<PathBuf, HubError> {
+    let path = Path::new(name);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let looks_like_path = name.starts_with(['.', '/', '~']) || name.matches('/').count() > 1 || name.contains('.');
+    if looks_like_path || name.is_empty() {
+        return Err(HubError::NoSuchDir { path: path.to_path_buf() });
+    }
+    download_dataset(name, split)
+}
+
+#[cfg(feature = "hub")]
+fn download_dataset(name: &str, split: &str) -> Result<PathBuf, HubError> {
+    let unreachable = |e: &dyn std::fmt::Display| HubError::Unreachable { name: name.to_string(), message: e.to_string() };
+    let (owner, repo) = hf_hub::split_id(name);
+    let client = hf_hub::HFClient::builder().retry_max_attempts(1).build_sync().map_err(|e| unreachable(&e))?;
+    let dataset = client.dataset(owner, repo);
+    let patterns = vec![format!("{split}-*.parquet"), format!("*/{split}-*.parquet")];
+    let dir = match dataset.snapshot_download().allow_patterns(patterns.clone()).local_files_only(true).send() {
+        Ok(dir) => dir,
+        Err(_) => dataset.snapshot_download().allow_patterns(patterns).send().map_err(|e| unreachable(&e))?,
+    };
+    find_parquet(&dir, split).ok_or_else(|| unreachable(&format!("no {split}-*.parquet in the dataset")))
+}
+
+#[cfg(feature = "hub")]
+fn find_parquet(dir: &Path, split: &str) -> Option<PathBuf> {
+    let mut found = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if path.is_dir() {
+            found = found.or_else(|| find_parquet(&path, split));
+        } else if name.starts_with(&format!("{split}-")) && name.ends_with(".parquet") {
+            found = Some(path);
+        }
+    }
+    found
+}
+
+#[cfg(not(feature = "hub"))]
+fn download_dataset(name: &str, _split: &str) -> Result<PathBuf, HubError> {
+    Err(HubError::Disabled { name: name.to_string() })
+}
+
 #[cfg(feature = "hub")]
 fn download(name: &str) -> Result<PathBuf, HubError> {
     let unreachable = |e: &dyn std::fmt::Display| HubError::Unreachable { name: name.to_string(), message: e.to_string() };
