@@ -2,7 +2,7 @@
 //! The result is deserialised once into the command's serde struct (`deny_unknown_fields`), so
 //! a misspelt key is an error naming it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use serde::Serialize;
@@ -75,4 +75,46 @@ fn set(root: &mut Value, key: &str, value: Value) -> anyhow::Result<()> {
 pub fn write<T: Serialize>(config: &T, path: &Path) -> anyhow::Result<()> {
     let text = toml::to_string_pretty(config).context("serialising the config")?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `--config` and `--set`, shared by every command with a config.
+#[derive(clap::Args)]
+pub struct ConfigArgs {
+    /// TOML file with the command's config fields (see its `*_config.toml` in a run directory).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override one config field, e.g. --set optim.learning_rate=3e-4 (repeatable).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+}
+
+/// The typed flags of the supervised training commands (SFT, reward model).
+#[derive(clap::Args)]
+pub struct TrainFlags {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub max_length: Option<usize>,
+}
+
+impl TrainFlags {
+    /// Resolves a config whose fields include `epochs`, `batch_size`, `optim.learning_rate` and
+    /// `max_length`.
+    pub fn resolve<T: Serialize + DeserializeOwned + Default>(&self) -> anyhow::Result<T> {
+        let integer = |v: usize| Value::Integer(v as i64);
+        let flags = [
+            ("epochs", self.epochs.map(integer)),
+            ("batch_size", self.batch_size.map(integer)),
+            ("optim.learning_rate", self.learning_rate.map(Value::Float)),
+            ("max_length", self.max_length.map(integer)),
+        ];
+        let flags = flags.into_iter().filter_map(|(key, value)| value.map(|v| (key, v))).collect();
+        resolve(self.config.config.as_deref(), flags, &self.config.sets)
+    }
 }

@@ -55,11 +55,9 @@ pub struct PpoArgs {
     /// Run directory: metrics.jsonl, ppo_config.toml and the trained policy.
     #[arg(long)]
     out: PathBuf,
-    /// TOML file with [LocalConfig] fields (iterations, batch_size, sampling, ppo, prompts).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    #[arg(long = "set")]
-    sets: Vec<String>,
+    /// Config fields: iterations, batch_size, sampling.*, ppo.*, prompts.*.
+    #[command(flatten)]
+    config: config::ConfigArgs,
     #[arg(long)]
     iterations: Option<usize>,
     #[arg(long)]
@@ -86,7 +84,7 @@ pub fn run(args: PpoArgs) -> anyhow::Result<()> {
             flags.push((key, Value::Integer(v as i64)));
         }
     }
-    let mut local: LocalConfig = config::resolve(args.config.as_deref(), flags, &args.sets)?;
+    let mut local: LocalConfig = config::resolve(args.config.config.as_deref(), flags, &args.config.sets)?;
     // The learner's log-probs must use the sampler's temperature.
     local.ppo.temperature = if local.sampling.greedy { 1.0 } else { local.sampling.temperature };
     with_backend!(args.device, |B, device| train::<Autodiff<B>>(&args, &local, &device))

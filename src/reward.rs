@@ -13,7 +13,6 @@ use rlhf_trainer::data::{
 };
 use rlhf_trainer::reward::{RewardConfig, normalize, tokenize_pairs};
 use rlhf_trainer::{Heads, hf, reward, scoring};
-use toml::Value;
 
 use crate::device::Device;
 use crate::generate::load_model;
@@ -75,19 +74,8 @@ pub struct TrainArgs {
     /// Run directory: the reward model (a Hugging Face directory), metrics.jsonl, eval_results.json.
     #[arg(long)]
     out: PathBuf,
-    /// TOML file with [RewardConfig] fields.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    #[arg(long = "set")]
-    sets: Vec<String>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    learning_rate: Option<f64>,
-    #[arg(long)]
-    max_length: Option<usize>,
+    #[command(flatten)]
+    flags: config::TrainFlags,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -109,20 +97,7 @@ pub struct ScoreArgs {
 pub fn run(command: RewardCommand) -> anyhow::Result<()> {
     match command {
         RewardCommand::Train(args) => {
-            let mut flags = Vec::new();
-            if let Some(v) = args.epochs {
-                flags.push(("epochs", Value::Integer(v as i64)));
-            }
-            if let Some(v) = args.batch_size {
-                flags.push(("batch_size", Value::Integer(v as i64)));
-            }
-            if let Some(v) = args.learning_rate {
-                flags.push(("optim.learning_rate", Value::Float(v)));
-            }
-            if let Some(v) = args.max_length {
-                flags.push(("max_length", Value::Integer(v as i64)));
-            }
-            let reward_config: RewardConfig = config::resolve(args.config.as_deref(), flags, &args.sets)?;
+            let reward_config: RewardConfig = args.flags.resolve()?;
             with_backend!(args.device, |B, device| train::<Autodiff<B>>(&args, &reward_config, &device))
         }
         RewardCommand::Score(args) => score(args),

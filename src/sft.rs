@@ -11,7 +11,6 @@ use rlhf_trainer::data::{OnMalformed, clean_review, load_unlabelled};
 use rlhf_trainer::sft::SftConfig;
 use rlhf_trainer::train::{TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint};
 use rlhf_trainer::{Heads, Tokenizer, hf, sft};
-use toml::Value;
 
 use crate::device::Device;
 use crate::models::{ModelSource, data_path, run_dir};
@@ -43,20 +42,8 @@ pub struct SftArgs {
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
     resume: bool,
-    /// TOML file with [SftConfig] fields (optim, epochs, batch_size, grad_accum, max_length, ...).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override one config field, e.g. --set optim.learning_rate=3e-4 (repeatable).
-    #[arg(long = "set")]
-    sets: Vec<String>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    learning_rate: Option<f64>,
-    #[arg(long)]
-    max_length: Option<usize>,
+    #[command(flatten)]
+    flags: config::TrainFlags,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -75,20 +62,7 @@ pub fn tokenize_texts(texts: &[String], tokenizer: &Tokenizer, max_length: usize
 }
 
 pub fn run(args: SftArgs) -> anyhow::Result<()> {
-    let mut flags = Vec::new();
-    if let Some(v) = args.epochs {
-        flags.push(("epochs", Value::Integer(v as i64)));
-    }
-    if let Some(v) = args.batch_size {
-        flags.push(("batch_size", Value::Integer(v as i64)));
-    }
-    if let Some(v) = args.learning_rate {
-        flags.push(("optim.learning_rate", Value::Float(v)));
-    }
-    if let Some(v) = args.max_length {
-        flags.push(("max_length", Value::Integer(v as i64)));
-    }
-    let sft_config: SftConfig = config::resolve(args.config.as_deref(), flags, &args.sets)?;
+    let sft_config: SftConfig = args.flags.resolve()?;
     with_backend!(args.device, |B, device| train::<Autodiff<B>>(&args, &sft_config, &device))
 }
 

@@ -72,7 +72,7 @@ fn bad_input_gets_a_clear_error() {
     let model = fixture("lm");
     let model = path_str(&model);
     let err = rlhf_err(&["generate", "--model", "./no/such/model", "--prompt", "x"]);
-    assert!(err.contains("./no/such/model") && err.contains("no such directory"), "{err}");
+    assert!(err.contains("./no/such/model") && err.contains("no such file or directory"), "{err}");
 
     let err = rlhf_err(&["generate", "--model", model, "--prompt", "x", "--device", "cuda"]);
     if cfg!(feature = "cuda") {

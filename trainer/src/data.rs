@@ -70,6 +70,33 @@ pub struct Loaded<T> {
     pub skipped: usize,
 }
 
+impl<T> Loaded<T> {
+    fn new() -> Self {
+        Self { rows: Vec::new(), skipped: 0 }
+    }
+
+    /// Keeps a parsed row, or counts or returns its error as `on_malformed` says.
+    fn push(&mut self, row: Result<T, DataError>, on_malformed: OnMalformed) -> Result<(), DataError> {
+        match (row, on_malformed) {
+            (Ok(row), _) => self.rows.push(row),
+            (Err(_), OnMalformed::Skip) => self.skipped += 1,
+            (Err(e), OnMalformed::Error) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Warns about skipped rows; no rows at all is an error.
+    fn finish(self, path: &Path) -> Result<Self, DataError> {
+        if self.skipped > 0 {
+            tracing::warn!(path = %path.display(), skipped = self.skipped, "skipped malformed rows");
+        }
+        if self.rows.is_empty() {
+            return Err(DataError::Empty { path: path.to_path_buf() });
+        }
+        Ok(self)
+    }
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
     move |source| DataError::Io { path: path.to_path_buf(), source }
 }
@@ -85,7 +112,7 @@ fn read_jsonl<T>(
     mut parse: impl FnMut(&Value, usize) -> Result<T, DataError>,
 ) -> Result<Loaded<T>, DataError> {
     let text = std::fs::read_to_string(path).map_err(io_error(path))?;
-    let mut loaded = Loaded { rows: Vec::new(), skipped: 0 };
+    let mut loaded = Loaded::new();
     // Split on '\n' only: review texts may hold other Unicode line separators.
     for (index, line) in text.split('\n').enumerate() {
         if line.trim().is_empty() {
@@ -94,19 +121,9 @@ fn read_jsonl<T>(
         let row = serde_json::from_str::<Value>(line)
             .map_err(|e| malformed(path, index + 1, "line", &format!("a JSON object ({e})")))
             .and_then(|value| parse(&value, index + 1));
-        match (row, on_malformed) {
-            (Ok(row), _) => loaded.rows.push(row),
-            (Err(_), OnMalformed::Skip) => loaded.skipped += 1,
-            (Err(e), OnMalformed::Error) => return Err(e),
-        }
+        loaded.push(row, on_malformed)?;
     }
-    if loaded.skipped > 0 {
-        tracing::warn!(path = %path.display(), skipped = loaded.skipped, "skipped malformed rows");
-    }
-    if loaded.rows.is_empty() {
-        return Err(DataError::Empty { path: path.to_path_buf() });
-    }
-    Ok(loaded)
+    loaded.finish(path)
 }
 
 fn string_field(value: &Value, field: &str, path: &Path, line: usize) -> Result<String, DataError> {
@@ -186,7 +203,7 @@ fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_ma
     };
     let text_col = column(text_field)?;
     let label_col = label_field_name.map(column).transpose()?;
-    let mut loaded = Loaded { rows: Vec::new(), skipped: 0 };
+    let mut loaded = Loaded::new();
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
         let row = record
@@ -202,16 +219,9 @@ fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_ma
                 };
                 Ok(TextExample { text, label })
             });
-        match (row, on_malformed) {
-            (Ok(row), _) => loaded.rows.push(row),
-            (Err(_), OnMalformed::Skip) => loaded.skipped += 1,
-            (Err(e), OnMalformed::Error) => return Err(e),
-        }
+        loaded.push(row, on_malformed)?;
     }
-    if loaded.rows.is_empty() {
-        return Err(DataError::Empty { path: path.to_path_buf() });
-    }
-    Ok(loaded)
+    loaded.finish(path)
 }
 
 /// Parquet as the Hugging Face hub serves datasets (`imdb`: `text` string, `label` int64). Rows
@@ -228,7 +238,7 @@ fn load_parquet(path: &Path, text_field: &str, label_field_name: Option<&str>, o
     let text_col = column(text_field)?;
     let label_col = label_field_name.map(column).transpose()?;
     let rows = reader.get_row_iter(None).map_err(|e| malformed(path, 0, "file", &format!("readable rows ({e})")))?;
-    let mut loaded = Loaded { rows: Vec::new(), skipped: 0 };
+    let mut loaded = Loaded::new();
     for (index, row) in rows.enumerate() {
         let line = index + 1;
         let row = row.map_err(|e| malformed(path, line, "row", &format!("a readable row ({e})"))).and_then(|row| {
@@ -242,16 +252,9 @@ fn load_parquet(path: &Path, text_field: &str, label_field_name: Option<&str>, o
             };
             Ok(TextExample { text, label })
         });
-        match (row, on_malformed) {
-            (Ok(row), _) => loaded.rows.push(row),
-            (Err(_), OnMalformed::Skip) => loaded.skipped += 1,
-            (Err(e), OnMalformed::Error) => return Err(e),
-        }
+        loaded.push(row, on_malformed)?;
     }
-    if loaded.rows.is_empty() {
-        return Err(DataError::Empty { path: path.to_path_buf() });
-    }
-    Ok(loaded)
+    loaded.finish(path)
 }
 
 /// aclImdb layout: `pos/*.txt` and `neg/*.txt` under `dir` (or under `dir/train`).

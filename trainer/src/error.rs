@@ -79,7 +79,7 @@ pub enum HubError {
          model.safetensors and tokenizer.json, or a data file)"
     )]
     Unreachable { name: String, message: String },
-    #[error("{path}: no such directory")]
+    #[error("{path}: no such file or directory")]
     NoSuchDir { path: PathBuf },
     #[error("{name:?} is not a local directory, and this build has no hub support (feature `hub`); pass a model directory")]
     Disabled { name: String },

@@ -17,33 +17,41 @@ const WANTED: &[&str] = &[
     "special_tokens_map.json",
 ];
 
-/// Resolves `name` to a local model directory.
-pub fn resolve(name: &str) -> Result<PathBuf, HubError> {
+/// `Some(path)` when `name` is an existing local path; an error when it was meant as a path but
+/// does not exist; `None` when it is a hub id (`name` or `owner/name`). `dots_mean_path`: a dot
+/// marks a file name (`train.jsonl`), as it does for datasets but not for models (`gpt-neo-1.3B`).
+fn local_path(name: &str, dots_mean_path: bool) -> Result<Option<PathBuf>, HubError> {
     let path = Path::new(name);
     if path.exists() {
-        return Ok(path.to_path_buf());
+        return Ok(Some(path.to_path_buf()));
     }
-    // Hub ids are `name` or `owner/name`; anything else was meant as a path.
-    let looks_like_path = name.starts_with(['.', '/', '~']) || name.matches('/').count() > 1 || name.contains('\\');
-    if looks_like_path || name.is_empty() {
+    let looks_like_path = name.is_empty()
+        || name.starts_with(['.', '/', '~'])
+        || name.matches('/').count() > 1
+        || name.contains('\\')
+        || (dots_mean_path && name.contains('.'));
+    if looks_like_path {
         return Err(HubError::NoSuchDir { path: path.to_path_buf() });
     }
-    download(name)
+    Ok(None)
+}
+
+/// Resolves `name` to a local model directory.
+pub fn resolve(name: &str) -> Result<PathBuf, HubError> {
+    match local_path(name, false)? {
+        Some(path) => Ok(path),
+        None => download(name),
+    }
 }
 
 /// Resolves a dataset: a local file or directory as is; otherwise a hub dataset id (`imdb`,
 /// `stanfordnlp/imdb`) whose `split` parquet file is fetched (`<split>-*.parquet`, as the hub
 /// stores converted datasets).
 pub fn resolve_dataset(name: &str, split: &str) -> Result<PathBuf, HubError> {
-    let path = Path::new(name);
-    if path.exists() {
-        return Ok(path.to_path_buf());
+    match local_path(name, true)? {
+        Some(path) => Ok(path),
+        None => download_dataset(name, split),
     }
-    let looks_like_path = name.starts_with(['.', '/', '~']) || name.matches('/').count() > 1 || name.contains('.');
-    if looks_like_path || name.is_empty() {
-        return Err(HubError::NoSuchDir { path: path.to_path_buf() });
-    }
-    download_dataset(name, split)
 }
 
 #[cfg(feature = "hub")]
