@@ -1,6 +1,16 @@
 //! `--log-format pretty|json` and `RUST_LOG`, to stderr (stdout carries command output).
 
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+
 use tracing_subscriber::EnvFilter;
+
+/// The format chosen at start-up; `rlhf run` passes it on to its children.
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+pub fn format() -> LogFormat {
+    *FORMAT.get().unwrap_or(&LogFormat::Pretty)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -9,8 +19,13 @@ pub enum LogFormat {
 }
 
 pub fn init(format: LogFormat) {
+    let _ = FORMAT.set(format);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,hf_hub=off"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal, so piped logs stay greppable.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),

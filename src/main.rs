@@ -10,6 +10,7 @@ mod models;
 mod ppo;
 mod progress;
 mod reward;
+mod runtime;
 mod sft;
 
 use std::process::ExitCode;
@@ -41,6 +42,14 @@ enum Command {
     Reward(reward::RewardCommand),
     /// PPO against a reward model or lexicon (`--local`: in one process).
     Ppo(ppo::PpoArgs),
+    /// The learner process: PPO updates, prompt leases, weight publishing (gRPC).
+    Learner(runtime::LearnerArgs),
+    /// A rollout worker: generates with the current policy and submits scored rollouts.
+    Worker(runtime::WorkerArgs),
+    /// A reward server: scores token sequences with a reward model or a lexicon (gRPC).
+    RewardServer(runtime::RewardServerArgs),
+    /// Learner, reward server and N workers as child processes on 127.0.0.1.
+    Run(runtime::RunArgs),
     /// Benchmarks that print tables (numbers are measured, never asserted).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -66,6 +75,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Sft(args) => sft::run(args),
         Command::Reward(command) => reward::run(command),
         Command::Ppo(args) => ppo::run(args),
+        Command::Learner(args) => runtime::learner(args),
+        Command::Worker(args) => runtime::worker(args),
+        Command::RewardServer(args) => runtime::reward_server(args),
+        Command::Run(args) => runtime::run(args),
         Command::Bench(command) => bench::run(command),
     }
 }

@@ -1,5 +1,57 @@
-//! The learner process: ractor actors (membership, prompt dispatch, experience buffer, PPO
-//! learner, weight publisher) and its gRPC service. Built by the distributed-runtime issue; for now
-//! this crate only fixes its place in the dependency graph.
+//! The learner process: the coordinator actor (membership, prompt leases, experience buffer, the
+//! PPO update on a blocking thread, weight publishing) behind its gRPC service.
 //!
-//! **Invariant:** no tensor math lives here; the PPO update is `rlhf_trainer`'s.
+//! **Invariant:** no tensor math lives here; the PPO update is `rlhf_trainer`'s
+//! [`PpoTrainer::step`](rlhf_trainer::ppo_update::PpoTrainer::step), the same code
+//! `rlhf ppo --local` runs.
+
+pub mod config;
+pub mod coordinator;
+pub mod service;
+pub mod weights;
+
+use std::time::Duration;
+
+use burn::tensor::backend::AutodiffBackend;
+use ractor::Actor;
+use rlhf_proto::v1::learner_server::LearnerServer;
+
+pub use config::LearnerConfig;
+pub use coordinator::{Coordinator, CoordinatorArgs};
+
+/// Largest gRPC message accepted or sent (rollout batches; weights travel in 1 MiB chunks).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Runs the learner until the run is over: serves the gRPC service on `listener`, and returns
+/// after the last iteration once workers have had time to hear that the run is done.
+pub async fn serve<B: AutodiffBackend>(
+    mut args: CoordinatorArgs<B>,
+    listener: tokio::net::TcpListener,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let grace = Duration::from_millis(args.config.runtime.heartbeat_interval_ms * 3);
+    let (finished, finished_rx) = tokio::sync::oneshot::channel::<()>();
+    let on_done = std::mem::replace(&mut args.on_done, Box::new(|_, _| {}));
+    args.on_done = Box::new(move |trainer, totals| {
+        on_done(trainer, totals);
+        let _ = finished.send(());
+    });
+    let (coordinator, handle) = Actor::spawn(Some("coordinator".into()), Coordinator::<B>::default(), args).await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<LearnerServer<service::LearnerService>>().await;
+    let service = LearnerServer::new(service::LearnerService { coordinator: coordinator.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let shutdown = async move {
+        let _ = finished_rx.await;
+        // Workers learn that the run is done from their next lease or heartbeat.
+        tokio::time::sleep(grace).await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    coordinator.stop(None);
+    let _ = handle.await;
+    Ok(())
+}

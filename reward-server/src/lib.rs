@@ -1,3 +1,132 @@
-//! Reward server: scores (prompt, response) token sequences with a reward model or a rule-based
-//! scorer. Built by the distributed-runtime issue; for now this crate only fixes its place in the
-//! dependency graph.
+//! Reward server: scores (query, response) token sequences with a [`Scorer`] (a reward-model
+//! directory or a lexicon) over gRPC.
+//!
+//! Concurrent requests are batched dynamically: the first request waiting opens a batch that
+//! closes when it holds `max_batch` sequences or `max_wait` has passed, and the scorer runs once on
+//! a blocking thread. Several replicas can serve one run: workers take a list of addresses and
+//! spread requests over it (see the README).
+//!
+//! **Invariant:** the server holds no run state; restarting it loses nothing.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rlhf_proto::v1::reward_model_server::{RewardModel, RewardModelServer};
+use rlhf_proto::v1::{ScoreRequest, ScoreResponse};
+use rlhf_trainer::scorer::Scorer;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+/// Dynamic batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self { max_batch: 64, max_wait: Duration::from_millis(5) }
+    }
+}
+
+/// One request waiting for its scores.
+struct Job {
+    queries: Vec<Vec<u32>>,
+    responses: Vec<Vec<u32>>,
+    reply: oneshot::Sender<Result<Vec<f32>, Status>>,
+}
+
+struct Service {
+    jobs: mpsc::Sender<Job>,
+    scorer_name: String,
+}
+
+#[tonic::async_trait]
+impl RewardModel for Service {
+    async fn score(&self, request: Request<ScoreRequest>) -> Result<Response<ScoreResponse>, Status> {
+        let sequences = request.into_inner().sequences;
+        if sequences.iter().any(|s| s.response.is_empty()) {
+            return Err(Status::invalid_argument("every sequence needs a non-empty response"));
+        }
+        let (queries, responses) = sequences.into_iter().map(|s| (s.query, s.response)).unzip();
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job { queries, responses, reply }).await.map_err(|_| Status::unavailable("scorer stopped"))?;
+        let scores = answer.await.map_err(|_| Status::unavailable("scorer stopped"))??;
+        Ok(Response::new(ScoreResponse { scores, scorer: self.scorer_name.clone() }))
+    }
+}
+
+/// Collects jobs into batches and scores them on a blocking thread.
+async fn batcher(mut scorer: Box<dyn Scorer>, mut jobs: mpsc::Receiver<Job>, config: BatchConfig) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        let mut size = batch[0].queries.len();
+        let deadline = tokio::time::Instant::now() + config.max_wait;
+        while size < config.max_batch {
+            match tokio::time::timeout_at(deadline, jobs.recv()).await {
+                Ok(Some(job)) => {
+                    size += job.queries.len();
+                    batch.push(job);
+                }
+                _ => break,
+            }
+        }
+        let queries: Vec<Vec<u32>> = batch.iter().flat_map(|j| j.queries.clone()).collect();
+        let responses: Vec<Vec<u32>> = batch.iter().flat_map(|j| j.responses.clone()).collect();
+        let started = Instant::now();
+        let (returned, result) = tokio::task::spawn_blocking(move || {
+            let result = scorer.score(&queries, &responses);
+            (scorer, result)
+        })
+        .await
+        .expect("the scoring thread does not panic");
+        scorer = returned;
+        tracing::debug!(sequences = size, requests = batch.len(), seconds = started.elapsed().as_secs_f64(), "scored batch");
+        match result {
+            Ok(scores) => {
+                let mut offset = 0;
+                for job in batch {
+                    let n = job.queries.len();
+                    let _ = job.reply.send(Ok(scores[offset..offset + n].to_vec()));
+                    offset += n;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "scoring failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(Status::invalid_argument(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Serves `scorer` on `listener` until `shutdown` resolves. Prints nothing; the caller reports
+/// the bound address.
+pub async fn serve(
+    scorer: Box<dyn Scorer>,
+    listener: tokio::net::TcpListener,
+    config: BatchConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let scorer_name = scorer.name();
+    let (jobs, receiver) = mpsc::channel(1024);
+    tokio::spawn(batcher(scorer, receiver, config));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RewardModelServer<Service>>().await;
+    let service = RewardModelServer::new(Service { jobs, scorer_name }).max_decoding_message_size(64 << 20);
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "reward server listening");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Binds `addr` (port 0 allowed) and returns the listener with its real address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

@@ -10,7 +10,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("rlhf-actors", &["rlhf-proto", "rlhf-trainer"]),
     ("rlhf-rollout-worker", &["rlhf-proto", "rlhf-trainer"]),
     ("rlhf-reward-server", &["rlhf-proto", "rlhf-trainer"]),
-    ("rlhf", &["rlhf-trainer", "rlhf-actors", "rlhf-rollout-worker", "rlhf-reward-server"]),
+    ("rlhf", &["rlhf-proto", "rlhf-trainer", "rlhf-actors", "rlhf-rollout-worker", "rlhf-reward-server"]),
 ];
 
 /// External crates a crate must never depend on, with the reason.

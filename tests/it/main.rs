@@ -4,6 +4,7 @@
 mod architecture;
 mod cli;
 mod learning;
+mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -22,8 +22,9 @@ pub enum ScoreError {
     Lexicon { path: PathBuf, message: String },
 }
 
-/// Scores (query, response) pairs given as the policy's token ids.
-pub trait Scorer {
+/// Scores (query, response) pairs given as the policy's token ids. `Send`, so a server can run
+/// it on a blocking thread.
+pub trait Scorer: Send {
     fn score(&mut self, queries: &[Vec<u32>], responses: &[Vec<u32>]) -> Result<Vec<f32>, ScoreError>;
     /// Identifies the scorer in logs and results.
     fn name(&self) -> String;

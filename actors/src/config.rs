@@ -1,0 +1,78 @@
+//! The learner's config: what to train (the local loop's [`LocalConfig`]) and how the runtime
+//! behaves (leases, heartbeats, staleness).
+
+use std::path::PathBuf;
+
+use rlhf_trainer::ppo_local::LocalConfig;
+use serde::{Deserialize, Serialize};
+
+/// Where rewards come from (the reward server's source; `rlhf run` starts it from this).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardSource {
+    /// A reward-model directory.
+    pub model: Option<String>,
+    /// A lexicon (file or aclImdb folder).
+    pub lexicon: Option<PathBuf>,
+    /// Train towards negative scores.
+    pub negate: bool,
+}
+
+/// Runtime behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Prompts per lease (0: the whole iteration's batch in one lease).
+    pub lease_size: usize,
+    /// A lease not submitted within this many seconds is re-issued.
+    pub lease_timeout_s: f64,
+    /// A worker silent for this long is expired and its leases re-issued.
+    pub heartbeat_timeout_s: f64,
+    pub heartbeat_interval_ms: u64,
+    /// 0: strictly on-policy (TRL). Larger lags are not implemented yet.
+    pub max_policy_lag: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { lease_size: 0, lease_timeout_s: 120.0, heartbeat_timeout_s: 10.0, heartbeat_interval_ms: 1000, max_policy_lag: 0 }
+    }
+}
+
+/// The whole learner (and `rlhf run`) config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnerConfig {
+    /// Policy to start from: a model directory or hub id.
+    pub model: String,
+    /// Texts to cut prompts from.
+    pub prompts: PathBuf,
+    /// Run directory: metrics.jsonl, the resolved config, the trained policy.
+    pub out: PathBuf,
+    pub reward: RewardSource,
+    pub train: LocalConfig,
+    pub runtime: RuntimeConfig,
+}
+
+impl LearnerConfig {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.model.is_empty() {
+            return Err("model: a policy directory is required".into());
+        }
+        if self.prompts.as_os_str().is_empty() || self.out.as_os_str().is_empty() {
+            return Err("prompts and out are required".into());
+        }
+        if self.runtime.max_policy_lag != 0 {
+            return Err("runtime.max_policy_lag > 0 is not implemented yet; use 0 (on-policy)".into());
+        }
+        if self.train.batch_size == 0 || self.train.iterations == 0 {
+            return Err("train.batch_size and train.iterations must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn lease_size(&self) -> usize {
+        if self.runtime.lease_size == 0 { self.train.batch_size } else { self.runtime.lease_size.min(self.train.batch_size) }
+    }
+}

@@ -1,0 +1,453 @@
+//! The learner's coordinator actor: membership, prompt leases, the experience buffer, and the
+//! PPO update (run on a blocking thread, its result coming back as a message).
+//!
+//! Runtime semantics (on-policy, `max_policy_lag = 0`):
+//! - iteration `k` trains policy version `k`; its `batch_size` prompts (indices
+//!   `k·batch .. (k+1)·batch` of the prompt stream) are split into leases of `lease_size`;
+//! - a lease is owned by one worker until it submits, returns it, its deadline passes, or the worker
+//!   expires; then its prompts go back to the front of the queue. A submission for a lease that is
+//!   no longer owned is refused, so every prompt is accounted exactly once;
+//! - when the buffer holds a rollout for every prompt of the iteration, the update runs; workers
+//!   asking for work meanwhile are told to wait; then the new weights are published and iteration
+//!   `k + 1` starts.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rlhf_proto::v1 as pb;
+use rlhf_trainer::ppo_local::prompts_for;
+use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
+use tonic::Status;
+
+use crate::config::LearnerConfig;
+use crate::weights::WeightSnapshot;
+
+/// Messages the coordinator handles. RPC handlers send one per call and await the reply.
+pub enum CoordinatorMsg {
+    Join { name: String, reply: RpcReplyPort<pb::JoinResponse> },
+    Heartbeat { worker_id: u64, reply: RpcReplyPort<Result<pb::HeartbeatResponse, Status>> },
+    Lease { worker_id: u64, reply: RpcReplyPort<Result<pb::LeasePromptsResponse, Status>> },
+    Submit { request: pb::SubmitRolloutsRequest, score_seconds: f64, reply: RpcReplyPort<Result<u32, Status>> },
+    Return { worker_id: u64, lease_id: u64, reply: RpcReplyPort<Result<(), Status>> },
+    Weights { version: u64, reply: RpcReplyPort<Result<WeightSnapshot, Status>> },
+    /// Expire leases and workers (sent by a timer).
+    Tick,
+    /// The blocking PPO update finished.
+    UpdateDone(Box<dyn std::any::Any + Send>),
+}
+
+/// Called after each iteration with its stats and the lineage of its rollouts.
+pub type OnIteration = Box<dyn FnMut(usize, &Stats, &[Lineage]) + Send>;
+
+/// Where one accepted rollout came from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lineage {
+    pub rollout_id: u64,
+    pub worker_id: u64,
+    pub lease_id: u64,
+    pub policy_version: u64,
+    pub prompt_index: u64,
+}
+
+/// Totals written when the run ends.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Accounting {
+    pub prompts_accounted: usize,
+    pub leases_issued: u64,
+    pub leases_reissued: u64,
+    pub workers_joined: u64,
+    pub workers_expired: u64,
+}
+
+pub struct CoordinatorArgs<B: AutodiffBackend> {
+    pub config: LearnerConfig,
+    pub trainer: PpoTrainer<B>,
+    pub prompts: Vec<Vec<u32>>,
+    pub sampling_json: String,
+    pub model_config_json: String,
+    pub eos_id: u32,
+    /// Called after each iteration with its stats.
+    pub on_iteration: OnIteration,
+    /// Called once with the trained trainer and the run's totals when the run is over.
+    pub on_done: Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>,
+}
+
+struct WorkerInfo {
+    name: String,
+    last_seen: Instant,
+    samples: usize,
+}
+
+struct LeaseInfo {
+    worker_id: u64,
+    prompts: Vec<u64>,
+    deadline: Instant,
+}
+
+pub struct State<B: AutodiffBackend> {
+    config: LearnerConfig,
+    prompts: Vec<Vec<u32>>,
+    sampling_json: String,
+    model_config_json: String,
+    sampling_seed: u64,
+    eos_id: u32,
+    trainer: Option<PpoTrainer<B>>,
+    version: u64,
+    weights: WeightSnapshot,
+    workers: BTreeMap<u64, WorkerInfo>,
+    next_worker_id: u64,
+    next_lease_id: u64,
+    leases_this_iteration: u64,
+    /// Prompt indices not leased yet, in chunks of `lease_size`.
+    pending: VecDeque<Vec<u64>>,
+    leases: BTreeMap<u64, LeaseInfo>,
+    buffer: BTreeMap<u64, (Lineage, Rollout)>,
+    totals: Accounting,
+    accounted: BTreeSet<u64>,
+    iteration_started: Instant,
+    score_seconds: Vec<f64>,
+    done: bool,
+    on_iteration: OnIteration,
+    on_done: Option<Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>>,
+}
+
+impl<B: AutodiffBackend> State<B> {
+    fn start_iteration(&mut self) {
+        let iteration = self.version as usize;
+        let batch = self.config.train.batch_size;
+        let first = (iteration * batch) as u64;
+        let indices: Vec<u64> = (first..first + batch as u64).collect();
+        self.pending = indices.chunks(self.config.lease_size()).map(<[u64]>::to_vec).collect();
+        self.leases_this_iteration = 0;
+        self.iteration_started = Instant::now();
+        self.score_seconds.clear();
+        for worker in self.workers.values_mut() {
+            worker.samples = 0;
+        }
+    }
+
+    /// The prompt for a stream index: iteration `i` uses `prompts_for(prompts, batch, i)`, as the
+    /// local loop does.
+    fn prompt(&self, index: u64) -> Vec<u32> {
+        let batch = self.config.train.batch_size;
+        prompts_for(&self.prompts, batch, index as usize / batch)[index as usize % batch].clone()
+    }
+
+    /// Puts a lease's prompts back at the front of the queue.
+    fn reissue(&mut self, lease_id: u64, why: &str) {
+        if let Some(lease) = self.leases.remove(&lease_id) {
+            let name = self.workers.get(&lease.worker_id).map(|w| w.name.clone()).unwrap_or_default();
+            tracing::warn!(lease_id, worker_id = lease.worker_id, worker = %name, prompts = lease.prompts.len(), "{why}; re-issuing its prompts");
+            self.totals.leases_reissued += 1;
+            self.pending.push_front(lease.prompts);
+        }
+    }
+}
+
+pub struct Coordinator<B>(PhantomData<fn() -> B>);
+
+impl<B> Default for Coordinator<B> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+/// What the blocking update sends back.
+struct UpdateResult<B: AutodiffBackend> {
+    trainer: PpoTrainer<B>,
+    stats: Result<Stats, String>,
+    weights: Result<WeightSnapshot, String>,
+    update_seconds: f64,
+    publish_seconds: f64,
+}
+
+impl<B: AutodiffBackend> Actor for Coordinator<B> {
+    type Msg = CoordinatorMsg;
+    type State = State<B>;
+    type Arguments = CoordinatorArgs<B>;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        let weights = WeightSnapshot::of(&args.trainer.policy.valid(), 0)?;
+        let interval = Duration::from_millis(200);
+        myself.send_interval(interval, || CoordinatorMsg::Tick);
+        let sampling_seed = args.config.train.sampling.seed;
+        let mut state = State {
+            config: args.config,
+            prompts: args.prompts,
+            sampling_json: args.sampling_json,
+            model_config_json: args.model_config_json,
+            sampling_seed,
+            eos_id: args.eos_id,
+            trainer: Some(args.trainer),
+            version: 0,
+            weights,
+            workers: BTreeMap::new(),
+            next_worker_id: 1,
+            next_lease_id: 1,
+            leases_this_iteration: 0,
+            pending: VecDeque::new(),
+            leases: BTreeMap::new(),
+            buffer: BTreeMap::new(),
+            totals: Accounting::default(),
+            accounted: BTreeSet::new(),
+            iteration_started: Instant::now(),
+            score_seconds: Vec::new(),
+            done: false,
+            on_iteration: args.on_iteration,
+            on_done: Some(args.on_done),
+        };
+        state.start_iteration();
+        Ok(state)
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match message {
+            CoordinatorMsg::Join { name, reply } => {
+                let worker_id = state.next_worker_id;
+                state.next_worker_id += 1;
+                tracing::info!(worker_id, worker = %name, "worker joined");
+                state.totals.workers_joined += 1;
+                state.workers.insert(worker_id, WorkerInfo { name, last_seen: Instant::now(), samples: 0 });
+                let _ = reply.send(pb::JoinResponse {
+                    worker_id,
+                    sampling_json: state.sampling_json.clone(),
+                    eos_id: state.eos_id,
+                    heartbeat_interval_ms: state.config.runtime.heartbeat_interval_ms,
+                    model_config_json: state.model_config_json.clone(),
+                });
+            }
+            CoordinatorMsg::Heartbeat { worker_id, reply } => {
+                let result = match state.workers.get_mut(&worker_id) {
+                    Some(worker) => {
+                        worker.last_seen = Instant::now();
+                        Ok(pb::HeartbeatResponse { policy_version: state.version, done: state.done })
+                    }
+                    None => Err(Status::not_found(format!("worker {worker_id} is unknown or expired; join again"))),
+                };
+                let _ = reply.send(result);
+            }
+            CoordinatorMsg::Lease { worker_id, reply } => {
+                let _ = reply.send(lease(state, worker_id));
+            }
+            CoordinatorMsg::Submit { request, score_seconds, reply } => {
+                let result = submit(state, request);
+                if result.is_ok() {
+                    state.score_seconds.push(score_seconds);
+                }
+                let _ = reply.send(result);
+                if state.buffer.len() == state.config.train.batch_size && state.trainer.is_some() {
+                    start_update(state, myself.clone());
+                }
+            }
+            CoordinatorMsg::Return { worker_id, lease_id, reply } => {
+                let owned = state.leases.get(&lease_id).is_some_and(|l| l.worker_id == worker_id);
+                if owned {
+                    state.reissue(lease_id, "lease returned by its worker");
+                }
+                let _ = reply.send(Ok(()));
+            }
+            CoordinatorMsg::Weights { version, reply } => {
+                let result = if version == state.weights.version {
+                    Ok(state.weights.clone())
+                } else {
+                    Err(Status::failed_precondition(format!(
+                        "policy version {version} is not available; the current version is {}",
+                        state.weights.version
+                    )))
+                };
+                let _ = reply.send(result);
+            }
+            CoordinatorMsg::Tick => expire(state),
+            CoordinatorMsg::UpdateDone(result) => {
+                let result = *result.downcast::<UpdateResult<B>>().map_err(|_| "unexpected update result")?;
+                finish_update(state, result)?;
+                if state.done {
+                    let trainer = state.trainer.take().expect("the trainer is back");
+                    if let Some(on_done) = state.on_done.take() {
+                        state.totals.prompts_accounted = state.accounted.len();
+                        on_done(trainer, state.totals.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lease<B: AutodiffBackend>(state: &mut State<B>, worker_id: u64) -> Result<pb::LeasePromptsResponse, Status> {
+    use pb::lease_prompts_response::Reply;
+    let Some(worker) = state.workers.get_mut(&worker_id) else {
+        return Err(Status::not_found(format!("worker {worker_id} is unknown or expired; join again")));
+    };
+    worker.last_seen = Instant::now();
+    if state.done {
+        return Ok(pb::LeasePromptsResponse { reply: Some(Reply::Done(true)) });
+    }
+    let Some(prompts) = state.trainer.as_ref().and_then(|_| state.pending.pop_front()) else {
+        return Ok(pb::LeasePromptsResponse { reply: Some(Reply::WaitMs(50)) });
+    };
+    let lease_id = state.next_lease_id;
+    state.next_lease_id += 1;
+    // The first lease of an iteration uses the local loop's seed, so one worker repeats
+    // `ppo --local` exactly; later leases get their own streams.
+    let seed = state.sampling_seed.wrapping_add(state.version).wrapping_add(state.leases_this_iteration << 32);
+    state.leases_this_iteration += 1;
+    state.totals.leases_issued += 1;
+    let deadline = Instant::now() + Duration::from_secs_f64(state.config.runtime.lease_timeout_s);
+    let wire_prompts = prompts.iter().map(|&i| pb::Prompt { prompt_index: i, ids: state.prompt(i) }).collect();
+    state.leases.insert(lease_id, LeaseInfo { worker_id, prompts, deadline });
+    let deadline_ms = (state.config.runtime.lease_timeout_s * 1000.0) as u64;
+    Ok(pb::LeasePromptsResponse {
+        reply: Some(Reply::Lease(pb::Lease { lease_id, policy_version: state.version, prompts: wire_prompts, seed, deadline_ms })),
+    })
+}
+
+fn submit<B: AutodiffBackend>(state: &mut State<B>, request: pb::SubmitRolloutsRequest) -> Result<u32, Status> {
+    let Some(lease) = state.leases.get(&request.lease_id) else {
+        return Err(Status::failed_precondition(format!(
+            "lease {} is unknown, expired or already submitted; its prompts were re-issued",
+            request.lease_id
+        )));
+    };
+    if lease.worker_id != request.worker_id {
+        return Err(Status::failed_precondition(format!("lease {} belongs to another worker", request.lease_id)));
+    }
+    let expected: BTreeSet<u64> = lease.prompts.iter().copied().collect();
+    let got: BTreeSet<u64> = request.rollouts.iter().map(|r| r.prompt_index).collect();
+    if expected != got || request.rollouts.len() != expected.len() {
+        return Err(Status::invalid_argument(format!("lease {}: rollouts must cover exactly its prompts", request.lease_id)));
+    }
+    for r in &request.rollouts {
+        if r.policy_version != state.version {
+            return Err(Status::failed_precondition(format!(
+                "rollout {} was generated with policy version {}, but the learner is at {}",
+                r.rollout_id, r.policy_version, state.version
+            )));
+        }
+        if r.response.is_empty() || r.logprobs.len() != r.response.len() || !r.score.is_finite() {
+            return Err(Status::invalid_argument(format!(
+                "rollout {}: needs a non-empty response, one log-prob per token and a finite score",
+                r.rollout_id
+            )));
+        }
+        if r.query != state.prompt(r.prompt_index) {
+            return Err(Status::invalid_argument(format!("rollout {}: query differs from prompt {}", r.rollout_id, r.prompt_index)));
+        }
+    }
+    state.leases.remove(&request.lease_id);
+    let n = request.rollouts.len() as u32;
+    for r in request.rollouts {
+        // Exactly once: a prompt is accounted when its lease is accepted, never again.
+        assert!(state.accounted.insert(r.prompt_index), "prompt {} accounted twice", r.prompt_index);
+        tracing::debug!(rollout_id = r.rollout_id, worker_id = r.worker_id, policy_version = r.policy_version, "rollout accepted");
+        let lineage = Lineage {
+            rollout_id: r.rollout_id,
+            worker_id: r.worker_id,
+            lease_id: request.lease_id,
+            policy_version: r.policy_version,
+            prompt_index: r.prompt_index,
+        };
+        let rollout = Rollout { query: r.query, response: r.response, logprobs: r.logprobs, score: r.score };
+        state.buffer.insert(r.prompt_index, (lineage, rollout));
+    }
+    if let Some(worker) = state.workers.get_mut(&request.worker_id) {
+        worker.samples += n as usize;
+    }
+    Ok(n)
+}
+
+fn expire<B: AutodiffBackend>(state: &mut State<B>) {
+    let now = Instant::now();
+    let timeout = Duration::from_secs_f64(state.config.runtime.heartbeat_timeout_s);
+    let dead: Vec<u64> = state.workers.iter().filter(|(_, w)| now.duration_since(w.last_seen) > timeout).map(|(&id, _)| id).collect();
+    for worker_id in dead {
+        let worker = state.workers.remove(&worker_id).expect("listed above");
+        tracing::warn!(worker_id, worker = %worker.name, "worker expired (no heartbeat)");
+        state.totals.workers_expired += 1;
+        let owned: Vec<u64> = state.leases.iter().filter(|(_, l)| l.worker_id == worker_id).map(|(&id, _)| id).collect();
+        for lease_id in owned {
+            state.reissue(lease_id, "lease of an expired worker");
+        }
+    }
+    let late: Vec<u64> = state.leases.iter().filter(|(_, l)| now > l.deadline).map(|(&id, _)| id).collect();
+    for lease_id in late {
+        state.reissue(lease_id, "lease deadline passed");
+    }
+}
+
+fn start_update<B: AutodiffBackend>(state: &mut State<B>, myself: ActorRef<CoordinatorMsg>) {
+    let mut trainer = state.trainer.take().expect("checked by the caller");
+    let rollouts: Vec<Rollout> = state.buffer.values().map(|(_, r)| r.clone()).collect();
+    let total_steps = state.config.train.total_optimizer_steps();
+    let version = state.version + 1;
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let stats = trainer.step(&rollouts, total_steps).map_err(|e| e.to_string());
+        let update_seconds = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let weights = WeightSnapshot::of(&trainer.policy.valid(), version);
+        let publish_seconds = started.elapsed().as_secs_f64();
+        let result = UpdateResult { trainer, stats, weights, update_seconds, publish_seconds };
+        let _ = myself.send_message(CoordinatorMsg::UpdateDone(Box::new(result)));
+    });
+}
+
+fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: UpdateResult<B>) -> Result<(), ActorProcessingErr> {
+    let rollout_wait = state.iteration_started.elapsed().as_secs_f64() - result.update_seconds - result.publish_seconds;
+    state.trainer = Some(result.trainer);
+    let mut stats = result.stats?;
+    let weights = result.weights?;
+    let n = state.buffer.len() as f64;
+    let scores: Vec<f64> = state.buffer.values().map(|(_, r)| r.score as f64).collect();
+    let mean = scores.iter().sum::<f64>() / n;
+    stats.insert("env/reward_mean".into(), mean);
+    stats.insert("env/reward_std".into(), (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt());
+    stats.insert("time/rollout_wait".into(), rollout_wait.max(0.0));
+    stats.insert("time/update".into(), result.update_seconds);
+    stats.insert("time/weight_sync".into(), result.publish_seconds);
+    stats.insert("weights/bytes".into(), weights.bytes.len() as f64);
+    // On-policy: every rollout was generated by the version it trains.
+    stats.insert("staleness/mean".into(), 0.0);
+    stats.insert("staleness/max".into(), 0.0);
+    stats.insert("workers/active".into(), state.workers.len() as f64);
+    let elapsed = state.iteration_started.elapsed().as_secs_f64().max(1e-9);
+    stats.insert("samples_per_s".into(), n / elapsed);
+    for (id, worker) in &state.workers {
+        stats.insert(format!("workers/{id}/samples_per_s"), worker.samples as f64 / elapsed);
+    }
+    let mut latencies = state.score_seconds.clone();
+    latencies.sort_by(f64::total_cmp);
+    if !latencies.is_empty() {
+        let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        stats.insert("reward_server/latency_p50".into(), pick(0.5));
+        stats.insert("reward_server/latency_p99".into(), pick(0.99));
+    }
+    let iteration = state.version as usize;
+    tracing::info!(
+        iteration = iteration + 1,
+        policy_version = weights.version,
+        reward = format!("{mean:.4}"),
+        kl = format!("{:.4}", stats["objective/kl"]),
+        workers = state.workers.len(),
+        "iteration done"
+    );
+    let lineage: Vec<Lineage> = state.buffer.values().map(|(l, _)| l.clone()).collect();
+    (state.on_iteration)(iteration, &stats, &lineage);
+    state.buffer.clear();
+    state.version = weights.version;
+    state.weights = weights;
+    if state.version as usize >= state.config.train.iterations {
+        state.done = true;
+        tracing::info!(iterations = state.version, "run finished");
+    } else {
+        state.start_iteration();
+    }
+    Ok(())
+}
+
+/// A shared handle the gRPC service uses.
+pub type CoordinatorRef = ActorRef<CoordinatorMsg>;

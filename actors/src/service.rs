@@ -1,0 +1,69 @@
+//! The learner's gRPC service: each RPC becomes one message to the coordinator actor.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use ractor::RpcReplyPort;
+use ractor::rpc::CallResult;
+use rlhf_proto::v1 as pb;
+use rlhf_proto::v1::learner_server::Learner;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::coordinator::{CoordinatorMsg, CoordinatorRef};
+
+pub struct LearnerService {
+    pub coordinator: CoordinatorRef,
+}
+
+/// Sends a message built around a reply port and awaits the answer.
+async fn ask<T: Send + 'static>(
+    coordinator: &CoordinatorRef,
+    message: impl FnOnce(RpcReplyPort<T>) -> CoordinatorMsg,
+) -> Result<T, Status> {
+    match coordinator.call(message, Some(Duration::from_secs(30))).await {
+        Ok(CallResult::Success(value)) => Ok(value),
+        Ok(_) => Err(Status::unavailable("the learner did not answer in time")),
+        Err(_) => Err(Status::unavailable("the learner is shutting down")),
+    }
+}
+
+#[tonic::async_trait]
+impl Learner for LearnerService {
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(ask(&self.coordinator, |reply| CoordinatorMsg::Join { name, reply }).await?))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let worker_id = request.into_inner().worker_id;
+        Ok(Response::new(ask(&self.coordinator, |reply| CoordinatorMsg::Heartbeat { worker_id, reply }).await??))
+    }
+
+    async fn lease_prompts(&self, request: Request<pb::LeasePromptsRequest>) -> Result<Response<pb::LeasePromptsResponse>, Status> {
+        let worker_id = request.into_inner().worker_id;
+        Ok(Response::new(ask(&self.coordinator, |reply| CoordinatorMsg::Lease { worker_id, reply }).await??))
+    }
+
+    async fn submit_rollouts(&self, request: Request<pb::SubmitRolloutsRequest>) -> Result<Response<pb::SubmitRolloutsResponse>, Status> {
+        let request = request.into_inner();
+        let score_seconds = request.score_seconds;
+        let accepted = ask(&self.coordinator, |reply| CoordinatorMsg::Submit { request, score_seconds, reply }).await??;
+        Ok(Response::new(pb::SubmitRolloutsResponse { accepted }))
+    }
+
+    async fn return_lease(&self, request: Request<pb::ReturnLeaseRequest>) -> Result<Response<pb::ReturnLeaseResponse>, Status> {
+        let pb::ReturnLeaseRequest { worker_id, lease_id } = request.into_inner();
+        ask(&self.coordinator, |reply| CoordinatorMsg::Return { worker_id, lease_id, reply }).await??;
+        Ok(Response::new(pb::ReturnLeaseResponse {}))
+    }
+
+    type GetWeightsStream = Pin<Box<dyn Stream<Item = Result<pb::WeightsChunk, Status>> + Send>>;
+
+    async fn get_weights(&self, request: Request<pb::GetWeightsRequest>) -> Result<Response<Self::GetWeightsStream>, Status> {
+        let version = request.into_inner().policy_version;
+        let snapshot = ask(&self.coordinator, |reply| CoordinatorMsg::Weights { version, reply }).await??;
+        // Every worker streams from the same shared buffer; chunks are cut as they are sent.
+        Ok(Response::new(Box::pin(tokio_stream::iter(snapshot.chunks().map(Ok)))))
+    }
+}

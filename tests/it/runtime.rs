@@ -1,0 +1,242 @@
+//! The distributed runtime with real processes on 127.0.0.1: learner, reward server, workers.
+//! Tests wait by polling with a timeout and kill every process they start when dropped.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{fixture, path_str, root};
+
+fn assets() -> PathBuf {
+    root().join("../shared/assets")
+}
+
+/// A process killed on drop, with its stderr in a file.
+struct Proc {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < timeout, "process did not exit in {timeout:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `rlhf args`; for servers, returns the address printed on stdout's first line.
+fn start(dir: &Path, name: &str, args: &[&str], server: bool) -> (Proc, String) {
+    let stderr = dir.join(format!("{name}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .stdout(if server { Stdio::piped() } else { Stdio::null() })
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut addr = String::new();
+    if server {
+        let stdout = child.stdout.take().unwrap();
+        BufReader::new(stdout).read_line(&mut addr).unwrap();
+    }
+    let proc = Proc { child, stderr };
+    assert!(!addr.is_empty() || !server, "{name} printed no address; log:\n{}", proc.log());
+    (proc, addr.trim().to_string())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A learner config on the fixture policy, IMDb prompts and the lexicon reward.
+fn config(dir: &Path, iterations: usize, batch: usize, lease_size: usize, extra: &str) -> PathBuf {
+    let path = dir.join("run.toml");
+    let text = format!(
+        "model = {model:?}\nprompts = {prompts:?}\nout = {out:?}\n\n[reward]\nlexicon = {lexicon:?}\n\n\
+         [train]\niterations = {iterations}\nbatch_size = {batch}\n\n[train.sampling]\nmax_new_tokens = 8\n\n\
+         [train.ppo]\nmini_batch_size = 8\n\n[runtime]\nlease_size = {lease_size}\nheartbeat_timeout_s = 1.5\nheartbeat_interval_ms = 200\n{extra}",
+        model = path_str(&fixture("lm")),
+        prompts = path_str(&assets().join("imdb-sentiment/test.jsonl")),
+        out = path_str(&dir.join("out")),
+        lexicon = path_str(&assets().join("imdb-lexicon")),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every prompt of the run accounted exactly once, in order.
+fn assert_accounted_once(out: &Path, iterations: usize, batch: usize) -> Vec<serde_json::Value> {
+    let rollouts = lines(&out.join("rollouts.jsonl"));
+    let indices: Vec<u64> = rollouts.iter().map(|r| r["prompt_index"].as_u64().unwrap()).collect();
+    let unique: BTreeSet<u64> = indices.iter().copied().collect();
+    assert_eq!(indices.len(), unique.len(), "a prompt was counted twice");
+    assert_eq!(unique, (0..(iterations * batch) as u64).collect(), "prompts missing");
+    for r in &rollouts {
+        assert_eq!(r["policy_version"].as_u64().unwrap(), r["prompt_index"].as_u64().unwrap() / batch as u64, "on-policy lineage");
+    }
+    let accounting: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
+    assert_eq!(accounting["prompts_accounted"].as_u64().unwrap() as usize, iterations * batch);
+    rollouts
+}
+
+#[test]
+fn run_with_two_workers_trains_three_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 3, 16, 4, "");
+    let (mut run, _) = start(tmp.path(), "run", &["run", "--config", path_str(&config), "--workers", "2"], false);
+    let status = run.wait(Duration::from_secs(120));
+    let log = run.log();
+    assert!(status.success(), "rlhf run failed:\n{log}");
+    let out = tmp.path().join("out");
+    let metrics = lines(&out.join("metrics.jsonl"));
+    assert_eq!(metrics.len(), 3);
+    for key in ["objective/kl", "ppo/loss/total", "ppo/mean_scores", "time/rollout_wait", "time/update", "time/weight_sync",
+        "weights/bytes", "staleness/mean", "staleness/max", "workers/active", "samples_per_s",
+        "reward_server/latency_p50", "reward_server/latency_p99"] {
+        assert!(metrics.iter().all(|m| m[key].is_number()), "metrics lack {key}");
+    }
+    assert!(metrics[0]["workers/1/samples_per_s"].is_number() && metrics[0]["workers/2/samples_per_s"].is_number());
+    assert_accounted_once(&out, 3, 16);
+    // Every worker loaded every version it trained on: 0, 1 and 2.
+    for worker in ["worker_id=1", "worker_id=2"] {
+        for version in 0..3 {
+            let needle = format!("policy_version={version}");
+            assert!(
+                log.lines().any(|l| l.contains("loaded weights") && l.contains(worker) && l.contains(&needle)),
+                "{worker} did not load version {version}:\n{log}"
+            );
+        }
+    }
+    assert!(out.join("model.safetensors").is_file());
+}
+
+#[test]
+fn a_killed_worker_s_lease_is_reissued_and_the_run_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 3, 16, 4, "lease_timeout_s = 60.0\n");
+    let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
+    let lexicon = assets().join("imdb-lexicon");
+    let (_reward, reward) =
+        start(tmp.path(), "reward", &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))], true);
+    // Worker A takes a lease and sits on it; then it is killed.
+    let (mut doomed, _) = start(tmp.path(), "doomed", &["worker", "--learner", &addr, "--reward", &reward, "--name", "doomed-worker", "--hold-lease-ms", "600000"], false);
+    wait_for("the doomed worker's lease", Duration::from_secs(60), || doomed.log().contains("lease received"));
+    let (_survivor, _) = start(tmp.path(), "survivor", &["worker", "--learner", &addr, "--reward", &reward, "--name", "survivor"], false);
+    doomed.child.kill().unwrap(); // SIGKILL
+    let status = learner.wait(Duration::from_secs(120));
+    let log = learner.log();
+    assert!(status.success(), "learner failed:\n{log}");
+    assert!(log.contains("worker expired") && log.contains("doomed-worker"), "no warning names the dead worker:\n{log}");
+    assert!(log.contains("re-issuing its prompts"), "{log}");
+    let out = tmp.path().join("out");
+    assert_accounted_once(&out, 3, 16);
+    let accounting: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
+    assert!(accounting["leases_reissued"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn a_worker_that_joins_mid_run_gets_the_current_weights_and_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 8, 16, 2, "");
+    let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
+    let lexicon = assets().join("imdb-lexicon");
+    let (_reward, reward) =
+        start(tmp.path(), "reward", &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))], true);
+    // The first worker rolls out slowly, so the run is still going when the second joins.
+    let (_first, _) = start(tmp.path(), "first", &["worker", "--learner", &addr, "--reward", &reward, "--name", "first", "--hold-lease-ms", "40"], false);
+    let metrics = tmp.path().join("out/metrics.jsonl");
+    wait_for("the first iteration", Duration::from_secs(60), || !lines(&metrics).is_empty());
+    let (late, _) = start(tmp.path(), "late", &["worker", "--learner", &addr, "--reward", &reward, "--name", "late"], false);
+    let status = learner.wait(Duration::from_secs(120));
+    assert!(status.success(), "learner failed:\n{}", learner.log());
+    let rollouts = assert_accounted_once(&tmp.path().join("out"), 8, 16);
+    let late_log = late.log();
+    assert!(late_log.contains("loaded weights") && late_log.contains("worker_id=2"), "{late_log}");
+    let late_versions: BTreeSet<u64> =
+        rollouts.iter().filter(|r| r["worker_id"] == 2).map(|r| r["policy_version"].as_u64().unwrap()).collect();
+    assert!(!late_versions.is_empty(), "the late worker's id is in no rollout's lineage");
+    assert!(!late_versions.contains(&0), "the late worker joined after version 0");
+}
+
+#[test]
+fn workers_back_off_while_the_reward_server_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 6, 16, 4, "");
+    let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
+    let lexicon = assets().join("imdb-lexicon");
+    let reward_args = |listen: &str| {
+        vec!["reward-server".to_string(), "--lexicon".into(), path_str(&lexicon).into(), "--tokenizer".into(), path_str(&fixture("lm")).into(), "--listen".into(), listen.into()]
+    };
+    let args = reward_args("127.0.0.1:0");
+    let (reward, reward_addr) = start(tmp.path(), "reward", &args.iter().map(String::as_str).collect::<Vec<_>>(), true);
+    let (worker, _) = start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &reward_addr, "--hold-lease-ms", "30"], false);
+    let metrics = tmp.path().join("out/metrics.jsonl");
+    wait_for("the first iteration", Duration::from_secs(60), || !lines(&metrics).is_empty());
+    drop(reward); // killed
+    wait_for("the worker to back off", Duration::from_secs(30), || worker.log().contains("backing off"));
+    std::thread::sleep(Duration::from_millis(500));
+    let args = reward_args(&reward_addr);
+    let (_restarted, again) = start(tmp.path(), "reward2", &args.iter().map(String::as_str).collect::<Vec<_>>(), true);
+    assert_eq!(again, reward_addr);
+    let status = learner.wait(Duration::from_secs(120));
+    assert!(status.success(), "learner failed:\n{}", learner.log());
+    assert_eq!(lines(&metrics).len(), 6);
+    assert_accounted_once(&tmp.path().join("out"), 6, 16);
+}
+
+#[test]
+fn one_on_policy_worker_reproduces_ppo_local() {
+    // Same algorithm, distributed or not: max_policy_lag = 0, one worker, the whole batch in one
+    // lease and a fixed seed give the same per-iteration statistics as `rlhf ppo --local`.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 3, 16, 0, "");
+    let (mut run, _) = start(tmp.path(), "run", &["run", "--config", path_str(&config), "--workers", "1"], false);
+    assert!(run.wait(Duration::from_secs(120)).success(), "{}", run.log());
+    let local_out = tmp.path().join("local");
+    super::rlhf_ok(&[
+        "ppo", "--local", "--model", path_str(&fixture("lm")), "--lexicon", path_str(&assets().join("imdb-lexicon")),
+        "--prompts", path_str(&assets().join("imdb-sentiment/test.jsonl")), "--out", path_str(&local_out),
+        "--iterations", "3", "--batch-size", "16", "--set", "sampling.max_new_tokens=8", "--set", "ppo.mini_batch_size=8",
+    ]);
+    let distributed = lines(&tmp.path().join("out/metrics.jsonl"));
+    let local = lines(&local_out.join("metrics.jsonl"));
+    assert_eq!(distributed.len(), 3);
+    for (d, l) in distributed.iter().zip(&local) {
+        let mut compared = 0;
+        for (key, value) in l.as_object().unwrap() {
+            if key.starts_with("time/") || key == "step" {
+                continue;
+            }
+            let (want, got) = (value.as_f64().unwrap(), d[key].as_f64().unwrap_or(f64::NAN));
+            assert!((want - got).abs() <= 1e-4 * want.abs().max(1.0), "{key}: local {want}, distributed {got}");
+            compared += 1;
+        }
+        assert!(compared > 20);
+    }
+}
