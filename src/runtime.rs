@@ -33,6 +33,9 @@ use crate::with_backend;
 pub struct LearnerArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Resolve and check the config, print it as TOML, and exit.
+    #[arg(long)]
+    check: bool,
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     #[arg(long, default_value = "cpu")]
@@ -128,6 +131,10 @@ async fn shutdown_signal() {
 pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
     let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
     learner_config.validate().map_err(|e| anyhow::anyhow!("invalid learner config: {e}"))?;
+    if args.check {
+        print!("{}", toml::to_string_pretty(&learner_config)?);
+        return Ok(());
+    }
     with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(learner_config, args.listen, device))
 }
 

@@ -114,3 +114,20 @@ fn bench_generate_prints_a_table() {
     assert_eq!(rows.len(), 2, "{stdout}");
     assert!(stdout.contains("tokens/s"));
 }
+
+#[test]
+fn every_deploy_config_loads() {
+    for entry in std::fs::read_dir(super::root().join("deploy")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let stdout = rlhf_ok(&["learner", "--config", path_str(&path), "--check"]);
+            assert!(stdout.contains("[train.ppo]"), "{}: {stdout}", path.display());
+        }
+    }
+    // A misspelt key is named.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "model = \"m\"\nprompts = \"p\"\nout = \"o\"\n[train]\nbatch_sise = 3\n").unwrap();
+    let err = rlhf_err(&["learner", "--config", path_str(&bad), "--check"]);
+    assert!(err.contains("batch_sise") && err.contains("bad.toml"), "{err}");
+}
