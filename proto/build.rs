@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Weight chunks are `Bytes`, so the learner slices one shared buffer instead of copying it.
+    tonic_prost_build::configure().bytes(".rlhf.v1.WeightsChunk.data").compile_fds(descriptors)?;
     Ok(())
 }

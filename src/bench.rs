@@ -14,6 +14,41 @@ use crate::with_backend;
 pub enum BenchCommand {
     /// Tokens/s of batched KV-cache sampling on random weights.
     Generate(GenerateBench),
+    /// Time to deliver one policy version to N workers over loopback gRPC, next to a raw TCP copy.
+    WeightSync(WeightSyncBench),
+    /// Rollouts/s the learner accepts from synthetic workers (excluding the PPO update).
+    Ingest(IngestBench),
+}
+
+#[derive(Args)]
+pub struct WeightSyncBench {
+    /// Model preset whose (random) weights are sent.
+    #[arg(long, default_value = "gpt2")]
+    config: String,
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Element type on the wire: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(Args)]
+pub struct IngestBench {
+    /// Concurrent synthetic workers.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Rollouts per iteration.
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    #[arg(long, default_value_t = 16)]
+    lease_size: usize,
+    #[arg(long, default_value_t = 4)]
+    iterations: usize,
+    /// Response tokens per synthetic rollout.
+    #[arg(long, default_value_t = 32)]
+    response_len: usize,
 }
 
 #[derive(Args)]
@@ -41,6 +76,10 @@ pub struct GenerateBench {
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Generate(args) => with_backend!(args.device, |B, device| bench_generate::<B>(&args, &device)),
+        BenchCommand::WeightSync(args) => crate::bench_runtime::weight_sync(&args.config, args.workers, &args.dtype, args.runs),
+        BenchCommand::Ingest(args) => {
+            crate::bench_runtime::ingest(args.workers, args.batch, args.lease_size, args.iterations, args.response_len)
+        }
     }
 }
 

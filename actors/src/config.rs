@@ -31,11 +31,13 @@ pub struct RuntimeConfig {
     pub heartbeat_interval_ms: u64,
     /// 0: strictly on-policy (TRL). Larger lags are not implemented yet.
     pub max_policy_lag: u64,
+    /// Element type of weights on the wire: "f32" (exact) or "bf16" (half the bytes).
+    pub weights_dtype: rlhf_trainer::wire::WireDtype,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { lease_size: 0, lease_timeout_s: 120.0, heartbeat_timeout_s: 10.0, heartbeat_interval_ms: 1000, max_policy_lag: 0 }
+        Self { lease_size: 0, lease_timeout_s: 120.0, heartbeat_timeout_s: 10.0, heartbeat_interval_ms: 1000, max_policy_lag: 0, weights_dtype: Default::default() }
     }
 }
 

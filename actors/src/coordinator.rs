@@ -171,7 +171,7 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
     type Arguments = CoordinatorArgs<B>;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        let weights = WeightSnapshot::of(&args.trainer.policy.valid(), 0)?;
+        let weights = WeightSnapshot::of(&args.trainer.policy.valid(), 0, args.config.runtime.weights_dtype)?;
         let interval = Duration::from_millis(200);
         myself.send_interval(interval, || CoordinatorMsg::Tick);
         let sampling_seed = args.config.train.sampling.seed;
@@ -384,12 +384,13 @@ fn start_update<B: AutodiffBackend>(state: &mut State<B>, myself: ActorRef<Coord
     let rollouts: Vec<Rollout> = state.buffer.values().map(|(_, r)| r.clone()).collect();
     let total_steps = state.config.train.total_optimizer_steps();
     let version = state.version + 1;
+    let dtype = state.config.runtime.weights_dtype;
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let stats = trainer.step(&rollouts, total_steps).map_err(|e| e.to_string());
         let update_seconds = started.elapsed().as_secs_f64();
         let started = Instant::now();
-        let weights = WeightSnapshot::of(&trainer.policy.valid(), version);
+        let weights = WeightSnapshot::of(&trainer.policy.valid(), version, dtype);
         let publish_seconds = started.elapsed().as_secs_f64();
         let result = UpdateResult { trainer, stats, weights, update_seconds, publish_seconds };
         let _ = myself.send_message(CoordinatorMsg::UpdateDone(Box::new(result)));

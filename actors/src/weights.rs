@@ -2,12 +2,12 @@
 //! every worker in chunks. The buffer is a safetensors file, so its header carries each tensor's
 //! name, shape, dtype and byte range; a CRC-32 of the whole buffer travels with the first chunk.
 
-use std::sync::Arc;
-
 use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
+use rlhf_proto::bytes::Bytes;
 use rlhf_proto::v1::WeightsChunk;
 use rlhf_trainer::Gpt2;
+use rlhf_trainer::wire::{WireDtype, to_bf16};
 
 /// Bytes per streamed chunk.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -16,23 +16,28 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct WeightSnapshot {
     pub version: u64,
-    pub bytes: Arc<Vec<u8>>,
+    /// Shared by every stream; chunks are slices of it, not copies.
+    pub bytes: Bytes,
     pub crc32: u32,
+    pub dtype: WireDtype,
 }
 
 impl WeightSnapshot {
     /// Serialises the policy's language model (the trunk; workers need no value head).
-    pub fn of<B: Backend>(model: &Gpt2<B>, version: u64) -> Result<Self, String> {
+    pub fn of<B: Backend>(model: &Gpt2<B>, version: u64, dtype: WireDtype) -> Result<Self, String> {
         let mut store = SafetensorsStore::from_bytes(None).with_regex(r"^transformer\.");
         model.save_into(&mut store).map_err(|e| format!("serialising weights: {e}"))?;
-        let bytes = store.get_bytes().map_err(|e| format!("serialising weights: {e}"))?;
+        let mut bytes = store.get_bytes().map_err(|e| format!("serialising weights: {e}"))?;
+        if dtype == WireDtype::Bf16 {
+            bytes = to_bf16(&bytes).map_err(|e| format!("converting weights to bf16: {e}"))?;
+        }
         let crc32 = crc32fast::hash(&bytes);
-        Ok(Self { version, bytes: Arc::new(bytes), crc32 })
+        Ok(Self { version, bytes: Bytes::from(bytes), crc32, dtype })
     }
 
     /// The chunks of this snapshot; each borrows a slice of the shared buffer.
     pub fn chunks(&self) -> impl Iterator<Item = WeightsChunk> + Send + 'static {
-        let (bytes, version, crc32) = (self.bytes.clone(), self.version, self.crc32);
+        let (bytes, version, crc32, dtype) = (self.bytes.clone(), self.version, self.crc32, self.dtype);
         let total = bytes.len();
         (0..total.div_ceil(CHUNK_BYTES).max(1)).map(move |i| {
             let start = i * CHUNK_BYTES;
@@ -41,9 +46,9 @@ impl WeightSnapshot {
                 policy_version: version,
                 total_bytes: total as u64,
                 offset: start as u64,
-                data: bytes[start..end].to_vec(),
+                data: bytes.slice(start..end),
                 crc32: if i == 0 { crc32 } else { 0 },
-                dtype: if i == 0 { "F32".into() } else { String::new() },
+                dtype: if i == 0 { dtype.name().into() } else { String::new() },
             }
         })
     }

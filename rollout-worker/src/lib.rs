@@ -14,6 +14,7 @@ use rlhf_proto::v1 as pb;
 use rlhf_proto::v1::learner_client::LearnerClient;
 use rlhf_proto::v1::reward_model_client::RewardModelClient;
 use rlhf_trainer::gpt2::Init;
+use rlhf_trainer::wire::{WireDtype, to_f32};
 use rlhf_trainer::{Gpt2, Gpt2Config, Heads, SamplingConfig};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -52,7 +53,9 @@ fn channel(url: &str, timeout: Duration) -> Result<Channel, WorkerError> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| WorkerError::Connect { url: url.into(), message: e.to_string() })?
         .timeout(timeout)
-        .connect_timeout(Duration::from_secs(2));
+        .connect_timeout(Duration::from_secs(2))
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20);
     Ok(endpoint.connect_lazy())
 }
 
@@ -80,24 +83,21 @@ where
     }
 }
 
-/// Fetches and checks one weights version; returns the model.
-async fn fetch_weights<B: Backend>(
-    client: &mut LearnerClient<Channel>,
-    version: u64,
-    config: &Gpt2Config,
-    device: &B::Device,
-) -> Result<Gpt2<B>, WorkerError> {
+/// Downloads one weights version, checks length and CRC, and returns it as an fp32 safetensors
+/// buffer (bf16 on the wire is widened).
+pub async fn download_weights(client: &mut LearnerClient<Channel>, version: u64) -> Result<Vec<u8>, WorkerError> {
     let bad = |message: String| WorkerError::Weights { version, message };
     let mut stream = client
         .get_weights(pb::GetWeightsRequest { policy_version: version })
         .await
         .map_err(|status| bad(status.to_string()))?
         .into_inner();
-    let (mut bytes, mut crc32, mut total) = (Vec::new(), 0, 0u64);
+    let (mut bytes, mut crc32, mut total, mut dtype) = (Vec::new(), 0, 0u64, WireDtype::F32);
     while let Some(chunk) = stream.message().await.map_err(|status| bad(status.to_string()))? {
         if chunk.offset == 0 {
             total = chunk.total_bytes;
             crc32 = chunk.crc32;
+            dtype = WireDtype::parse(&chunk.dtype).ok_or_else(|| bad(format!("unknown dtype {:?}", chunk.dtype)))?;
             bytes.reserve(total as usize);
         }
         if chunk.policy_version != version || chunk.offset != bytes.len() as u64 {
@@ -108,6 +108,21 @@ async fn fetch_weights<B: Backend>(
     if bytes.len() as u64 != total || crc32fast::hash(&bytes) != crc32 {
         return Err(bad(format!("checksum or length mismatch ({} of {total} bytes)", bytes.len())));
     }
+    match dtype {
+        WireDtype::F32 => Ok(bytes),
+        WireDtype::Bf16 => to_f32(&bytes).map_err(bad),
+    }
+}
+
+/// Fetches one weights version and builds the model from it.
+async fn fetch_weights<B: Backend>(
+    client: &mut LearnerClient<Channel>,
+    version: u64,
+    config: &Gpt2Config,
+    device: &B::Device,
+) -> Result<Gpt2<B>, WorkerError> {
+    let bad = |message: String| WorkerError::Weights { version, message };
+    let bytes = download_weights(client, version).await?;
     let mut model = config.init_with::<B>(Heads::Lm, &mut Init::Zeros, device);
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let result = model.load_from(&mut store).map_err(|e| bad(e.to_string()))?;

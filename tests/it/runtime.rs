@@ -240,3 +240,18 @@ fn one_on_policy_worker_reproduces_ppo_local() {
         assert!(compared > 20);
     }
 }
+
+#[test]
+fn bf16_weights_on_the_wire_halve_the_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes = Vec::new();
+    for dtype in ["f32", "bf16"] {
+        let dir = tmp.path().join(dtype);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = config(&dir, 1, 8, 0, &format!("weights_dtype = {dtype:?}\n"));
+        let (mut run, _) = start(&dir, "run", &["run", "--config", path_str(&config), "--workers", "1"], false);
+        assert!(run.wait(Duration::from_secs(120)).success(), "{}", run.log());
+        bytes.push(lines(&dir.join("out/metrics.jsonl"))[0]["weights/bytes"].as_f64().unwrap());
+    }
+    assert!(bytes[1] < bytes[0] * 0.55, "bf16 {} vs f32 {}", bytes[1], bytes[0]);
+}

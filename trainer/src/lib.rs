@@ -22,6 +22,7 @@ pub mod train;
 pub mod sampling;
 pub mod scoring;
 pub mod tokenizer;
+pub mod wire;
 
 pub use config::Gpt2Config;
 pub use gpt2::{Gpt2, Heads, KvCache};

@@ -1,0 +1,219 @@
+//! Runtime benchmarks: weight broadcast and rollout ingest, through the real learner service on
+//! loopback. Numbers are printed, never asserted.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use rlhf_actors::coordinator::CoordinatorArgs;
+use rlhf_actors::{LearnerConfig, MAX_MESSAGE_BYTES};
+use rlhf_proto::v1 as pb;
+use rlhf_proto::v1::learner_client::LearnerClient;
+use rlhf_trainer::ppo_update::{PpoConfig, PpoTrainer};
+use rlhf_trainer::wire::WireDtype;
+use rlhf_trainer::{Gpt2Config, Heads};
+
+type A = Autodiff<Flex>;
+
+/// Starts the real learner service in this process on 127.0.0.1:0.
+async fn start_learner(
+    model: Gpt2Config,
+    config: LearnerConfig,
+    on_iteration: rlhf_actors::coordinator::OnIteration,
+) -> anyhow::Result<String> {
+    let device = Default::default();
+    let policy = model.init::<A>(Heads::LmValue, &device);
+    let reference = policy.valid();
+    let trainer = PpoTrainer::<A>::new(policy, None, reference, config.train.ppo.clone(), 0, &device)?;
+    let args = CoordinatorArgs {
+        sampling_json: serde_json::to_string(&config.train.sampling)?,
+        model_config_json: serde_json::to_string(&model)?,
+        eos_id: 0,
+        prompts: vec![vec![1, 2, 3, 4]],
+        config,
+        trainer,
+        on_iteration,
+        on_done: Box::new(|_, _| {}),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(e) = rlhf_actors::serve(args, listener).await {
+            tracing::error!(error = %e, "learner stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn client(addr: &str) -> anyhow::Result<LearnerClient<tonic::transport::Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20);
+    for _ in 0..100 {
+        if let Ok(client) = endpoint.connect().await.map(LearnerClient::new) {
+            return Ok(client.max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("cannot reach the learner at {addr}")
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+pub fn weight_sync(preset: &str, workers: usize, dtype: &str, runs: usize) -> anyhow::Result<()> {
+    let dtype = match dtype {
+        "f32" => WireDtype::F32,
+        "bf16" => WireDtype::Bf16,
+        other => anyhow::bail!("--dtype must be f32 or bf16, got {other:?}"),
+    };
+    let model = Gpt2Config::preset(preset)?;
+    let mut config = LearnerConfig::default();
+    config.runtime.weights_dtype = dtype;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let addr = start_learner(model, config, Box::new(|_, _, _| {})).await?;
+        let mut grpc_times = Vec::new();
+        let mut bytes = 0usize;
+        for _ in 0..runs.max(1) {
+            let mut clients = Vec::new();
+            for _ in 0..workers {
+                clients.push(client(&addr).await?);
+            }
+            let started = Instant::now();
+            let tasks: Vec<_> = clients
+                .into_iter()
+                .map(|mut c| tokio::spawn(async move { rlhf_rollout_worker::download_weights(&mut c, 0).await }))
+                .collect();
+            for task in tasks {
+                bytes = task.await?.context("download")?.len();
+            }
+            grpc_times.push(started.elapsed().as_secs_f64());
+        }
+        // The wire size (bf16 is widened to fp32 after the download).
+        let wire_bytes = if dtype == WireDtype::Bf16 { bytes / 2 } else { bytes };
+        let tcp = raw_tcp(wire_bytes, workers, runs)?;
+        let grpc = median(grpc_times);
+        let gbps = |seconds: f64| (wire_bytes * workers) as f64 / seconds / 1e9;
+        println!("| path | dtype | workers | bytes per worker | median s | GB/s (all workers) |");
+        println!("|---|---|---|---|---|---|");
+        println!("| gRPC stream (rlhf) | {} | {workers} | {wire_bytes} | {grpc:.3} | {:.2} |", dtype.name(), gbps(grpc));
+        println!("| raw TCP copy | {} | {workers} | {wire_bytes} | {tcp:.3} | {:.2} |", dtype.name(), gbps(tcp));
+        println!("\nratio gRPC / raw TCP time: {:.2}", grpc / tcp);
+        Ok(())
+    })
+}
+
+/// Median time to copy `bytes` to `workers` readers over loopback TCP, all at once.
+fn raw_tcp(bytes: usize, workers: usize, runs: usize) -> anyhow::Result<f64> {
+    let payload = std::sync::Arc::new(vec![7u8; bytes]);
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let started = Instant::now();
+        let server = {
+            let payload = payload.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let senders: Vec<_> = (0..workers)
+                    .map(|_| {
+                        let (mut stream, _) = listener.accept()?;
+                        let payload = payload.clone();
+                        Ok(std::thread::spawn(move || stream.write_all(&payload)))
+                    })
+                    .collect::<std::io::Result<_>>()?;
+                for sender in senders {
+                    sender.join().expect("sender thread")?;
+                }
+                Ok(())
+            })
+        };
+        let readers: Vec<_> = (0..workers)
+            .map(|_| {
+                std::thread::spawn(move || -> std::io::Result<usize> {
+                    let mut stream = std::net::TcpStream::connect(addr)?;
+                    let mut buffer = Vec::with_capacity(bytes);
+                    stream.read_to_end(&mut buffer)?;
+                    Ok(buffer.len())
+                })
+            })
+            .collect();
+        for reader in readers {
+            anyhow::ensure!(reader.join().expect("reader thread")? == bytes, "short read");
+        }
+        server.join().expect("server thread")?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+pub fn ingest(workers: usize, batch: usize, lease_size: usize, iterations: usize, response_len: usize) -> anyhow::Result<()> {
+    let model = Gpt2Config::new(512, 64, 16, 1, 2);
+    let mut config = LearnerConfig::default();
+    config.train.batch_size = batch;
+    config.train.iterations = iterations;
+    config.train.ppo = PpoConfig { ppo_epochs: 1, mini_batch_size: batch, ..Default::default() };
+    config.runtime.lease_size = lease_size;
+    let (waits_tx, waits_rx) = std::sync::mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let addr = start_learner(
+            model,
+            config,
+            Box::new(move |_, stats, _| {
+                let _ = waits_tx.send(stats["time/rollout_wait"]);
+            }),
+        )
+        .await?;
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let mut client = client(&addr).await?;
+            tasks.push(tokio::spawn(async move {
+                let worker_id = client.join(pb::JoinRequest { name: format!("synthetic-{w}") }).await?.into_inner().worker_id;
+                loop {
+                    use pb::lease_prompts_response::Reply;
+                    let reply = client.lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: 0 }).await?.into_inner();
+                    let lease = match reply.reply {
+                        Some(Reply::Lease(lease)) => lease,
+                        Some(Reply::WaitMs(ms)) => {
+                            tokio::time::sleep(Duration::from_millis(ms.min(5))).await;
+                            continue;
+                        }
+                        _ => return Ok::<(), tonic::Status>(()),
+                    };
+                    let rollouts = lease
+                        .prompts
+                        .iter()
+                        .map(|p| pb::Rollout {
+                            rollout_id: p.prompt_index,
+                            worker_id,
+                            lease_id: lease.lease_id,
+                            policy_version: lease.policy_version,
+                            prompt_index: p.prompt_index,
+                            query: p.ids.clone(),
+                            response: vec![5; response_len],
+                            logprobs: vec![-1.0; response_len],
+                            score: 0.5,
+                        })
+                        .collect();
+                    let request = pb::SubmitRolloutsRequest { worker_id, lease_id: lease.lease_id, rollouts, score_seconds: 0.0 };
+                    client.submit_rollouts(request).await?;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await?.context("synthetic worker")?;
+        }
+        anyhow::Ok(())
+    })?;
+    let waits: Vec<f64> = waits_rx.try_iter().collect();
+    let rates: Vec<f64> = waits.iter().map(|w| batch as f64 / w.max(1e-9)).collect();
+    println!("| workers | batch | lease size | response tokens | median rollouts/s accepted |");
+    println!("|---|---|---|---|---|");
+    println!("| {workers} | {batch} | {lease_size} | {response_len} | {:.0} |", median(rates));
+    Ok(())
+}
