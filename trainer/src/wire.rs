@@ -87,9 +87,9 @@ mod tests {
 
     #[test]
     fn bf16_halves_the_bytes_and_round_trips_within_bf16_precision() {
-        let values: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) * 0.173).collect();
+        let values: Vec<f32> = (0..4096).map(|i| (i as f32 - 2000.0) * 0.0173).collect();
         let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let tensor = Owned { dtype: Dtype::F32, shape: vec![8, 8], data };
+        let tensor = Owned { dtype: Dtype::F32, shape: vec![64, 64], data };
         let bytes = serialize([("w", &tensor)], None).unwrap();
         let small = to_bf16(&bytes).unwrap();
         assert!(small.len() < bytes.len() * 6 / 10);
