@@ -15,6 +15,7 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
+use tracing::Instrument;
 use rlhf_actors::LearnerConfig;
 use rlhf_actors::coordinator::CoordinatorArgs;
 use rlhf_reward_server::BatchConfig;
@@ -184,7 +185,8 @@ fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: So
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         announce(listener.local_addr()?)?;
-        rlhf_actors::serve(args, listener).await.map_err(|e| anyhow::anyhow!("learner: {e}"))
+        let span = tracing::info_span!("run", out = %out.display());
+        rlhf_actors::serve(args, listener).instrument(span).await.map_err(|e| anyhow::anyhow!("learner: {e}"))
     })
 }
 

@@ -1,5 +1,6 @@
-//! The learner's coordinator actor: membership, prompt leases, the experience buffer, and the
-//! PPO update (run on a blocking thread, its result coming back as a message).
+//! The learner's coordinator actor: membership, prompt leases and the experience buffer. It
+//! supervises the PPO learner actor ([`crate::ppo_learner`]), which owns the model and runs the
+//! updates; if that actor dies, the coordinator stops and the learner process exits with an error.
 //!
 //! Runtime semantics (on-policy, `max_policy_lag = 0`):
 //! - iteration `k` trains policy version `k`; its `batch_size` prompts (indices
@@ -17,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rlhf_proto::v1 as pb;
 use rlhf_trainer::ppo_local::prompts_for;
 use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
 use tonic::Status;
 
 use crate::config::LearnerConfig;
+use crate::ppo_learner::{PpoLearner, PpoLearnerArgs, PpoLearnerMsg, Updated};
 use crate::weights::WeightSnapshot;
 
 /// Messages the coordinator handles. RPC handlers send one per call and await the reply.
@@ -36,8 +38,8 @@ pub enum CoordinatorMsg {
     Weights { version: u64, reply: RpcReplyPort<Result<WeightSnapshot, Status>> },
     /// Expire leases and workers (sent by a timer).
     Tick,
-    /// The blocking PPO update finished.
-    UpdateDone(Box<dyn std::any::Any + Send>),
+    /// The PPO learner finished an update.
+    Updated(Updated),
 }
 
 /// Called after each iteration with its stats and the lineage of its rollouts.
@@ -95,7 +97,9 @@ pub struct State<B: AutodiffBackend> {
     model_config_json: String,
     sampling_seed: u64,
     eos_id: u32,
-    trainer: Option<PpoTrainer<B>>,
+    learner: Option<ActorRef<PpoLearnerMsg>>,
+    /// True while the PPO learner updates.
+    updating: bool,
     version: u64,
     weights: WeightSnapshot,
     workers: BTreeMap<u64, WorkerInfo>,
@@ -112,7 +116,7 @@ pub struct State<B: AutodiffBackend> {
     score_seconds: Vec<f64>,
     done: bool,
     on_iteration: OnIteration,
-    on_done: Option<Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>>,
+    _backend: PhantomData<fn() -> B>,
 }
 
 impl<B: AutodiffBackend> State<B> {
@@ -156,15 +160,6 @@ impl<B> Default for Coordinator<B> {
     }
 }
 
-/// What the blocking update sends back.
-struct UpdateResult<B: AutodiffBackend> {
-    trainer: PpoTrainer<B>,
-    stats: Result<Stats, String>,
-    weights: Result<WeightSnapshot, String>,
-    update_seconds: f64,
-    publish_seconds: f64,
-}
-
 impl<B: AutodiffBackend> Actor for Coordinator<B> {
     type Msg = CoordinatorMsg;
     type State = State<B>;
@@ -172,6 +167,14 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
         let weights = WeightSnapshot::of(&args.trainer.policy.valid(), 0, args.config.runtime.weights_dtype)?;
+        let learner_args = PpoLearnerArgs {
+            trainer: args.trainer,
+            coordinator: myself.clone(),
+            total_optimizer_steps: args.config.train.total_optimizer_steps(),
+            weights_dtype: args.config.runtime.weights_dtype,
+            on_done: args.on_done,
+        };
+        let (learner, _) = Actor::spawn_linked(Some("ppo-learner".into()), PpoLearner::<B>::default(), learner_args, myself.get_cell()).await?;
         let interval = Duration::from_millis(200);
         myself.send_interval(interval, || CoordinatorMsg::Tick);
         let sampling_seed = args.config.train.sampling.seed;
@@ -182,7 +185,8 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
             model_config_json: args.model_config_json,
             sampling_seed,
             eos_id: args.eos_id,
-            trainer: Some(args.trainer),
+            learner: Some(learner),
+            updating: false,
             version: 0,
             weights,
             workers: BTreeMap::new(),
@@ -198,13 +202,13 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
             score_seconds: Vec::new(),
             done: false,
             on_iteration: args.on_iteration,
-            on_done: Some(args.on_done),
+            _backend: PhantomData,
         };
         state.start_iteration();
         Ok(state)
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match message {
             CoordinatorMsg::Join { name, reply } => {
                 let worker_id = state.next_worker_id;
@@ -239,8 +243,8 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
                     state.score_seconds.push(score_seconds);
                 }
                 let _ = reply.send(result);
-                if state.buffer.len() == state.config.train.batch_size && state.trainer.is_some() {
-                    start_update(state, myself.clone());
+                if state.buffer.len() == state.config.train.batch_size && !state.updating {
+                    start_update(state)?;
                 }
             }
             CoordinatorMsg::Return { worker_id, lease_id, reply } => {
@@ -262,17 +266,34 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
                 let _ = reply.send(result);
             }
             CoordinatorMsg::Tick => expire(state),
-            CoordinatorMsg::UpdateDone(result) => {
-                let result = *result.downcast::<UpdateResult<B>>().map_err(|_| "unexpected update result")?;
-                finish_update(state, result)?;
+            CoordinatorMsg::Updated(updated) => {
+                finish_update(state, updated)?;
                 if state.done {
-                    let trainer = state.trainer.take().expect("the trainer is back");
-                    if let Some(on_done) = state.on_done.take() {
-                        state.totals.prompts_accounted = state.accounted.len();
-                        on_done(trainer, state.totals.clone());
+                    state.totals.prompts_accounted = state.accounted.len();
+                    if let Some(learner) = &state.learner {
+                        learner.send_message(PpoLearnerMsg::Finish(state.totals.clone()))?;
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Supervision policy: the run cannot go on without its PPO learner, so its failure stops the
+    /// coordinator (and with it the learner process, which exits with an error).
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(_, error) => {
+                tracing::error!(%error, "the PPO learner failed; stopping the run");
+                state.learner = None;
+                myself.stop(Some(format!("PPO learner failed: {error}")));
+            }
+            SupervisionEvent::ActorTerminated(_, _, reason) if !state.done => {
+                tracing::error!(?reason, "the PPO learner stopped before the run ended");
+                state.learner = None;
+                myself.stop(Some("PPO learner stopped".into()));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -287,7 +308,8 @@ fn lease<B: AutodiffBackend>(state: &mut State<B>, worker_id: u64) -> Result<pb:
     if state.done {
         return Ok(pb::LeasePromptsResponse { reply: Some(Reply::Done(true)) });
     }
-    let Some(prompts) = state.trainer.as_ref().and_then(|_| state.pending.pop_front()) else {
+    let next = if state.updating { None } else { state.pending.pop_front() };
+    let Some(prompts) = next else {
         return Ok(pb::LeasePromptsResponse { reply: Some(Reply::WaitMs(50)) });
     };
     let lease_id = state.next_lease_id;
@@ -379,27 +401,17 @@ fn expire<B: AutodiffBackend>(state: &mut State<B>) {
     }
 }
 
-fn start_update<B: AutodiffBackend>(state: &mut State<B>, myself: ActorRef<CoordinatorMsg>) {
-    let mut trainer = state.trainer.take().expect("checked by the caller");
+fn start_update<B: AutodiffBackend>(state: &mut State<B>) -> Result<(), ActorProcessingErr> {
     let rollouts: Vec<Rollout> = state.buffer.values().map(|(_, r)| r.clone()).collect();
-    let total_steps = state.config.train.total_optimizer_steps();
-    let version = state.version + 1;
-    let dtype = state.config.runtime.weights_dtype;
-    tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let stats = trainer.step(&rollouts, total_steps).map_err(|e| e.to_string());
-        let update_seconds = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        let weights = WeightSnapshot::of(&trainer.policy.valid(), version, dtype);
-        let publish_seconds = started.elapsed().as_secs_f64();
-        let result = UpdateResult { trainer, stats, weights, update_seconds, publish_seconds };
-        let _ = myself.send_message(CoordinatorMsg::UpdateDone(Box::new(result)));
-    });
+    let learner = state.learner.as_ref().ok_or("the PPO learner is gone")?;
+    learner.send_message(PpoLearnerMsg::Update { rollouts, next_version: state.version + 1 })?;
+    state.updating = true;
+    Ok(())
 }
 
-fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: UpdateResult<B>) -> Result<(), ActorProcessingErr> {
+fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: Updated) -> Result<(), ActorProcessingErr> {
     let rollout_wait = state.iteration_started.elapsed().as_secs_f64() - result.update_seconds - result.publish_seconds;
-    state.trainer = Some(result.trainer);
+    state.updating = false;
     let mut stats = result.stats?;
     let weights = result.weights?;
     let n = state.buffer.len() as f64;

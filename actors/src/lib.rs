@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod ppo_learner;
 pub mod service;
 pub mod weights;
 
@@ -35,16 +36,23 @@ pub async fn serve<B: AutodiffBackend>(
         on_done(trainer, totals);
         let _ = finished.send(());
     });
-    let (coordinator, handle) = Actor::spawn(Some("coordinator".into()), Coordinator::<B>::default(), args).await?;
+    let (coordinator, mut handle) = Actor::spawn(Some("coordinator".into()), Coordinator::<B>::default(), args).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LearnerServer<service::LearnerService>>().await;
     let service = LearnerServer::new(service::LearnerService { coordinator: coordinator.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let shutdown = async move {
-        let _ = finished_rx.await;
-        // Workers learn that the run is done from their next lease or heartbeat.
-        tokio::time::sleep(grace).await;
+    let mut completed = false;
+    let shutdown = async {
+        tokio::select! {
+            result = finished_rx => {
+                completed = result.is_ok();
+                // Workers learn that the run is done from their next lease or heartbeat.
+                tokio::time::sleep(grace).await;
+            }
+            // The coordinator stopped on its own: a failure (its supervision policy logs why).
+            _ = &mut handle => {}
+        }
     };
     // Larger HTTP/2 windows let a weight stream approach loopback speed (see the bench).
     tonic::transport::Server::builder()
@@ -55,6 +63,11 @@ pub async fn serve<B: AutodiffBackend>(
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await?;
     coordinator.stop(None);
-    let _ = handle.await;
+    if !handle.is_finished() {
+        let _ = handle.await;
+    }
+    if !completed {
+        return Err("the learner stopped before the run ended (see the log)".into());
+    }
     Ok(())
 }

@@ -18,6 +18,7 @@ use rlhf_trainer::wire::{WireDtype, to_f32};
 use rlhf_trainer::{Gpt2, Gpt2Config, Heads, SamplingConfig};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 /// Errors that end a worker.
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +244,8 @@ pub async fn run<B: Backend>(
         let lease_sampling = SamplingConfig { seed: lease.seed, ..sampling.clone() };
         let generation = {
             let (policy, queries, device, eos) = (policy.clone(), queries.clone(), device.clone(), joined.eos_id);
-            tokio::task::spawn_blocking(move || rlhf_trainer::generate(&policy, &queries, eos, &lease_sampling, &device))
+            let span = tracing::info_span!("rollout", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version);
+            tokio::task::spawn_blocking(move || span.in_scope(|| rlhf_trainer::generate(&policy, &queries, eos, &lease_sampling, &device)))
                 .await
                 .expect("generation does not panic")?
         };
@@ -271,6 +273,7 @@ pub async fn run<B: Backend>(
             let sequences = sequences.clone();
             async move { client.score(pb::ScoreRequest { sequences }).await.map(|r| r.into_inner().scores) }
         })
+        .instrument(tracing::info_span!("score", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version))
         .await
         .map_err(|status| WorkerError::Reward { url, status })?;
         let score_seconds = started.elapsed().as_secs_f64();

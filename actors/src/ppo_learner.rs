@@ -1,0 +1,107 @@
+//! The PPO learner actor: owns the policy, its value head, the frozen reference and the optimizer
+//! (a [`PpoTrainer`]). It runs each update on a blocking thread, serialises the new weights, and
+//! reports back to the coordinator; at the end of the run it hands the trainer to `on_done`.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
+use rlhf_trainer::wire::WireDtype;
+
+use crate::coordinator::{Accounting, CoordinatorMsg};
+use crate::weights::WeightSnapshot;
+
+pub enum PpoLearnerMsg {
+    /// Train on one iteration's rollouts, then publish `next_version`.
+    Update { rollouts: Vec<Rollout>, next_version: u64 },
+    /// The blocking update finished (sent by the update thread to this actor).
+    Finished(Box<dyn std::any::Any + Send>),
+    /// The run is over: hand the trainer to `on_done`.
+    Finish(Accounting),
+}
+
+/// What an update reports to the coordinator.
+pub struct Updated {
+    pub stats: Result<Stats, String>,
+    pub weights: Result<WeightSnapshot, String>,
+    pub update_seconds: f64,
+    pub publish_seconds: f64,
+}
+
+pub struct PpoLearnerArgs<B: AutodiffBackend> {
+    pub trainer: PpoTrainer<B>,
+    pub coordinator: ActorRef<CoordinatorMsg>,
+    pub total_optimizer_steps: usize,
+    pub weights_dtype: WireDtype,
+    pub on_done: Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>,
+}
+
+pub struct PpoLearnerState<B: AutodiffBackend> {
+    /// `None` while an update runs on its thread.
+    trainer: Option<PpoTrainer<B>>,
+    coordinator: ActorRef<CoordinatorMsg>,
+    total_optimizer_steps: usize,
+    weights_dtype: WireDtype,
+    on_done: Option<Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>>,
+}
+
+pub struct PpoLearner<B>(std::marker::PhantomData<fn() -> B>);
+
+impl<B> Default for PpoLearner<B> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<B: AutodiffBackend> Actor for PpoLearner<B> {
+    type Msg = PpoLearnerMsg;
+    type State = PpoLearnerState<B>;
+    type Arguments = PpoLearnerArgs<B>;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        Ok(PpoLearnerState {
+            trainer: Some(args.trainer),
+            coordinator: args.coordinator,
+            total_optimizer_steps: args.total_optimizer_steps,
+            weights_dtype: args.weights_dtype,
+            on_done: Some(args.on_done),
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match message {
+            PpoLearnerMsg::Update { rollouts, next_version } => {
+                let mut trainer = state.trainer.take().ok_or("an update is already running")?;
+                let (total_steps, dtype) = (state.total_optimizer_steps, state.weights_dtype);
+                let iteration = tracing::info_span!("iteration", iteration = next_version, policy_version = next_version - 1);
+                tokio::task::spawn_blocking(move || {
+                    let _iteration = iteration.enter();
+                    let started = Instant::now();
+                    let stats = tracing::info_span!("update", rollouts = rollouts.len())
+                        .in_scope(|| trainer.step(&rollouts, total_steps).map_err(|e| e.to_string()));
+                    let update_seconds = started.elapsed().as_secs_f64();
+                    let started = Instant::now();
+                    let weights = tracing::info_span!("weight_sync", policy_version = next_version)
+                        .in_scope(|| WeightSnapshot::of(&trainer.policy.valid(), next_version, dtype));
+                    let publish_seconds = started.elapsed().as_secs_f64();
+                    let updated = Updated { stats, weights, update_seconds, publish_seconds };
+                    let _ = myself.send_message(PpoLearnerMsg::Finished(Box::new((trainer, updated))));
+                });
+            }
+            PpoLearnerMsg::Finished(result) => {
+                let (trainer, updated) = *result.downcast::<(PpoTrainer<B>, Updated)>().map_err(|_| "unexpected update result")?;
+                state.trainer = Some(trainer);
+                state.coordinator.send_message(CoordinatorMsg::Updated(updated))?;
+            }
+            PpoLearnerMsg::Finish(totals) => {
+                let trainer = state.trainer.take().ok_or("the run ended during an update")?;
+                if let Some(on_done) = state.on_done.take() {
+                    on_done(trainer, totals);
+                }
+            }
+        }
+        Ok(())
+    }
+}
