@@ -142,6 +142,10 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
 fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: SocketAddr, device: B::Device) -> anyhow::Result<()> {
     let train = &mut learner_config.train;
     train.ppo.temperature = if train.sampling.greedy { 1.0 } else { train.sampling.temperature };
+    if learner_config.runtime.max_policy_lag > 0 {
+        // Off-policy rollouts: the ratio must be taken against the policy that sampled them.
+        train.ppo.old_logprobs = rlhf_trainer::ppo_update::OldLogprobs::Behaviour;
+    }
     let out = learner_config.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let dir = hub::resolve(&learner_config.model)?;

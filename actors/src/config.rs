@@ -29,7 +29,10 @@ pub struct RuntimeConfig {
     /// A worker silent for this long is expired and its leases re-issued.
     pub heartbeat_timeout_s: f64,
     pub heartbeat_interval_ms: u64,
-    /// 0: strictly on-policy (TRL). Larger lags are not implemented yet.
+    /// How many policy versions a rollout may lag the version it trains: 0 is strictly
+    /// on-policy (TRL); k lets workers roll out up to k iterations ahead while the learner
+    /// updates. With k > 0 the PPO ratio is taken against the rollouts' behaviour log-probs, and
+    /// rollouts staler than k are dropped and their prompts rolled out again.
     pub max_policy_lag: u64,
     /// Element type of weights on the wire: "f32" (exact) or "bf16" (half the bytes).
     pub weights_dtype: rlhf_trainer::wire::WireDtype,
@@ -64,9 +67,6 @@ impl LearnerConfig {
         }
         if self.prompts.as_os_str().is_empty() || self.out.as_os_str().is_empty() {
             return Err("prompts and out are required".into());
-        }
-        if self.runtime.max_policy_lag != 0 {
-            return Err("runtime.max_policy_lag > 0 is not implemented yet; use 0 (on-policy)".into());
         }
         if self.train.batch_size == 0 || self.train.iterations == 0 {
             return Err("train.batch_size and train.iterations must be positive".into());

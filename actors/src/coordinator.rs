@@ -105,7 +105,10 @@ pub struct State<B: AutodiffBackend> {
     workers: BTreeMap<u64, WorkerInfo>,
     next_worker_id: u64,
     next_lease_id: u64,
-    leases_this_iteration: u64,
+    /// Leases issued per iteration (their number picks the sampling seed).
+    leases_per_iteration: BTreeMap<u64, u64>,
+    /// The newest iteration whose prompts were queued.
+    queued_iteration: Option<u64>,
     /// Prompt indices not leased yet, in chunks of `lease_size`.
     pending: VecDeque<Vec<u64>>,
     leases: BTreeMap<u64, LeaseInfo>,
@@ -120,18 +123,36 @@ pub struct State<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> State<B> {
-    fn start_iteration(&mut self) {
-        let iteration = self.version as usize;
-        let batch = self.config.train.batch_size;
-        let first = (iteration * batch) as u64;
-        let indices: Vec<u64> = (first..first + batch as u64).collect();
+    /// Queues the next iteration's prompts once the queue is empty, if the staleness bound allows:
+    /// at most `max_policy_lag` iterations ahead of the version being trained (0: only the
+    /// current one, strictly on-policy).
+    fn maybe_queue_next(&mut self) {
+        let next = self.queued_iteration.map_or(0, |i| i + 1);
+        let iterations = self.config.train.iterations as u64;
+        if !self.pending.is_empty() || next >= iterations || next > self.version + self.config.runtime.max_policy_lag {
+            return;
+        }
+        let batch = self.config.train.batch_size as u64;
+        let indices: Vec<u64> = (next * batch..(next + 1) * batch).collect();
         self.pending = indices.chunks(self.config.lease_size()).map(<[u64]>::to_vec).collect();
-        self.leases_this_iteration = 0;
+        self.queued_iteration = Some(next);
+    }
+
+    /// Resets the per-iteration counters when iteration `version` starts training.
+    fn start_iteration(&mut self) {
         self.iteration_started = Instant::now();
         self.score_seconds.clear();
         for worker in self.workers.values_mut() {
             worker.samples = 0;
         }
+        self.maybe_queue_next();
+    }
+
+    /// The rollouts of the iteration being trained, if all have arrived.
+    fn complete_batch(&self) -> Option<Vec<u64>> {
+        let batch = self.config.train.batch_size as u64;
+        let range = self.version * batch..(self.version + 1) * batch;
+        (self.buffer.range(range.clone()).count() as u64 == batch).then(|| range.collect())
     }
 
     /// The prompt for a stream index: iteration `i` uses `prompts_for(prompts, batch, i)`, as the
@@ -192,7 +213,8 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
             workers: BTreeMap::new(),
             next_worker_id: 1,
             next_lease_id: 1,
-            leases_this_iteration: 0,
+            leases_per_iteration: BTreeMap::new(),
+            queued_iteration: None,
             pending: VecDeque::new(),
             leases: BTreeMap::new(),
             buffer: BTreeMap::new(),
@@ -243,7 +265,7 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
                     state.score_seconds.push(score_seconds);
                 }
                 let _ = reply.send(result);
-                if state.buffer.len() == state.config.train.batch_size && !state.updating {
+                if !state.updating {
                     start_update(state)?;
                 }
             }
@@ -308,16 +330,18 @@ fn lease<B: AutodiffBackend>(state: &mut State<B>, worker_id: u64) -> Result<pb:
     if state.done {
         return Ok(pb::LeasePromptsResponse { reply: Some(Reply::Done(true)) });
     }
-    let next = if state.updating { None } else { state.pending.pop_front() };
-    let Some(prompts) = next else {
+    state.maybe_queue_next();
+    let Some(prompts) = state.pending.pop_front() else {
         return Ok(pb::LeasePromptsResponse { reply: Some(Reply::WaitMs(50)) });
     };
     let lease_id = state.next_lease_id;
     state.next_lease_id += 1;
     // The first lease of an iteration uses the local loop's seed, so one worker repeats
     // `ppo --local` exactly; later leases get their own streams.
-    let seed = state.sampling_seed.wrapping_add(state.version).wrapping_add(state.leases_this_iteration << 32);
-    state.leases_this_iteration += 1;
+    let iteration = prompts[0] / state.config.train.batch_size as u64;
+    let issued = state.leases_per_iteration.entry(iteration).or_default();
+    let seed = state.sampling_seed.wrapping_add(iteration).wrapping_add(*issued << 32);
+    *issued += 1;
     state.totals.leases_issued += 1;
     let deadline = Instant::now() + Duration::from_secs_f64(state.config.runtime.lease_timeout_s);
     let wire_prompts = prompts.iter().map(|&i| pb::Prompt { prompt_index: i, ids: state.prompt(i) }).collect();
@@ -343,12 +367,16 @@ fn submit<B: AutodiffBackend>(state: &mut State<B>, request: pb::SubmitRolloutsR
     if expected != got || request.rollouts.len() != expected.len() {
         return Err(Status::invalid_argument(format!("lease {}: rollouts must cover exactly its prompts", request.lease_id)));
     }
+    let lag = state.config.runtime.max_policy_lag;
     for r in &request.rollouts {
-        if r.policy_version != state.version {
-            return Err(Status::failed_precondition(format!(
-                "rollout {} was generated with policy version {}, but the learner is at {}",
+        if r.policy_version > state.version || state.version - r.policy_version > lag {
+            // Too stale to train on: drop it and roll the prompts out again with fresh weights.
+            let message = format!(
+                "rollout {} was generated with policy version {}, but the learner is at {} (max_policy_lag {lag})",
                 r.rollout_id, r.policy_version, state.version
-            )));
+            );
+            state.reissue(request.lease_id, "rollouts too stale");
+            return Err(Status::failed_precondition(message));
         }
         if r.response.is_empty() || r.logprobs.len() != r.response.len() || !r.score.is_finite() {
             return Err(Status::invalid_argument(format!(
@@ -401,8 +429,10 @@ fn expire<B: AutodiffBackend>(state: &mut State<B>) {
     }
 }
 
+/// Starts the update of the iteration being trained if all its rollouts are in.
 fn start_update<B: AutodiffBackend>(state: &mut State<B>) -> Result<(), ActorProcessingErr> {
-    let rollouts: Vec<Rollout> = state.buffer.values().map(|(_, r)| r.clone()).collect();
+    let Some(indices) = state.complete_batch() else { return Ok(()) };
+    let rollouts: Vec<Rollout> = indices.iter().map(|i| state.buffer[i].1.clone()).collect();
     let learner = state.learner.as_ref().ok_or("the PPO learner is gone")?;
     learner.send_message(PpoLearnerMsg::Update { rollouts, next_version: state.version + 1 })?;
     state.updating = true;
@@ -414,8 +444,13 @@ fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: Updated) -> R
     state.updating = false;
     let mut stats = result.stats?;
     let weights = result.weights?;
-    let n = state.buffer.len() as f64;
-    let scores: Vec<f64> = state.buffer.values().map(|(_, r)| r.score as f64).collect();
+    // This iteration's rollouts leave the buffer; later iterations' (max_policy_lag > 0) stay.
+    let batch = state.config.train.batch_size as u64;
+    let trained: Vec<(Lineage, Rollout)> = (state.version * batch..(state.version + 1) * batch)
+        .filter_map(|i| state.buffer.remove(&i))
+        .collect();
+    let n = trained.len() as f64;
+    let scores: Vec<f64> = trained.iter().map(|(_, r)| r.score as f64).collect();
     let mean = scores.iter().sum::<f64>() / n;
     stats.insert("env/reward_mean".into(), mean);
     stats.insert("env/reward_std".into(), (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt());
@@ -423,9 +458,10 @@ fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: Updated) -> R
     stats.insert("time/update".into(), result.update_seconds);
     stats.insert("time/weight_sync".into(), result.publish_seconds);
     stats.insert("weights/bytes".into(), weights.bytes.len() as f64);
-    // On-policy: every rollout was generated by the version it trains.
-    stats.insert("staleness/mean".into(), 0.0);
-    stats.insert("staleness/max".into(), 0.0);
+    // Policy versions between generating a rollout and training on it.
+    let staleness: Vec<f64> = trained.iter().map(|(l, _)| (state.version - l.policy_version) as f64).collect();
+    stats.insert("staleness/mean".into(), staleness.iter().sum::<f64>() / n);
+    stats.insert("staleness/max".into(), staleness.iter().copied().fold(0.0, f64::max));
     stats.insert("workers/active".into(), state.workers.len() as f64);
     let elapsed = state.iteration_started.elapsed().as_secs_f64().max(1e-9);
     stats.insert("samples_per_s".into(), n / elapsed);
@@ -448,9 +484,8 @@ fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: Updated) -> R
         workers = state.workers.len(),
         "iteration done"
     );
-    let lineage: Vec<Lineage> = state.buffer.values().map(|(l, _)| l.clone()).collect();
+    let lineage: Vec<Lineage> = trained.into_iter().map(|(l, _)| l).collect();
     (state.on_iteration)(iteration, &stats, &lineage);
-    state.buffer.clear();
     state.version = weights.version;
     state.weights = weights;
     if state.version as usize >= state.config.train.iterations {
@@ -458,6 +493,8 @@ fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: Updated) -> R
         tracing::info!(iterations = state.version, "run finished");
     } else {
         state.start_iteration();
+        // With max_policy_lag > 0 the next batch may already be complete.
+        start_update(state)?;
     }
     Ok(())
 }
