@@ -15,6 +15,8 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
+use serde::{Deserialize, Serialize};
+use toml::Value;
 use tracing::Instrument;
 use rlhf_actors::LearnerConfig;
 use rlhf_actors::coordinator::CoordinatorArgs;
@@ -43,34 +45,97 @@ pub struct LearnerArgs {
     device: Device,
 }
 
+/// A worker's settings (`--config worker.toml`; flags override the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// The learner's address (host:port or http://host:port).
+    pub learner: String,
+    /// Reward server addresses; requests go round robin.
+    pub reward: Vec<String>,
+    /// A name for logs (default: worker-<pid>).
+    pub name: Option<String>,
+    /// Seconds a peer may stay unavailable before the worker gives up.
+    pub patience_s: f64,
+    /// Deadline of each call, in seconds.
+    pub timeout_s: f64,
+    /// Fault injection for tests: hold each lease this long before rolling it out.
+    pub hold_lease_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { learner: String::new(), reward: Vec::new(), name: None, patience_s: 60.0, timeout_s: 30.0, hold_lease_ms: 0 }
+    }
+}
+
 #[derive(Args)]
 pub struct WorkerArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
     /// The learner's address (host:port or http://host:port).
     #[arg(long)]
-    learner: String,
+    learner: Option<String>,
     /// Reward server addresses, comma separated; requests go round robin.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     reward: Vec<String>,
     /// A name for logs (default: worker-<pid>).
     #[arg(long)]
     name: Option<String>,
     /// Seconds a peer may stay unavailable before the worker gives up.
-    #[arg(long, default_value_t = 60.0)]
-    patience_s: f64,
+    #[arg(long)]
+    patience_s: Option<f64>,
     /// Fault injection for tests: hold each lease this long before rolling it out.
-    #[arg(long, default_value_t = 0)]
-    hold_lease_ms: u64,
+    #[arg(long)]
+    hold_lease_ms: Option<u64>,
+    /// Resolve and check the config, print it as TOML, and exit.
+    #[arg(long)]
+    check: bool,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
 
+/// A reward server's settings (`--config reward-server.toml`; flags override the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardServerConfig {
+    /// Reward-model directory (or hub id).
+    pub model: Option<String>,
+    /// Lexicon file or aclImdb folder (needs `tokenizer`).
+    pub lexicon: Option<PathBuf>,
+    /// The policy's tokenizer (lexicon scoring decodes responses with it).
+    pub tokenizer: Option<PathBuf>,
+    /// Flip the sign of every score (train towards negative).
+    pub negate: bool,
+    pub listen: SocketAddr,
+    /// Dynamic batching: largest batch, and how long the first request waits for company.
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+}
+
+impl Default for RewardServerConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            lexicon: None,
+            tokenizer: None,
+            negate: false,
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            max_batch: 64,
+            max_wait_ms: 5,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct RewardServerArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Reward-model directory (or hub id).
-    #[arg(long, conflicts_with = "lexicon", required_unless_present = "lexicon")]
+    #[arg(long, conflicts_with = "lexicon")]
     model: Option<String>,
     /// Lexicon file or aclImdb folder; needs --tokenizer to read token ids.
-    #[arg(long, requires = "tokenizer")]
+    #[arg(long)]
     lexicon: Option<PathBuf>,
     /// The policy's tokenizer (lexicon scoring decodes responses with it).
     #[arg(long)]
@@ -78,12 +143,15 @@ pub struct RewardServerArgs {
     /// Flip the sign of every score (train towards negative).
     #[arg(long)]
     negate: bool,
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
-    #[arg(long, default_value_t = 64)]
-    max_batch: usize,
-    #[arg(long, default_value_t = 5)]
-    max_wait_ms: u64,
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[arg(long)]
+    max_batch: Option<usize>,
+    #[arg(long)]
+    max_wait_ms: Option<u64>,
+    /// Resolve and check the config, print it as TOML, and exit.
+    #[arg(long)]
+    check: bool,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -194,18 +262,45 @@ fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: So
     })
 }
 
-pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    with_backend!(args.device, |B, device| run_worker::<B>(&args, device))
+fn string(value: &str) -> Value {
+    Value::String(value.to_string())
 }
 
-fn run_worker<B: Backend>(args: &WorkerArgs, device: B::Device) -> anyhow::Result<()> {
+pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let mut flags = Vec::new();
+    if let Some(v) = &args.learner {
+        flags.push(("learner", string(v)));
+    }
+    if !args.reward.is_empty() {
+        flags.push(("reward", Value::Array(args.reward.iter().map(|r| string(r)).collect())));
+    }
+    if let Some(v) = &args.name {
+        flags.push(("name", string(v)));
+    }
+    if let Some(v) = args.patience_s {
+        flags.push(("patience_s", Value::Float(v)));
+    }
+    if let Some(v) = args.hold_lease_ms {
+        flags.push(("hold_lease_ms", Value::Integer(v as i64)));
+    }
+    let worker_config: WorkerConfig = config::resolve(args.config.config.as_deref(), flags, &args.config.sets)?;
+    anyhow::ensure!(!worker_config.learner.is_empty(), "worker: set the learner's address (--learner or `learner` in the config)");
+    anyhow::ensure!(!worker_config.reward.is_empty(), "worker: set at least one reward server (--reward or `reward` in the config)");
+    if args.check {
+        print!("{}", toml::to_string_pretty(&worker_config)?);
+        return Ok(());
+    }
+    with_backend!(args.device, |B, device| run_worker::<B>(&worker_config, device))
+}
+
+fn run_worker<B: Backend>(worker_config: &WorkerConfig, device: B::Device) -> anyhow::Result<()> {
     let options = rlhf_rollout_worker::WorkerOptions {
-        learner: url(&args.learner),
-        rewards: args.reward.iter().map(|r| url(r)).collect(),
-        name: args.name.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
-        timeout: Duration::from_secs(30),
-        patience: Duration::from_secs_f64(args.patience_s),
-        hold_lease: Duration::from_millis(args.hold_lease_ms),
+        learner: url(&worker_config.learner),
+        rewards: worker_config.reward.iter().map(|r| url(r)).collect(),
+        name: worker_config.name.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        timeout: Duration::from_secs_f64(worker_config.timeout_s),
+        patience: Duration::from_secs_f64(worker_config.patience_s),
+        hold_lease: Duration::from_millis(worker_config.hold_lease_ms),
     };
     runtime()?.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -221,11 +316,44 @@ fn run_worker<B: Backend>(args: &WorkerArgs, device: B::Device) -> anyhow::Resul
 }
 
 pub fn reward_server(args: RewardServerArgs) -> anyhow::Result<()> {
-    with_backend!(args.device, |B, device| run_reward_server::<B>(&args, device))
+    let mut flags = Vec::new();
+    if let Some(v) = &args.model {
+        flags.push(("model", string(v)));
+    }
+    if let Some(v) = &args.lexicon {
+        flags.push(("lexicon", string(&v.display().to_string())));
+    }
+    if let Some(v) = &args.tokenizer {
+        flags.push(("tokenizer", string(&v.display().to_string())));
+    }
+    if args.negate {
+        flags.push(("negate", Value::Boolean(true)));
+    }
+    if let Some(v) = args.listen {
+        flags.push(("listen", string(&v.to_string())));
+    }
+    if let Some(v) = args.max_batch {
+        flags.push(("max_batch", Value::Integer(v as i64)));
+    }
+    if let Some(v) = args.max_wait_ms {
+        flags.push(("max_wait_ms", Value::Integer(v as i64)));
+    }
+    let server_config: RewardServerConfig = config::resolve(args.config.config.as_deref(), flags, &args.config.sets)?;
+    match (&server_config.model, &server_config.lexicon, &server_config.tokenizer) {
+        (Some(_), Some(_), _) => bail!("reward server: set either model or lexicon, not both"),
+        (None, None, _) => bail!("reward server: set model (a reward-model directory) or lexicon"),
+        (None, Some(_), None) => bail!("reward server: a lexicon needs tokenizer (the policy's tokenizer)"),
+        _ => {}
+    }
+    if args.check {
+        print!("{}", toml::to_string_pretty(&server_config)?);
+        return Ok(());
+    }
+    with_backend!(args.device, |B, device| run_reward_server::<B>(&server_config, device))
 }
 
-fn run_reward_server<B: Backend>(args: &RewardServerArgs, device: B::Device) -> anyhow::Result<()> {
-    let mut scorer: Box<dyn Scorer> = match (&args.model, &args.lexicon) {
+fn run_reward_server<B: Backend>(server_config: &RewardServerConfig, device: B::Device) -> anyhow::Result<()> {
+    let mut scorer: Box<dyn Scorer> = match (&server_config.model, &server_config.lexicon) {
         (Some(name), _) => {
             let dir = hub::resolve(name)?;
             let (_, model) = hf::load::<B>(&dir, &device).with_context(|| format!("loading reward model {}", dir.display()))?;
@@ -234,17 +362,18 @@ fn run_reward_server<B: Backend>(args: &RewardServerArgs, device: B::Device) -> 
             Box::new(RewardModelScorer { model, tokenizer, policy_tokenizer: None, batch_size: 64, device, label: dir.display().to_string() })
         }
         (None, Some(path)) => {
-            let tokenizer = Tokenizer::load(args.tokenizer.as_deref().context("--lexicon needs --tokenizer")?)?;
+            let tokenizer = Tokenizer::load(server_config.tokenizer.as_deref().context("a lexicon needs a tokenizer")?)?;
             Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer })
         }
-        (None, None) => bail!("pass --model DIR or --lexicon PATH"),
+        (None, None) => bail!("set model or lexicon"),
     };
-    if args.negate {
+    if server_config.negate {
         scorer = Box::new(Negated(scorer));
     }
-    let batching = BatchConfig { max_batch: args.max_batch, max_wait: Duration::from_millis(args.max_wait_ms) };
+    let batching = BatchConfig { max_batch: server_config.max_batch, max_wait: Duration::from_millis(server_config.max_wait_ms) };
+    let listen = server_config.listen;
     runtime()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         announce(listener.local_addr()?)?;
         rlhf_reward_server::serve(scorer, listener, batching, shutdown_signal()).await.context("reward server")
     })

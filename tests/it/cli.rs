@@ -120,8 +120,14 @@ fn every_deploy_config_loads() {
     for entry in std::fs::read_dir(super::root().join("deploy")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let stdout = rlhf_ok(&["learner", "--config", path_str(&path), "--check"]);
-            assert!(stdout.contains("[train.ppo]"), "{}: {stdout}", path.display());
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            let (role, expect) = match name {
+                "worker" => ("worker", "patience_s"),
+                "reward-server" => ("reward-server", "max_batch"),
+                _ => ("learner", "[train.ppo]"),
+            };
+            let stdout = rlhf_ok(&[role, "--config", path_str(&path), "--check"]);
+            assert!(stdout.contains(expect), "{}: {stdout}", path.display());
         }
     }
     // A misspelt key is named.
