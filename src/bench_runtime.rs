@@ -36,6 +36,8 @@ async fn start_learner(
         trainer,
         on_iteration,
         on_done: Box::new(|_, _| {}),
+        on_checkpoint: Box::new(|_, _| Ok(())),
+        start_version: 0,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);

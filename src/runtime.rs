@@ -39,6 +39,9 @@ pub struct LearnerArgs {
     /// Resolve and check the config, print it as TOML, and exit.
     #[arg(long)]
     check: bool,
+    /// Continue from the newest checkpoint in `out/checkpoints/`.
+    #[arg(long)]
+    resume: bool,
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     #[arg(long, default_value = "cpu")]
@@ -163,6 +166,9 @@ pub struct RunArgs {
     /// Rollout workers to start.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Continue the learner from its newest checkpoint.
+    #[arg(long)]
+    resume: bool,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -204,10 +210,22 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&learner_config)?);
         return Ok(());
     }
-    with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(learner_config, args.listen, device))
+    with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(learner_config, args.listen, args.resume, device))
 }
 
-fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: SocketAddr, device: B::Device) -> anyhow::Result<()> {
+/// The newest `version-N` checkpoint under `dir`.
+fn latest_learner_checkpoint(dir: &std::path::Path) -> Option<(u64, PathBuf)> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version: u64 = e.file_name().to_str()?.strip_prefix("version-")?.parse().ok()?;
+            e.path().join("ppo_state.json").is_file().then_some((version, e.path()))
+        })
+        .max_by_key(|(version, _)| *version)
+}
+
+fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: SocketAddr, resume: bool, device: B::Device) -> anyhow::Result<()> {
     let train = &mut learner_config.train;
     train.ppo.temperature = if train.sampling.greedy { 1.0 } else { train.sampling.temperature };
     if learner_config.runtime.max_policy_lag > 0 {
@@ -224,10 +242,25 @@ fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: So
     let prompts = rl_prompts(&texts, &tokenizer, &learner_config.train.prompts)?;
     anyhow::ensure!(!prompts.is_empty(), "{} gave no prompts", learner_config.prompts.display());
     config::write(&learner_config, &out.join("learner_config.toml"))?;
-    let trainer = PpoTrainer::<B>::new(policy, None, reference, learner_config.train.ppo.clone(), tokenizer.eos_id(), &device)?;
+    let mut trainer = PpoTrainer::<B>::new(policy, None, reference, learner_config.train.ppo.clone(), tokenizer.eos_id(), &device)?;
+    let checkpoints = out.join("checkpoints");
+    let start_version = match (resume, latest_learner_checkpoint(&checkpoints)) {
+        (false, _) => 0,
+        (true, None) => bail!("--resume: no checkpoint in {}", checkpoints.display()),
+        (true, Some((_, dir))) => {
+            let state = trainer.restore_checkpoint(&dir)?;
+            tracing::info!(checkpoint = %dir.display(), policy_version = state.version, "resuming");
+            state.version
+        }
+    };
+    let (checkpoint_config, checkpoint_tokenizer) = (model_config.clone(), tokenizer.clone());
     let mut metrics = MetricsFile::create(&out.join("metrics.jsonl"))?;
     let lineage_path = out.join("rollouts.jsonl");
-    let mut lineage_file = std::fs::File::create(&lineage_path).with_context(|| format!("cannot create {}", lineage_path.display()))?;
+    let mut lineage_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&lineage_path)
+        .with_context(|| format!("cannot open {}", lineage_path.display()))?;
     let export_dir = out.clone();
     let args = CoordinatorArgs {
         sampling_json: serde_json::to_string(&learner_config.train.sampling)?,
@@ -236,6 +269,11 @@ fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: So
         config: learner_config,
         trainer,
         prompts,
+        start_version,
+        on_checkpoint: Box::new(move |trainer, version| {
+            let dir = checkpoints.join(format!("version-{version}"));
+            trainer.save_checkpoint(&dir, version, &checkpoint_config, &checkpoint_tokenizer).map_err(|e| e.to_string())
+        }),
         on_iteration: Box::new(move |iteration, stats, lineage| {
             if let Err(e) = metrics.write(iteration + 1, stats) {
                 tracing::error!(error = %e, "cannot write metrics");
@@ -248,7 +286,9 @@ fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: So
             if let Err(e) = hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &export_dir) {
                 tracing::error!(error = %e, "cannot write the trained policy");
             }
-            let path = export_dir.join("accounting.json");
+            // A resumed run accounts for its own part of the prompt stream.
+            let name = if start_version == 0 { "accounting.json".to_string() } else { format!("accounting-from-version-{start_version}.json") };
+            let path = export_dir.join(name);
             if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&totals).unwrap_or_default()) {
                 tracing::error!(error = %e, path = %path.display(), "cannot write the accounting");
             }
@@ -432,6 +472,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     for set in &args.config.sets {
         learner_args.extend(["--set".into(), set.clone()]);
+    }
+    if args.resume {
+        learner_args.push("--resume".into());
     }
     let (mut learner, learner_addr) = spawn_server("learner", &learner_args)?;
     let mut reward_args = vec!["reward-server".to_string(), "--device".into(), device.clone()];

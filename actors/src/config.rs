@@ -36,11 +36,13 @@ pub struct RuntimeConfig {
     pub max_policy_lag: u64,
     /// Element type of weights on the wire: "f32" (exact) or "bf16" (half the bytes).
     pub weights_dtype: rlhf_trainer::wire::WireDtype,
+    /// Write a learner checkpoint every this many policy versions (0: only the final policy).
+    pub checkpoint_every: u64,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { lease_size: 0, lease_timeout_s: 120.0, heartbeat_timeout_s: 10.0, heartbeat_interval_ms: 1000, max_policy_lag: 0, weights_dtype: Default::default() }
+        Self { lease_size: 0, lease_timeout_s: 120.0, heartbeat_timeout_s: 10.0, heartbeat_interval_ms: 1000, max_policy_lag: 0, weights_dtype: Default::default(), checkpoint_every: 0 }
     }
 }
 

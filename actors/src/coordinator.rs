@@ -76,6 +76,10 @@ pub struct CoordinatorArgs<B: AutodiffBackend> {
     pub on_iteration: OnIteration,
     /// Called once with the trained trainer and the run's totals when the run is over.
     pub on_done: Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>,
+    /// Writes learner checkpoints (every `runtime.checkpoint_every` versions).
+    pub on_checkpoint: crate::ppo_learner::Checkpointer<B>,
+    /// The policy version to start from (0, or a resumed checkpoint's).
+    pub start_version: u64,
 }
 
 struct WorkerInfo {
@@ -187,13 +191,16 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
     type Arguments = CoordinatorArgs<B>;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
-        let weights = WeightSnapshot::of(&args.trainer.policy.valid(), 0, args.config.runtime.weights_dtype)?;
+        let start_version = args.start_version;
+        let weights = WeightSnapshot::of(&args.trainer.policy.valid(), start_version, args.config.runtime.weights_dtype)?;
         let learner_args = PpoLearnerArgs {
             trainer: args.trainer,
             coordinator: myself.clone(),
             total_optimizer_steps: args.config.train.total_optimizer_steps(),
             weights_dtype: args.config.runtime.weights_dtype,
             on_done: args.on_done,
+            on_checkpoint: args.on_checkpoint,
+            checkpoint_every: args.config.runtime.checkpoint_every,
         };
         let (learner, _) = Actor::spawn_linked(Some("ppo-learner".into()), PpoLearner::<B>::default(), learner_args, myself.get_cell()).await?;
         let interval = Duration::from_millis(200);
@@ -208,13 +215,13 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
             eos_id: args.eos_id,
             learner: Some(learner),
             updating: false,
-            version: 0,
+            version: start_version,
             weights,
             workers: BTreeMap::new(),
             next_worker_id: 1,
             next_lease_id: 1,
             leases_per_iteration: BTreeMap::new(),
-            queued_iteration: None,
+            queued_iteration: start_version.checked_sub(1),
             pending: VecDeque::new(),
             leases: BTreeMap::new(),
             buffer: BTreeMap::new(),

@@ -31,6 +31,9 @@ pub async fn serve<B: AutodiffBackend>(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let grace = Duration::from_millis(args.config.runtime.heartbeat_interval_ms * 3);
     let (finished, finished_rx) = tokio::sync::oneshot::channel::<()>();
+    if args.start_version as usize >= args.config.train.iterations {
+        return Err(format!("the run already has {} policy versions (train.iterations = {})", args.start_version, args.config.train.iterations).into());
+    }
     let on_done = std::mem::replace(&mut args.on_done, Box::new(|_, _| {}));
     args.on_done = Box::new(move |trainer, totals| {
         on_done(trainer, totals);

@@ -36,7 +36,14 @@ pub struct PpoLearnerArgs<B: AutodiffBackend> {
     pub total_optimizer_steps: usize,
     pub weights_dtype: WireDtype,
     pub on_done: Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>,
+    /// Writes a checkpoint of the trainer at a policy version.
+    pub on_checkpoint: Checkpointer<B>,
+    /// Checkpoint every this many versions (0: never).
+    pub checkpoint_every: u64,
 }
+
+/// Writes a checkpoint of the trainer at a policy version.
+pub type Checkpointer<B> = Box<dyn FnMut(&PpoTrainer<B>, u64) -> Result<(), String> + Send>;
 
 pub struct PpoLearnerState<B: AutodiffBackend> {
     /// `None` while an update runs on its thread.
@@ -45,6 +52,8 @@ pub struct PpoLearnerState<B: AutodiffBackend> {
     total_optimizer_steps: usize,
     weights_dtype: WireDtype,
     on_done: Option<Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>>,
+    on_checkpoint: Checkpointer<B>,
+    checkpoint_every: u64,
 }
 
 pub struct PpoLearner<B>(std::marker::PhantomData<fn() -> B>);
@@ -67,6 +76,8 @@ impl<B: AutodiffBackend> Actor for PpoLearner<B> {
             total_optimizer_steps: args.total_optimizer_steps,
             weights_dtype: args.weights_dtype,
             on_done: Some(args.on_done),
+            on_checkpoint: args.on_checkpoint,
+            checkpoint_every: args.checkpoint_every,
         })
     }
 
@@ -92,6 +103,17 @@ impl<B: AutodiffBackend> Actor for PpoLearner<B> {
             }
             PpoLearnerMsg::Finished(result) => {
                 let (trainer, updated) = *result.downcast::<(PpoTrainer<B>, Updated)>().map_err(|_| "unexpected update result")?;
+                if let Ok(weights) = &updated.weights {
+                    let version = weights.version;
+                    if state.checkpoint_every > 0 && version % state.checkpoint_every == 0 {
+                        // File IO on this actor's thread: nothing else runs here meanwhile.
+                        let written = tokio::task::block_in_place(|| (state.on_checkpoint)(&trainer, version));
+                        match written {
+                            Ok(()) => tracing::info!(policy_version = version, "checkpoint written"),
+                            Err(e) => tracing::error!(policy_version = version, error = %e, "checkpoint failed"),
+                        }
+                    }
+                }
                 state.trainer = Some(trainer);
                 state.coordinator.send_message(CoordinatorMsg::Updated(updated))?;
             }

@@ -277,3 +277,27 @@ fn with_a_policy_lag_workers_roll_out_ahead_within_the_bound() {
     assert!(metrics.iter().all(|m| m["staleness/max"].as_f64().unwrap() <= 1.0));
     assert!(metrics.iter().all(|m| m["objective/kl"].as_f64().unwrap().is_finite()));
 }
+
+#[test]
+fn a_learner_resumes_from_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 2, 8, 0, "checkpoint_every = 2\n");
+    let (mut first, _) = start(tmp.path(), "first", &["run", "--config", path_str(&config), "--workers", "1"], false);
+    assert!(first.wait(Duration::from_secs(120)).success(), "{}", first.log());
+    let out = tmp.path().join("out");
+    assert!(out.join("checkpoints/version-2/ppo_state.json").is_file());
+    assert!(out.join("checkpoints/version-2/value_head.safetensors").is_file());
+    // Two more iterations from version 2.
+    let (mut second, _) = start(
+        tmp.path(),
+        "second",
+        &["run", "--config", path_str(&config), "--workers", "1", "--resume", "--set", "train.iterations=4"],
+        false,
+    );
+    assert!(second.wait(Duration::from_secs(120)).success(), "{}", second.log());
+    assert!(second.log().contains("resuming"), "{}", second.log());
+    let steps: Vec<u64> = lines(&out.join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+    let indices: BTreeSet<u64> = lines(&out.join("rollouts.jsonl")).iter().map(|r| r["prompt_index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, (0..32).collect(), "the resumed run continues the prompt stream");
+}

@@ -251,7 +251,7 @@ pub fn entropy_from_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
 
 /// Running mean and standard deviation of scores across steps (TRL's `RunningMoments`), for
 /// `score_scaling` / `score_norm`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunningMoments {
     pub mean: f64,
     pub std: f64,

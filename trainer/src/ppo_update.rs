@@ -446,3 +446,54 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
     }
 }
 
+
+/// What a PPO checkpoint records beside the model and optimizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PpoState {
+    /// Policy versions trained so far (the next iteration's index).
+    pub version: u64,
+    pub optimizer_steps: usize,
+    pub kl: KlController,
+    pub score_moments: RunningMoments,
+}
+
+const PPO_STATE_FILE: &str = "ppo_state.json";
+
+impl<B: AutodiffBackend> PpoTrainer<B> {
+    /// Writes `dir` (which must not exist): the policy with its value head as a Hugging Face
+    /// directory, the optimizer state, and [`PpoState`].
+    pub fn save_checkpoint(
+        &self,
+        dir: &std::path::Path,
+        version: u64,
+        model_config: &crate::Gpt2Config,
+        tokenizer: &crate::Tokenizer,
+    ) -> Result<(), crate::error::CheckpointError> {
+        crate::hf::export(&self.policy.valid(), model_config, tokenizer, dir)?;
+        crate::train::save_optimizer(dir, &self.policy, &self.policy_optim)?;
+        let state = PpoState { version, optimizer_steps: self.optimizer_steps, kl: self.kl.clone(), score_moments: self.score_moments.clone() };
+        let path = dir.join(PPO_STATE_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(&state).expect("state serialises"))
+            .map_err(|e| crate::error::CheckpointError::Write { path, message: e.to_string() })
+    }
+
+    /// Restores a checkpoint written by [`PpoTrainer::save_checkpoint`]: policy, value head,
+    /// optimizer state, KL coefficient and score moments. Returns its [`PpoState`]. The
+    /// mini-batch shuffling RNG is re-seeded from the step count, so a resumed run is not
+    /// bit-identical to an uninterrupted one.
+    pub fn restore_checkpoint(&mut self, dir: &std::path::Path) -> Result<PpoState, crate::error::CheckpointError> {
+        let read_error = |path: std::path::PathBuf, e: &dyn std::fmt::Display| crate::error::CheckpointError::Read { path, message: e.to_string() };
+        let path = dir.join(PPO_STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| read_error(path.clone(), &e))?;
+        let state: PpoState = serde_json::from_str(&text).map_err(|e| read_error(path.clone(), &e))?;
+        let (_, policy) = crate::hf::load_as::<B>(dir, crate::Heads::LmValue, &self.device)?;
+        let optim = crate::train::load_optimizer(dir, &policy, self.config.optim.adamw(), &self.device)?;
+        self.policy = policy;
+        self.policy_optim = optim;
+        self.optimizer_steps = state.optimizer_steps;
+        self.kl = state.kl.clone();
+        self.score_moments = state.score_moments.clone();
+        self.rng = StdRng::seed_from_u64(self.config.seed.wrapping_add(state.optimizer_steps as u64));
+        Ok(state)
+    }
+}

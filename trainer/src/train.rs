@@ -68,16 +68,40 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     state: &TrainerState,
 ) -> Result<(), CheckpointError> {
     hf::export(&model.valid(), config, tokenizer, dir)?;
+    save_optimizer(dir, model, optim)?;
+    let path = dir.join(STATE_FILE);
+    std::fs::write(&path, serde_json::to_string_pretty(state).expect("state serialises")).map_err(|e| write_error(&path, e))?;
+    Ok(())
+}
+
+/// Writes `optim`'s state into `dir`, keyed by module path.
+pub fn save_optimizer<B: AutodiffBackend>(dir: &Path, model: &Gpt2<B>, optim: &AdamWOptimizer<Gpt2<B>, B>) -> Result<(), CheckpointError> {
     let ids: BTreeMap<String, u64> = param_paths(model).into_iter().map(|(p, id)| (p, id.val())).collect();
     let path = dir.join(OPTIMIZER_PARAMS_FILE);
     std::fs::write(&path, serde_json::to_string(&ids).expect("ids serialise")).map_err(|e| write_error(&path, e))?;
     let path = dir.join(OPTIMIZER_FILE);
-    BinFileRecorder::<FullPrecisionSettings>::new()
-        .record(optim.to_record(), path.clone())
-        .map_err(|e| write_error(&path, e))?;
-    let path = dir.join(STATE_FILE);
-    std::fs::write(&path, serde_json::to_string_pretty(state).expect("state serialises")).map_err(|e| write_error(&path, e))?;
-    Ok(())
+    BinFileRecorder::<FullPrecisionSettings>::new().record(optim.to_record(), path.clone()).map_err(|e| write_error(&path, e))
+}
+
+/// Reads optimizer state written by [`save_optimizer`] into `optim`, re-keyed for `model`.
+pub fn load_optimizer<B: AutodiffBackend>(
+    dir: &Path,
+    model: &Gpt2<B>,
+    optim: AdamWOptimizer<Gpt2<B>, B>,
+    device: &B::Device,
+) -> Result<AdamWOptimizer<Gpt2<B>, B>, CheckpointError> {
+    let path = dir.join(OPTIMIZER_PARAMS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
+    let saved_ids: BTreeMap<String, u64> = serde_json::from_str(&text).map_err(|e| read_error(&path, e))?;
+    let path = dir.join(OPTIMIZER_FILE);
+    let record: <AdamWOptimizer<Gpt2<B>, B> as Optimizer<Gpt2<B>, B>>::Record =
+        BinFileRecorder::<FullPrecisionSettings>::new().load(path.clone(), device).map_err(|e| read_error(&path, e))?;
+    // Re-key: saved id -> module path -> this process's id.
+    let new_ids = param_paths(model);
+    let by_old: HashMap<u64, ParamId> =
+        saved_ids.iter().filter_map(|(path, old)| new_ids.get(path).map(|new| (*old, *new))).collect();
+    let record = record.into_iter().filter_map(|(old, state)| by_old.get(&old.val()).map(|new| (*new, state))).collect();
+    Ok(optim.load_record(record))
 }
 
 /// The newest `step-N` checkpoint under `dir`, if any.
@@ -104,17 +128,6 @@ pub fn load_checkpoint<B: AutodiffBackend>(
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| read_error(&path, e))?;
-    let path = dir.join(OPTIMIZER_PARAMS_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
-    let saved_ids: BTreeMap<String, u64> = serde_json::from_str(&text).map_err(|e| read_error(&path, e))?;
-    let path = dir.join(OPTIMIZER_FILE);
-    let record: <AdamWOptimizer<Gpt2<B>, B> as Optimizer<Gpt2<B>, B>>::Record =
-        BinFileRecorder::<FullPrecisionSettings>::new().load(path.clone(), device).map_err(|e| read_error(&path, e))?;
-    // Re-key: saved id -> module path -> this process's id.
-    let new_ids = param_paths(&model);
-    let by_old: HashMap<u64, ParamId> =
-        saved_ids.iter().filter_map(|(path, old)| new_ids.get(path).map(|new| (*old, *new))).collect();
-    let record = record.into_iter().filter_map(|(old, state)| by_old.get(&old.val()).map(|new| (*new, state))).collect();
-    optim = optim.load_record(record);
+    optim = load_optimizer(dir, &model, optim, device)?;
     Ok((config, model, optim, state))
 }
