@@ -60,8 +60,11 @@ fn channel(url: &str, timeout: Duration) -> Result<Channel, WorkerError> {
     Ok(endpoint.connect_lazy())
 }
 
+/// Codes worth retrying: the peer is down or slow. A connection that breaks mid-call (a server
+/// killed while answering) surfaces as `Unknown` or `Cancelled`; retrying is safe because scoring
+/// is idempotent and every learner call is idempotent or protected by its lease.
 fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
 }
 
 /// Retries `call` with bounded exponential backoff while the peer is unavailable.

@@ -62,10 +62,14 @@ fn start(dir: &Path, name: &str, args: &[&str], server: bool) -> (Proc, String) 
     (proc, addr.trim().to_string())
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+/// Polls `ready` until it holds; on timeout, fails with the logs of `procs`.
+fn wait_for(what: &str, timeout: Duration, procs: &[&Proc], mut ready: impl FnMut() -> bool) {
     let started = Instant::now();
     while !ready() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        if started.elapsed() > timeout {
+            let logs: Vec<String> = procs.iter().map(|p| format!("--- {}\n{}", p.stderr.display(), p.log())).collect();
+            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -154,7 +158,7 @@ fn a_killed_worker_s_lease_is_reissued_and_the_run_completes() {
         start(tmp.path(), "reward", &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))], true);
     // Worker A takes a lease and sits on it; then it is killed.
     let (mut doomed, _) = start(tmp.path(), "doomed", &["worker", "--learner", &addr, "--reward", &reward, "--name", "doomed-worker", "--hold-lease-ms", "600000"], false);
-    wait_for("the doomed worker's lease", Duration::from_secs(60), || doomed.log().contains("lease received"));
+    wait_for("the doomed worker's lease", Duration::from_secs(60), &[&learner, &doomed], || doomed.log().contains("lease received"));
     let (_survivor, _) = start(tmp.path(), "survivor", &["worker", "--learner", &addr, "--reward", &reward, "--name", "survivor"], false);
     doomed.child.kill().unwrap(); // SIGKILL
     let status = learner.wait(Duration::from_secs(120));
@@ -179,7 +183,7 @@ fn a_worker_that_joins_mid_run_gets_the_current_weights_and_work() {
     // The first worker rolls out slowly, so the run is still going when the second joins.
     let (_first, _) = start(tmp.path(), "first", &["worker", "--learner", &addr, "--reward", &reward, "--name", "first", "--hold-lease-ms", "40"], false);
     let metrics = tmp.path().join("out/metrics.jsonl");
-    wait_for("the first iteration", Duration::from_secs(60), || !lines(&metrics).is_empty());
+    wait_for("the first iteration", Duration::from_secs(60), &[&learner], || !lines(&metrics).is_empty());
     let (late, _) = start(tmp.path(), "late", &["worker", "--learner", &addr, "--reward", &reward, "--name", "late"], false);
     let status = learner.wait(Duration::from_secs(120));
     assert!(status.success(), "learner failed:\n{}", learner.log());
@@ -205,9 +209,9 @@ fn workers_back_off_while_the_reward_server_restarts() {
     let (reward, reward_addr) = start(tmp.path(), "reward", &args.iter().map(String::as_str).collect::<Vec<_>>(), true);
     let (worker, _) = start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &reward_addr, "--hold-lease-ms", "30"], false);
     let metrics = tmp.path().join("out/metrics.jsonl");
-    wait_for("the first iteration", Duration::from_secs(60), || !lines(&metrics).is_empty());
+    wait_for("the first iteration", Duration::from_secs(60), &[&learner, &worker], || !lines(&metrics).is_empty());
     drop(reward); // killed
-    wait_for("the worker to back off", Duration::from_secs(30), || worker.log().contains("backing off"));
+    wait_for("the worker to back off", Duration::from_secs(30), &[&learner, &worker], || worker.log().contains("backing off"));
     std::thread::sleep(Duration::from_millis(500));
     let args = reward_args(&reward_addr);
     let (_restarted, again) = start(tmp.path(), "reward2", &args.iter().map(String::as_str).collect::<Vec<_>>(), true);
