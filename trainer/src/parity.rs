@@ -66,6 +66,7 @@ fn padded_batch_logits_match_transformers() {
     let real: Vec<usize> = (0..mask.len()).filter(|&i| mask[i] > 0.5).flat_map(|i| i * vocab..(i + 1) * vocab).collect();
     let pick = |v: &[f64]| real.iter().map(|&i| v[i]).collect::<Vec<_>>();
     let diff = max_abs_diff(&pick(&logits), &pick(&want));
+    eprintln!("parity: max |logit diff| = {diff:e}");
     assert!(diff <= 1e-4, "max |logit diff| {diff:e}");
 }
 
@@ -81,6 +82,7 @@ fn per_token_logprobs_match_transformers() {
         let want_row = &want[b * width + width - row.len()..(b + 1) * width];
         let got: Vec<f64> = row.iter().map(|&x| x as f64).collect();
         let diff = max_abs_diff(&got, want_row);
+        eprintln!("parity: row {b} max |logprob diff| = {diff:e}");
         assert!(diff <= 1e-4, "row {b}: max |logprob diff| {diff:e}");
     }
 }
@@ -107,6 +109,7 @@ fn sequence_classification_scores_match_transformers() {
     let got: Vec<f64> = scored.scores.unwrap().iter().map(|s| s[0] as f64).collect();
     let (_, want) = reference.get("scores");
     let diff = max_abs_diff(&got, &want);
+    eprintln!("parity: max |score diff| = {diff:e}");
     assert!(diff <= 1e-4, "max |score diff| {diff:e}");
 }
 

@@ -15,6 +15,7 @@ fn reference() -> Reference {
 
 fn assert_close(name: &str, got: Vec<f64>, want: Vec<f64>) {
     let diff = max_abs_diff(&got, &want);
+    eprintln!("parity: {name} max |diff| = {diff:e}");
     assert!(diff <= TOL, "{name}: max |diff| {diff:e}\n got {got:?}\nwant {want:?}");
 }
 
@@ -145,6 +146,7 @@ fn first_ppo_step_statistics_match_trl_on_a_tiny_gpt2() {
     ] {
         let want = r.get(key).1[0];
         let got = stats[key];
+        eprintln!("parity: step {key} |diff| = {:e}", (got - want).abs());
         assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{key}: got {got}, TRL {want}");
     }
     // The update moved the policy, and the adaptive controller moved beta towards the target.
