@@ -62,6 +62,16 @@ fn start(dir: &Path, name: &str, args: &[&str], server: bool) -> (Proc, String) 
     (proc, addr.trim().to_string())
 }
 
+/// Runs `rlhf run --config CONFIG --workers N ARGS...` to completion and returns it (for its log).
+fn run_to_end(dir: &Path, name: &str, config: &Path, workers: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["run", "--config", path_str(config), "--workers", workers];
+    args.extend_from_slice(extra);
+    let (mut run, _) = start(dir, name, &args, false);
+    let status = run.wait(Duration::from_secs(120));
+    assert!(status.success(), "rlhf run failed:\n{}", run.log());
+    run
+}
+
 /// Polls `ready` until it holds; on timeout, fails with the logs of `procs`.
 fn wait_for(what: &str, timeout: Duration, procs: &[&Proc], mut ready: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -121,10 +131,7 @@ fn assert_accounted_once_with_lag(out: &Path, iterations: usize, batch: usize, l
 fn run_with_two_workers_trains_three_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 3, 16, 4, "");
-    let (mut run, _) = start(tmp.path(), "run", &["run", "--config", path_str(&config), "--workers", "2"], false);
-    let status = run.wait(Duration::from_secs(120));
-    let log = run.log();
-    assert!(status.success(), "rlhf run failed:\n{log}");
+    let log = run_to_end(tmp.path(), "run", &config, "2", &[]).log();
     let out = tmp.path().join("out");
     let metrics = lines(&out.join("metrics.jsonl"));
     assert_eq!(metrics.len(), 3);
@@ -228,8 +235,7 @@ fn one_on_policy_worker_reproduces_ppo_local() {
     // lease and a fixed seed give the same per-iteration statistics as `rlhf ppo --local`.
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 3, 16, 0, "");
-    let (mut run, _) = start(tmp.path(), "run", &["run", "--config", path_str(&config), "--workers", "1"], false);
-    assert!(run.wait(Duration::from_secs(120)).success(), "{}", run.log());
+    run_to_end(tmp.path(), "run", &config, "1", &[]);
     let local_out = tmp.path().join("local");
     super::rlhf_ok(&[
         "ppo", "--local", "--model", path_str(&fixture("lm")), "--lexicon", path_str(&assets().join("imdb-lexicon")),
@@ -261,8 +267,7 @@ fn bf16_weights_on_the_wire_halve_the_bytes() {
         let dir = tmp.path().join(dtype);
         std::fs::create_dir_all(&dir).unwrap();
         let config = config(&dir, 1, 8, 0, &format!("weights_dtype = {dtype:?}\n"));
-        let (mut run, _) = start(&dir, "run", &["run", "--config", path_str(&config), "--workers", "1"], false);
-        assert!(run.wait(Duration::from_secs(120)).success(), "{}", run.log());
+        run_to_end(&dir, "run", &config, "1", &[]);
         bytes.push(lines(&dir.join("out/metrics.jsonl"))[0]["weights/bytes"].as_f64().unwrap());
     }
     assert!(bytes[1] < bytes[0] * 0.55, "bf16 {} vs f32 {}", bytes[1], bytes[0]);
@@ -272,8 +277,7 @@ fn bf16_weights_on_the_wire_halve_the_bytes() {
 fn with_a_policy_lag_workers_roll_out_ahead_within_the_bound() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 5, 16, 4, "max_policy_lag = 1\n");
-    let (mut run, _) = start(tmp.path(), "run", &["run", "--config", path_str(&config), "--workers", "2"], false);
-    assert!(run.wait(Duration::from_secs(120)).success(), "{}", run.log());
+    run_to_end(tmp.path(), "run", &config, "2", &[]);
     let out = tmp.path().join("out");
     assert_accounted_once_with_lag(&out, 5, 16, 1);
     let metrics = lines(&out.join("metrics.jsonl"));
@@ -286,19 +290,12 @@ fn with_a_policy_lag_workers_roll_out_ahead_within_the_bound() {
 fn a_learner_resumes_from_its_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 2, 8, 0, "checkpoint_every = 2\n");
-    let (mut first, _) = start(tmp.path(), "first", &["run", "--config", path_str(&config), "--workers", "1"], false);
-    assert!(first.wait(Duration::from_secs(120)).success(), "{}", first.log());
+    run_to_end(tmp.path(), "first", &config, "1", &[]);
     let out = tmp.path().join("out");
     assert!(out.join("checkpoints/version-2/ppo_state.json").is_file());
     assert!(out.join("checkpoints/version-2/value_head.safetensors").is_file());
     // Two more iterations from version 2.
-    let (mut second, _) = start(
-        tmp.path(),
-        "second",
-        &["run", "--config", path_str(&config), "--workers", "1", "--resume", "--set", "train.iterations=4"],
-        false,
-    );
-    assert!(second.wait(Duration::from_secs(120)).success(), "{}", second.log());
+    let second = run_to_end(tmp.path(), "second", &config, "1", &["--resume", "--set", "train.iterations=4"]);
     assert!(second.log().contains("resuming"), "{}", second.log());
     let steps: Vec<u64> = lines(&out.join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![1, 2, 3, 4]);
