@@ -30,6 +30,7 @@ async fn start_learner(
     let args = CoordinatorArgs {
         sampling_json: serde_json::to_string(&config.train.sampling)?,
         model_config_json: serde_json::to_string(&model)?,
+        tokenizer_json: String::new(),
         eos_id: 0,
         prompts: vec![vec![1, 2, 3, 4]],
         config,

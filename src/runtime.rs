@@ -265,6 +265,7 @@ fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: So
     let args = CoordinatorArgs {
         sampling_json: serde_json::to_string(&learner_config.train.sampling)?,
         model_config_json: serde_json::to_string(&model_config)?,
+        tokenizer_json: if learner_config.reward.retokenize { tokenizer.to_json()? } else { String::new() },
         eos_id: tokenizer.eos_id(),
         config: learner_config,
         trainer,
@@ -500,7 +501,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("starting a worker")?;
         workers.push(ChildGuard { name: format!("worker-{}", i + 1), child });
     }
-    let status = learner.child.wait().context("waiting for the learner")?;
+    // Wait for the learner; if every worker has failed meanwhile, the run cannot finish.
+    let status = loop {
+        if let Some(status) = learner.child.try_wait().context("waiting for the learner")? {
+            break status;
+        }
+        let total = workers.len();
+        let failed: Vec<String> = workers
+            .iter_mut()
+            .filter_map(|w| matches!(w.child.try_wait(), Ok(Some(s)) if !s.success()).then(|| w.name.clone()))
+            .collect();
+        if total > 0 && failed.len() == total {
+            bail!("every worker failed ({}); see their errors above", failed.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     // Workers exit once told the run is done; give them a moment, then stop the rest.
     for worker in &mut workers {
         for _ in 0..50 {

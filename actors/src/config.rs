@@ -16,6 +16,9 @@ pub struct RewardSource {
     pub lexicon: Option<PathBuf>,
     /// Train towards negative scores.
     pub negate: bool,
+    /// The reward model uses another tokenizer than the policy: workers send text too, and the
+    /// reward server tokenises it with its own tokenizer.
+    pub retokenize: bool,
 }
 
 /// Runtime behaviour.

@@ -71,6 +71,8 @@ pub struct CoordinatorArgs<B: AutodiffBackend> {
     pub prompts: Vec<Vec<u32>>,
     pub sampling_json: String,
     pub model_config_json: String,
+    /// The policy's tokenizer.json, sent to workers when they must send text (else empty).
+    pub tokenizer_json: String,
     pub eos_id: u32,
     /// Called after each iteration with its stats.
     pub on_iteration: OnIteration,
@@ -99,6 +101,7 @@ pub struct State<B: AutodiffBackend> {
     prompts: Vec<Vec<u32>>,
     sampling_json: String,
     model_config_json: String,
+    tokenizer_json: String,
     sampling_seed: u64,
     eos_id: u32,
     learner: Option<ActorRef<PpoLearnerMsg>>,
@@ -211,6 +214,7 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
             prompts: args.prompts,
             sampling_json: args.sampling_json,
             model_config_json: args.model_config_json,
+            tokenizer_json: args.tokenizer_json,
             sampling_seed,
             eos_id: args.eos_id,
             learner: Some(learner),
@@ -251,6 +255,7 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
                     eos_id: state.eos_id,
                     heartbeat_interval_ms: state.config.runtime.heartbeat_interval_ms,
                     model_config_json: state.model_config_json.clone(),
+                    tokenizer_json: state.tokenizer_json.clone(),
                 });
             }
             CoordinatorMsg::Heartbeat { worker_id, reply } => {

@@ -30,10 +30,43 @@ impl Default for BatchConfig {
     }
 }
 
+/// What a request asks to score: token ids in the policy's vocabulary, or text.
+#[derive(Clone)]
+enum Input {
+    Ids { queries: Vec<Vec<u32>>, responses: Vec<Vec<u32>> },
+    Texts { queries: Vec<String>, responses: Vec<String> },
+}
+
+impl Input {
+    fn len(&self) -> usize {
+        match self {
+            Self::Ids { queries, .. } => queries.len(),
+            Self::Texts { queries, .. } => queries.len(),
+        }
+    }
+
+    fn is_text(&self) -> bool {
+        matches!(self, Self::Texts { .. })
+    }
+
+    /// Concatenates inputs of one kind.
+    fn concat(inputs: &[&Input]) -> Input {
+        match inputs[0] {
+            Input::Ids { .. } => Input::Ids {
+                queries: inputs.iter().flat_map(|i| if let Input::Ids { queries, .. } = i { queries.clone() } else { vec![] }).collect(),
+                responses: inputs.iter().flat_map(|i| if let Input::Ids { responses, .. } = i { responses.clone() } else { vec![] }).collect(),
+            },
+            Input::Texts { .. } => Input::Texts {
+                queries: inputs.iter().flat_map(|i| if let Input::Texts { queries, .. } = i { queries.clone() } else { vec![] }).collect(),
+                responses: inputs.iter().flat_map(|i| if let Input::Texts { responses, .. } = i { responses.clone() } else { vec![] }).collect(),
+            },
+        }
+    }
+}
+
 /// One request waiting for its scores.
 struct Job {
-    queries: Vec<Vec<u32>>,
-    responses: Vec<Vec<u32>>,
+    input: Input,
     reply: oneshot::Sender<Result<Vec<f32>, Status>>,
 }
 
@@ -46,60 +79,80 @@ struct Service {
 impl RewardModel for Service {
     async fn score(&self, request: Request<ScoreRequest>) -> Result<Response<ScoreResponse>, Status> {
         let sequences = request.into_inner().sequences;
-        if sequences.iter().any(|s| s.response.is_empty()) {
+        if sequences.iter().any(|s| s.response.is_empty() && s.response_text.is_empty()) {
             return Err(Status::invalid_argument("every sequence needs a non-empty response"));
         }
-        let (queries, responses) = sequences.into_iter().map(|s| (s.query, s.response)).unzip();
+        // Text, when every sequence carries it, is tokenised by the scorer's own tokenizer.
+        let input = if !sequences.is_empty() && sequences.iter().all(|s| !s.response_text.is_empty()) {
+            let (queries, responses) = sequences.into_iter().map(|s| (s.query_text, s.response_text)).unzip();
+            Input::Texts { queries, responses }
+        } else {
+            let (queries, responses) = sequences.into_iter().map(|s| (s.query, s.response)).unzip();
+            Input::Ids { queries, responses }
+        };
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { queries, responses, reply }).await.map_err(|_| Status::unavailable("scorer stopped"))?;
+        self.jobs.send(Job { input, reply }).await.map_err(|_| Status::unavailable("scorer stopped"))?;
         let scores = answer.await.map_err(|_| Status::unavailable("scorer stopped"))??;
         Ok(Response::new(ScoreResponse { scores, scorer: self.scorer_name.clone() }))
     }
 }
 
-/// Collects jobs into batches and scores them on a blocking thread.
+/// Collects jobs into batches and scores them on a blocking thread, ids and texts apart.
 async fn batcher(mut scorer: Box<dyn Scorer>, mut jobs: mpsc::Receiver<Job>, config: BatchConfig) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
-        let mut size = batch[0].queries.len();
+        let mut size = batch[0].input.len();
         let deadline = tokio::time::Instant::now() + config.max_wait;
         while size < config.max_batch {
             match tokio::time::timeout_at(deadline, jobs.recv()).await {
                 Ok(Some(job)) => {
-                    size += job.queries.len();
+                    size += job.input.len();
                     batch.push(job);
                 }
                 _ => break,
             }
         }
-        let queries: Vec<Vec<u32>> = batch.iter().flat_map(|j| j.queries.clone()).collect();
-        let responses: Vec<Vec<u32>> = batch.iter().flat_map(|j| j.responses.clone()).collect();
-        let started = Instant::now();
-        let (returned, result) = tokio::task::spawn_blocking(move || {
-            let result = scorer.score(&queries, &responses);
-            (scorer, result)
-        })
-        .await
-        .expect("the scoring thread does not panic");
-        scorer = returned;
-        tracing::debug!(sequences = size, requests = batch.len(), seconds = started.elapsed().as_secs_f64(), "scored batch");
-        match result {
-            Ok(scores) => {
-                let mut offset = 0;
-                for job in batch {
-                    let n = job.queries.len();
-                    let _ = job.reply.send(Ok(scores[offset..offset + n].to_vec()));
-                    offset += n;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "scoring failed");
-                for job in batch {
-                    let _ = job.reply.send(Err(Status::invalid_argument(e.to_string())));
-                }
+        let (texts, ids): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.input.is_text());
+        for group in [ids, texts] {
+            if !group.is_empty() {
+                scorer = score_group(scorer, group).await;
             }
         }
     }
+}
+
+/// Scores one batch of same-kind jobs and answers each; hands the scorer back.
+async fn score_group(scorer: Box<dyn Scorer>, group: Vec<Job>) -> Box<dyn Scorer> {
+    let input = Input::concat(&group.iter().map(|j| &j.input).collect::<Vec<_>>());
+    let started = Instant::now();
+    let (scorer, result) = tokio::task::spawn_blocking(move || {
+        let mut scorer = scorer;
+        let result = match &input {
+            Input::Ids { queries, responses } => scorer.score(queries, responses),
+            Input::Texts { queries, responses } => scorer.score_texts(queries, responses),
+        };
+        (scorer, result)
+    })
+    .await
+    .expect("the scoring thread does not panic");
+    tracing::debug!(requests = group.len(), seconds = started.elapsed().as_secs_f64(), "scored batch");
+    match result {
+        Ok(scores) => {
+            let mut offset = 0;
+            for job in group {
+                let n = job.input.len();
+                let _ = job.reply.send(Ok(scores[offset..offset + n].to_vec()));
+                offset += n;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "scoring failed");
+            for job in group {
+                let _ = job.reply.send(Err(Status::invalid_argument(e.to_string())));
+            }
+        }
+    }
+    scorer
 }
 
 /// Serves `scorer` on `listener` until `shutdown` resolves. Prints nothing; the caller reports

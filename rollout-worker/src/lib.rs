@@ -168,6 +168,11 @@ pub async fn run<B: Backend>(
     let sampling: SamplingConfig = serde_json::from_str(&joined.sampling_json).map_err(|e| WorkerError::Settings(e.to_string()))?;
     let model_config: Gpt2Config =
         serde_json::from_str(&joined.model_config_json).map_err(|e| WorkerError::Settings(e.to_string()))?;
+    let text_tokenizer = if joined.tokenizer_json.is_empty() {
+        None
+    } else {
+        Some(rlhf_trainer::Tokenizer::from_json(&joined.tokenizer_json, joined.eos_id).map_err(|e| WorkerError::Settings(e.to_string()))?)
+    };
     tracing::info!(worker_id, "joined the learner");
 
     // Heartbeats run beside the main loop.
@@ -265,7 +270,14 @@ pub async fn run<B: Backend>(
         let sequences: Vec<pb::Sequence> = queries
             .iter()
             .zip(&generation.completion_ids)
-            .map(|(q, r)| pb::Sequence { query: q.clone(), response: r.clone() })
+            .map(|(q, r)| {
+                // Text too when the reward model tokenises differently (the learner sent a tokenizer).
+                let (query_text, response_text) = match &text_tokenizer {
+                    Some(t) => (t.decode(q).unwrap_or_default(), t.decode(r).unwrap_or_default()),
+                    None => (String::new(), String::new()),
+                };
+                pb::Sequence { query: q.clone(), response: r.clone(), query_text, response_text }
+            })
             .collect();
         let started = Instant::now();
         let url = options.rewards[next_reward % rewards.len()].clone();

@@ -302,3 +302,24 @@ fn a_learner_resumes_from_its_checkpoint() {
     let indices: BTreeSet<u64> = lines(&out.join("rollouts.jsonl")).iter().map(|r| r["prompt_index"].as_u64().unwrap()).collect();
     assert_eq!(indices, (0..32).collect(), "the resumed run continues the prompt stream");
 }
+
+#[test]
+fn a_reward_model_with_another_tokenizer_scores_text() {
+    // The policy uses the real GPT-2 vocabulary; the reward model its own 384-token BPE. With
+    // `reward.retokenize`, workers send text and the reward server tokenises it itself.
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy");
+    super::rlhf_ok(&[
+        "sft", "--init", "nano", "--tokenizer", path_str(&assets().join("gpt2-tokenizer")),
+        "--data", path_str(&assets().join("imdb-sentiment/test.jsonl")), "--max-examples", "17",
+        "--batch-size", "16", "--max-length", "16", "--out", path_str(&policy),
+    ]);
+    let config = config(tmp.path(), 1, 8, 0, "");
+    let text = std::fs::read_to_string(&config).unwrap()
+        .replace(path_str(&fixture("lm")), path_str(&policy))
+        .replace(&format!("lexicon = {:?}", path_str(&assets().join("imdb-lexicon"))), &format!("model = {:?}\nretokenize = true", path_str(&fixture("reward"))));
+    std::fs::write(&config, text).unwrap();
+    run_to_end(tmp.path(), "run", &config, "1", &[]);
+    let metrics = lines(&tmp.path().join("out/metrics.jsonl"));
+    assert!(metrics[0]["env/reward_mean"].as_f64().unwrap().is_finite());
+}

@@ -96,6 +96,9 @@ impl Scorer for CountFives {
     fn score(&mut self, _: &[Vec<u32>], responses: &[Vec<u32>]) -> Result<Vec<f32>, ScoreError> {
         Ok(responses.iter().map(|r| r.iter().filter(|&&t| t == 5).count() as f32).collect())
     }
+    fn score_texts(&mut self, _: &[String], _: &[String]) -> Result<Vec<f32>, ScoreError> {
+        unreachable!("the local loop scores token ids")
+    }
     fn name(&self) -> String {
         "count-fives".into()
     }

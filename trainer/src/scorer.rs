@@ -26,6 +26,8 @@ pub enum ScoreError {
 /// it on a blocking thread.
 pub trait Scorer: Send {
     fn score(&mut self, queries: &[Vec<u32>], responses: &[Vec<u32>]) -> Result<Vec<f32>, ScoreError>;
+    /// Scores (query, response) pairs given as text, tokenised with the scorer's own tokenizer.
+    fn score_texts(&mut self, queries: &[String], responses: &[String]) -> Result<Vec<f32>, ScoreError>;
     /// Identifies the scorer in logs and results.
     fn name(&self) -> String;
 }
@@ -43,6 +45,23 @@ pub struct RewardModelScorer<B: Backend> {
     pub label: String,
 }
 
+impl<B: Backend> RewardModelScorer<B> {
+    /// Scores token rows in batches. Rows longer than the model's context keep their last
+    /// `n_positions` tokens: the response, at the end, is what is being judged.
+    fn score_rows(&self, mut rows: Vec<Vec<u32>>) -> Result<Vec<f32>, ScoreError> {
+        let limit = self.model.n_positions();
+        for row in rows.iter_mut().filter(|r| r.len() > limit) {
+            row.drain(..row.len() - limit);
+        }
+        let mut scores = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(self.batch_size.max(1)) {
+            let scored = score(&self.model, chunk, self.tokenizer.pad_id(), 1.0, false, &self.device)?;
+            scores.extend(scored.scores.expect("a reward model has a score head").into_iter().map(|s| s[0]));
+        }
+        Ok(scores)
+    }
+}
+
 impl<B: Backend> Scorer for RewardModelScorer<B> {
     fn score(&mut self, queries: &[Vec<u32>], responses: &[Vec<u32>]) -> Result<Vec<f32>, ScoreError> {
         let rows: Vec<Vec<u32>> = match &self.policy_tokenizer {
@@ -53,12 +72,13 @@ impl<B: Backend> Scorer for RewardModelScorer<B> {
                 .map(|(q, r)| self.tokenizer.encode(&policy.decode(&[q.as_slice(), r].concat())?))
                 .collect::<Result<_, TokenizerError>>()?,
         };
-        let mut scores = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(self.batch_size.max(1)) {
-            let scored = score(&self.model, chunk, self.tokenizer.pad_id(), 1.0, false, &self.device)?;
-            scores.extend(scored.scores.expect("a reward model has a score head").into_iter().map(|s| s[0]));
-        }
-        Ok(scores)
+        self.score_rows(rows)
+    }
+
+    fn score_texts(&mut self, queries: &[String], responses: &[String]) -> Result<Vec<f32>, ScoreError> {
+        let rows: Vec<Vec<u32>> =
+            queries.iter().zip(responses).map(|(q, r)| self.tokenizer.encode(&format!("{q}{r}"))).collect::<Result<_, _>>()?;
+        self.score_rows(rows)
     }
 
     fn name(&self) -> String {
@@ -148,6 +168,10 @@ impl Scorer for LexiconScorer {
         responses.iter().map(|r| Ok(self.lexicon.score_text(&self.tokenizer.decode(r)?))).collect()
     }
 
+    fn score_texts(&mut self, _queries: &[String], responses: &[String]) -> Result<Vec<f32>, ScoreError> {
+        Ok(responses.iter().map(|r| self.lexicon.score_text(r)).collect())
+    }
+
     fn name(&self) -> String {
         format!("lexicon:{}", self.lexicon.path.display())
     }
@@ -159,6 +183,10 @@ pub struct Negated(pub Box<dyn Scorer>);
 impl Scorer for Negated {
     fn score(&mut self, queries: &[Vec<u32>], responses: &[Vec<u32>]) -> Result<Vec<f32>, ScoreError> {
         Ok(self.0.score(queries, responses)?.into_iter().map(|s| -s).collect())
+    }
+
+    fn score_texts(&mut self, queries: &[String], responses: &[String]) -> Result<Vec<f32>, ScoreError> {
+        Ok(self.0.score_texts(queries, responses)?.into_iter().map(|s| -s).collect())
     }
 
     fn name(&self) -> String {

@@ -53,6 +53,19 @@ impl Tokenizer {
         Ok(Self { inner, eos_token: eos_token.to_string(), eos_id, pad_id: eos_id })
     }
 
+    /// The tokenizer as `tokenizer.json` text (sent to workers that must decode).
+    pub fn to_json(&self) -> Result<String, TokenizerError> {
+        self.inner.to_string(false).map_err(|e| TokenizerError::Codec { action: "serialise", message: e.to_string() })
+    }
+
+    /// A tokenizer from `tokenizer.json` text, with end-of-text id `eos_id`.
+    pub fn from_json(json: &str, eos_id: u32) -> Result<Self, TokenizerError> {
+        let load = |message: String| TokenizerError::Load { path: PathBuf::from("<tokenizer.json from the learner>"), message };
+        let inner: tokenizers::Tokenizer = json.parse().map_err(|e: tokenizers::Error| load(e.to_string()))?;
+        let eos_token = inner.id_to_token(eos_id).ok_or_else(|| load(format!("no token with id {eos_id}")))?;
+        Ok(Self { inner, eos_token, eos_id, pad_id: eos_id })
+    }
+
     pub fn eos_id(&self) -> u32 {
         self.eos_id
     }
