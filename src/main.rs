@@ -4,6 +4,7 @@ mod bench;
 mod bench_runtime;
 mod config;
 mod device;
+mod eval;
 mod export;
 mod generate;
 mod logging;
@@ -43,6 +44,8 @@ enum Command {
     Reward(reward::RewardCommand),
     /// PPO against a reward model or lexicon (`--local`: in one process).
     Ppo(ppo::PpoArgs),
+    /// Compare policies: rewards, KL to a reference, lengths, best-of-n, win rates (JSON).
+    Eval(eval::EvalArgs),
     /// The learner process: PPO updates, prompt leases, weight publishing (gRPC).
     Learner(runtime::LearnerArgs),
     /// A rollout worker: generates with the current policy and submits scored rollouts.
@@ -76,6 +79,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Sft(args) => sft::run(args),
         Command::Reward(command) => reward::run(command),
         Command::Ppo(args) => ppo::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Learner(args) => runtime::learner(args),
         Command::Worker(args) => runtime::worker(args),
         Command::RewardServer(args) => runtime::reward_server(args),

@@ -137,3 +137,24 @@ fn every_deploy_config_loads() {
     let err = rlhf_err(&["learner", "--config", path_str(&bad), "--check"]);
     assert!(err.contains("batch_sise") && err.contains("bad.toml"), "{err}");
 }
+
+#[test]
+fn eval_compares_policies_with_a_reward_and_a_command_judge() {
+    let lm = format!("ref={}", path_str(&fixture("lm")));
+    let same = format!("same={}", path_str(&fixture("lm")));
+    let lexicon = super::root().join("../shared/assets/imdb-lexicon");
+    let prompts = super::root().join("../shared/assets/imdb-sentiment/test.jsonl");
+    let base = ["eval", "--policy", &lm, "--policy", &same, "--prompts", path_str(&prompts), "--n-prompts", "8",
+        "--lexicon", path_str(&lexicon), "--max-new-tokens", "6"];
+    let report: serde_json::Value = serde_json::from_str(&rlhf_ok(&[&base[..], &["--best-of", "2"]].concat())).unwrap();
+    // The same model twice: no KL to the reference, identical samples, every comparison a tie.
+    assert!(report["policies"]["same"]["kl_to_reference"]["mean"].as_f64().unwrap().abs() < 1e-4);
+    assert_eq!(report["win_rate"]["a_over_b"], 0.5);
+    assert!(report["win_rate"]["judge"].as_str().unwrap().starts_with("lexicon:"));
+    assert_eq!(report["best_of_n"]["n"], 2);
+    assert!(report["best_of_n"]["reward"]["mean"].as_f64().unwrap().is_finite());
+    let report: serde_json::Value = serde_json::from_str(&rlhf_ok(&[&base[..], &["--judge", "command:cat > /dev/null; echo a"]].concat())).unwrap();
+    assert_eq!(report["win_rate"]["a_over_b"], 1.0);
+    let err = rlhf_err(&[&base[..], &["--judge", "command:echo maybe"]].concat());
+    assert!(err.contains("expected a, b or tie"), "{err}");
+}

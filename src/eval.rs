@@ -1,0 +1,208 @@
+//! `rlhf eval`: compare policies on held-out prompts — reward distribution, KL to a reference,
+//! response length, best-of-n, and win rates under a judge — as JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use burn::tensor::backend::Backend;
+use clap::Args;
+use rlhf_trainer::data::{OnMalformed, PromptConfig, load_unlabelled, rl_prompts};
+use rlhf_trainer::scorer::{Lexicon, LexiconScorer, RewardModelScorer, Scorer};
+use rlhf_trainer::{Gpt2, SamplingConfig, generate, scoring};
+use serde_json::{Value, json};
+
+use crate::device::Device;
+use crate::generate::load_model;
+use crate::models::data_path;
+use crate::with_backend;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A policy to evaluate, as NAME=DIR (repeat; the first two are also compared head to head).
+    #[arg(long = "policy", required = true)]
+    policies: Vec<String>,
+    /// Reference model for the KL column (default: the first policy).
+    #[arg(long)]
+    reference: Option<String>,
+    /// Held-out texts to cut prompts from.
+    #[arg(long)]
+    prompts: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    n_prompts: usize,
+    /// Reward model directory scoring every response.
+    #[arg(long, conflicts_with = "lexicon", required_unless_present = "lexicon")]
+    reward_model: Option<String>,
+    /// Lexicon scoring every response (file or aclImdb folder).
+    #[arg(long)]
+    lexicon: Option<PathBuf>,
+    /// Best-of-n baseline: n samples per prompt from the first policy, the best by reward kept.
+    #[arg(long, default_value_t = 0)]
+    best_of: usize,
+    /// Judge for win rates: `reward` (the scorer above) or `command:CMD`, a program that reads
+    /// {"prompt", "a", "b"} as JSON on stdin and prints `a`, `b` or `tie`.
+    #[arg(long, default_value = "reward")]
+    judge: String,
+    #[arg(long, default_value_t = 24)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Side-by-side samples to include.
+    #[arg(long, default_value_t = 5)]
+    samples: usize,
+    /// Also write the JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+struct PolicyRun {
+    name: String,
+    completions: Vec<Vec<u32>>,
+    texts: Vec<String>,
+    scores: Vec<f32>,
+    kl: Vec<f32>,
+}
+
+fn describe(xs: &[f32]) -> Value {
+    let mut sorted: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len().max(1) as f64;
+    let mean = sorted.iter().sum::<f64>() / n;
+    let std = (sorted.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+    json!({"mean": mean, "median": sorted.get(sorted.len() / 2).copied().unwrap_or(0.0), "std": std})
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    with_backend!(args.device, |B, device| evaluate::<B>(&args, &device))
+}
+
+fn evaluate<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<()> {
+    let policies: Vec<(String, String)> = args
+        .policies
+        .iter()
+        .map(|p| p.split_once('=').map(|(n, d)| (n.to_string(), d.to_string())).context("--policy takes NAME=DIR"))
+        .collect::<anyhow::Result<_>>()?;
+    let (_, _, first_model, tokenizer) = load_model::<B>(&policies[0].1, device)?;
+    let reference: Gpt2<B> = match &args.reference {
+        Some(dir) => load_model::<B>(dir, device)?.2,
+        None => first_model,
+    };
+    let (mut scorer, scorer_name): (Box<dyn Scorer>, String) = match (&args.reward_model, &args.lexicon) {
+        (Some(dir), _) => {
+            let (rm_dir, _, model, rm_tokenizer) = load_model::<B>(dir, device)?;
+            anyhow::ensure!(model.score.is_some(), "{} is not a reward model", rm_dir.display());
+            let same = rm_tokenizer.vocab_size() == tokenizer.vocab_size();
+            let label = rm_dir.display().to_string();
+            let scorer = RewardModelScorer {
+                model,
+                tokenizer: rm_tokenizer,
+                policy_tokenizer: (!same).then(|| tokenizer.clone()),
+                batch_size: 32,
+                device: device.clone(),
+                label: label.clone(),
+            };
+            (Box::new(scorer), format!("reward-model:{label}"))
+        }
+        (None, Some(path)) => {
+            (Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer: tokenizer.clone() }), format!("lexicon:{}", path.display()))
+        }
+        (None, None) => bail!("pass --reward-model DIR or --lexicon PATH"),
+    };
+    let texts = load_unlabelled(&data_path(&args.prompts, "test")?, OnMalformed::Error)?.rows;
+    let mut prompts = rl_prompts(&texts, &tokenizer, &PromptConfig { seed: args.seed, ..Default::default() })?;
+    prompts.truncate(args.n_prompts);
+    anyhow::ensure!(!prompts.is_empty(), "no prompts from {}", args.prompts.display());
+    let sampling = SamplingConfig { max_new_tokens: args.max_new_tokens, seed: args.seed, ..Default::default() };
+
+    let mut runs = Vec::new();
+    for (name, dir) in &policies {
+        let (_, _, model, _) = load_model::<B>(dir, device)?;
+        let out = generate(&model, &prompts, tokenizer.eos_id(), &sampling, device)?;
+        let scores = scorer.score(&prompts, &out.completion_ids)?;
+        // k1 KL to the reference on the sampled tokens, summed per response.
+        let full: Vec<Vec<u32>> = prompts.iter().zip(&out.completion_ids).map(|(p, c)| [p.as_slice(), c].concat()).collect();
+        let reference_logprobs = scoring::score(&reference, &full, tokenizer.pad_id(), 1.0, true, device)?.logprobs;
+        let kl = out
+            .logprobs
+            .iter()
+            .zip(&reference_logprobs)
+            .map(|(lp, rl)| lp.iter().zip(&rl[rl.len() - lp.len()..]).map(|(a, b)| a - b).sum())
+            .collect();
+        let texts = out.completion_ids.iter().map(|c| tokenizer.decode(c)).collect::<Result<_, _>>()?;
+        runs.push(PolicyRun { name: name.clone(), completions: out.completion_ids, texts, scores, kl });
+    }
+
+    let mut report = json!({"scorer": scorer_name, "n_prompts": prompts.len(), "policies": {}});
+    for run in &runs {
+        let lengths: Vec<f32> = run.completions.iter().map(|c| c.len() as f32).collect();
+        report["policies"][&run.name] = json!({"reward": describe(&run.scores), "kl_to_reference": describe(&run.kl), "response_length": describe(&lengths)});
+    }
+    if args.best_of > 1 {
+        let (_, _, model, _) = load_model::<B>(&policies[0].1, device)?;
+        let mut best = vec![f32::NEG_INFINITY; prompts.len()];
+        for k in 0..args.best_of {
+            let draw = SamplingConfig { seed: args.seed.wrapping_add(1000 + k as u64), ..sampling.clone() };
+            let out = generate(&model, &prompts, tokenizer.eos_id(), &draw, device)?;
+            for (b, s) in best.iter_mut().zip(scorer.score(&prompts, &out.completion_ids)?) {
+                *b = b.max(s);
+            }
+        }
+        report["best_of_n"] = json!({"policy": runs[0].name, "n": args.best_of, "reward": describe(&best)});
+    }
+    if runs.len() >= 2 {
+        let (a, b) = (&runs[0], &runs[1]);
+        let prompt_texts: Vec<String> = prompts.iter().map(|p| tokenizer.decode(p)).collect::<Result<_, _>>()?;
+        let (wins, judge) = match args.judge.as_str() {
+            "reward" => (a.scores.iter().zip(&b.scores).map(|(x, y)| if x > y { 1.0 } else if x < y { 0.0 } else { 0.5 }).collect::<Vec<f64>>(), scorer_name.clone()),
+            command if command.starts_with("command:") => {
+                let program = &command["command:".len()..];
+                let verdicts = (0..prompts.len())
+                    .map(|i| judge_with_command(program, &prompt_texts[i], &a.texts[i], &b.texts[i]))
+                    .collect::<anyhow::Result<Vec<f64>>>()?;
+                (verdicts, command.to_string())
+            }
+            other => bail!("--judge must be `reward` or `command:CMD`, got {other:?}"),
+        };
+        let rate = wins.iter().sum::<f64>() / wins.len() as f64;
+        report["win_rate"] = json!({"a": a.name, "b": b.name, "a_over_b": rate, "judge": judge});
+        let samples: Vec<Value> = (0..prompts.len().min(args.samples))
+            .map(|i| {
+                let mut row = json!({"prompt": prompt_texts[i]});
+                for run in &runs {
+                    row[&run.name] = json!({"response": run.texts[i], "reward": run.scores[i]});
+                }
+                row
+            })
+            .collect();
+        report["samples"] = json!(samples);
+    }
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
+/// Runs an external judge: JSON {"prompt", "a", "b"} on stdin; `a`, `b` or `tie` on stdout.
+fn judge_with_command(program: &str, prompt: &str, a: &str, b: &str) -> anyhow::Result<f64> {
+    let mut child = Command::new("sh")
+        .args(["-c", program])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting judge {program:?}"))?;
+    let input = json!({"prompt": prompt, "a": a, "b": b}).to_string();
+    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(output.status.success(), "judge {program:?} exited with {}", output.status);
+    match String::from_utf8_lossy(&output.stdout).trim() {
+        "a" => Ok(1.0),
+        "b" => Ok(0.0),
+        "tie" => Ok(0.5),
+        other => bail!("judge {program:?} printed {other:?}; expected a, b or tie"),
+    }
+}
