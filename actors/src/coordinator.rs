@@ -1,6 +1,9 @@
-//! The learner's coordinator actor: membership, prompt leases and the experience buffer. It
-//! supervises the PPO learner actor ([`crate::ppo_learner`]), which owns the model and runs the
-//! updates; if that actor dies, the coordinator stops and the learner process exits with an error.
+//! The learner's coordinator actor: the prompt stream, leases and the experience buffer. It is the
+//! root of the learner's supervision tree, with one job per child: membership
+//! ([`crate::membership`]: joins, heartbeats, expiry), the weight publisher
+//! ([`crate::publisher`]) and the PPO learner ([`crate::ppo_learner`]: the model, updates,
+//! checkpoints). If a child dies, the coordinator stops and the learner process exits with an
+//! error: the run cannot go on without any of them.
 //!
 //! Runtime semantics (on-policy, `max_policy_lag = 0`):
 //! - iteration `k` trains policy version `k`; its `batch_size` prompts (indices
@@ -25,18 +28,25 @@ use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
 use tonic::Status;
 
 use crate::config::LearnerConfig;
+use crate::membership::{Membership, MembershipArgs, MembershipMsg, RunSettings};
 use crate::ppo_learner::{PpoLearner, PpoLearnerArgs, PpoLearnerMsg, Updated};
+use crate::publisher::{Publisher, PublisherMsg};
 use crate::weights::WeightSnapshot;
+
+/// Registered names of the children the gRPC service talks to.
+pub const MEMBERSHIP: &str = "membership";
+pub const PUBLISHER: &str = "publisher";
 
 /// Messages the coordinator handles. RPC handlers send one per call and await the reply.
 pub enum CoordinatorMsg {
-    Join { name: String, reply: RpcReplyPort<pb::JoinResponse> },
-    Heartbeat { worker_id: u64, reply: RpcReplyPort<Result<pb::HeartbeatResponse, Status>> },
     Lease { worker_id: u64, reply: RpcReplyPort<Result<pb::LeasePromptsResponse, Status>> },
     Submit { request: pb::SubmitRolloutsRequest, score_seconds: f64, reply: RpcReplyPort<Result<u32, Status>> },
     Return { worker_id: u64, lease_id: u64, reply: RpcReplyPort<Result<(), Status>> },
-    Weights { version: u64, reply: RpcReplyPort<Result<WeightSnapshot, Status>> },
-    /// Expire leases and workers (sent by a timer).
+    /// From membership: a worker joined (answered once it may take leases).
+    WorkerJoined { worker_id: u64, name: String, reply: RpcReplyPort<()> },
+    /// From membership: a worker stopped heartbeating; its leases are re-issued.
+    WorkerExpired { worker_id: u64, name: String },
+    /// Re-issue leases past their deadline (sent by a timer).
     Tick,
     /// The PPO learner finished an update.
     Updated(Updated),
@@ -86,7 +96,6 @@ pub struct CoordinatorArgs<B: AutodiffBackend> {
 
 struct WorkerInfo {
     name: String,
-    last_seen: Instant,
     samples: usize,
 }
 
@@ -99,18 +108,14 @@ struct LeaseInfo {
 pub struct State<B: AutodiffBackend> {
     config: LearnerConfig,
     prompts: Vec<Vec<u32>>,
-    sampling_json: String,
-    model_config_json: String,
-    tokenizer_json: String,
     sampling_seed: u64,
-    eos_id: u32,
     learner: Option<ActorRef<PpoLearnerMsg>>,
+    membership: ActorRef<MembershipMsg>,
+    publisher: ActorRef<PublisherMsg>,
     /// True while the PPO learner updates.
     updating: bool,
     version: u64,
-    weights: WeightSnapshot,
     workers: BTreeMap<u64, WorkerInfo>,
-    next_worker_id: u64,
     next_lease_id: u64,
     /// Leases issued per iteration (their number picks the sampling seed).
     leases_per_iteration: BTreeMap<u64, u64>,
@@ -195,34 +200,46 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
         let start_version = args.start_version;
-        let weights = WeightSnapshot::of(&args.trainer.policy.valid(), start_version, args.config.runtime.weights_dtype)?;
+        let runtime = &args.config.runtime;
+        let weights = WeightSnapshot::of(&args.trainer.policy.valid(), start_version, runtime.weights_dtype)?;
+        let cell = myself.get_cell();
+        let (publisher, _) = Actor::spawn_linked(Some(PUBLISHER.into()), Publisher, weights, cell.clone()).await?;
+        let settings = RunSettings {
+            sampling_json: args.sampling_json,
+            model_config_json: args.model_config_json,
+            tokenizer_json: args.tokenizer_json,
+            eos_id: args.eos_id,
+            heartbeat_interval_ms: runtime.heartbeat_interval_ms,
+        };
+        let membership_args = MembershipArgs {
+            settings,
+            heartbeat_timeout: Duration::from_secs_f64(runtime.heartbeat_timeout_s),
+            coordinator: myself.clone(),
+            start_version,
+        };
+        let (membership, _) = Actor::spawn_linked(Some(MEMBERSHIP.into()), Membership, membership_args, cell.clone()).await?;
         let learner_args = PpoLearnerArgs {
             trainer: args.trainer,
             coordinator: myself.clone(),
             total_optimizer_steps: args.config.train.total_optimizer_steps(),
-            weights_dtype: args.config.runtime.weights_dtype,
+            weights_dtype: runtime.weights_dtype,
             on_done: args.on_done,
             on_checkpoint: args.on_checkpoint,
-            checkpoint_every: args.config.runtime.checkpoint_every,
+            checkpoint_every: runtime.checkpoint_every,
         };
-        let (learner, _) = Actor::spawn_linked(Some("ppo-learner".into()), PpoLearner::<B>::default(), learner_args, myself.get_cell()).await?;
-        let interval = Duration::from_millis(200);
-        myself.send_interval(interval, || CoordinatorMsg::Tick);
+        let (learner, _) = Actor::spawn_linked(Some("ppo-learner".into()), PpoLearner::<B>::default(), learner_args, cell).await?;
+        myself.send_interval(Duration::from_millis(200), || CoordinatorMsg::Tick);
         let sampling_seed = args.config.train.sampling.seed;
         let mut state = State {
             config: args.config,
             prompts: args.prompts,
-            sampling_json: args.sampling_json,
-            model_config_json: args.model_config_json,
-            tokenizer_json: args.tokenizer_json,
             sampling_seed,
-            eos_id: args.eos_id,
             learner: Some(learner),
+            membership,
+            publisher,
             updating: false,
             version: start_version,
-            weights,
             workers: BTreeMap::new(),
-            next_worker_id: 1,
             next_lease_id: 1,
             leases_per_iteration: BTreeMap::new(),
             queued_iteration: start_version.checked_sub(1),
@@ -243,30 +260,18 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
 
     async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match message {
-            CoordinatorMsg::Join { name, reply } => {
-                let worker_id = state.next_worker_id;
-                state.next_worker_id += 1;
-                tracing::info!(worker_id, worker = %name, "worker joined");
+            CoordinatorMsg::WorkerJoined { worker_id, name, reply } => {
                 state.totals.workers_joined += 1;
-                state.workers.insert(worker_id, WorkerInfo { name, last_seen: Instant::now(), samples: 0 });
-                let _ = reply.send(pb::JoinResponse {
-                    worker_id,
-                    sampling_json: state.sampling_json.clone(),
-                    eos_id: state.eos_id,
-                    heartbeat_interval_ms: state.config.runtime.heartbeat_interval_ms,
-                    model_config_json: state.model_config_json.clone(),
-                    tokenizer_json: state.tokenizer_json.clone(),
-                });
+                state.workers.insert(worker_id, WorkerInfo { name, samples: 0 });
+                let _ = reply.send(());
             }
-            CoordinatorMsg::Heartbeat { worker_id, reply } => {
-                let result = match state.workers.get_mut(&worker_id) {
-                    Some(worker) => {
-                        worker.last_seen = Instant::now();
-                        Ok(pb::HeartbeatResponse { policy_version: state.version, done: state.done })
-                    }
-                    None => Err(Status::not_found(format!("worker {worker_id} is unknown or expired; join again"))),
-                };
-                let _ = reply.send(result);
+            CoordinatorMsg::WorkerExpired { worker_id, name: _ } => {
+                state.totals.workers_expired += 1;
+                let owned: Vec<u64> = state.leases.iter().filter(|(_, l)| l.worker_id == worker_id).map(|(&id, _)| id).collect();
+                for lease_id in owned {
+                    state.reissue(lease_id, "lease of an expired worker");
+                }
+                state.workers.remove(&worker_id);
             }
             CoordinatorMsg::Lease { worker_id, reply } => {
                 let _ = reply.send(lease(state, worker_id));
@@ -288,17 +293,6 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
                 }
                 let _ = reply.send(Ok(()));
             }
-            CoordinatorMsg::Weights { version, reply } => {
-                let result = if version == state.weights.version {
-                    Ok(state.weights.clone())
-                } else {
-                    Err(Status::failed_precondition(format!(
-                        "policy version {version} is not available; the current version is {}",
-                        state.weights.version
-                    )))
-                };
-                let _ = reply.send(result);
-            }
             CoordinatorMsg::Tick => expire(state),
             CoordinatorMsg::Updated(updated) => {
                 finish_update(state, updated)?;
@@ -313,19 +307,21 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
         Ok(())
     }
 
-    /// Supervision policy: the run cannot go on without its PPO learner, so its failure stops the
-    /// coordinator (and with it the learner process, which exits with an error).
+    /// Supervision policy: the run cannot go on without any child (membership, publisher, PPO
+    /// learner), so a child's failure stops the coordinator (and the process exits with an error).
     async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorFailed(_, error) => {
-                tracing::error!(%error, "the PPO learner failed; stopping the run");
+            SupervisionEvent::ActorFailed(who, error) => {
+                let name = who.get_name().unwrap_or_default();
+                tracing::error!(actor = %name, %error, "a learner actor failed; stopping the run");
                 state.learner = None;
-                myself.stop(Some(format!("PPO learner failed: {error}")));
+                myself.stop(Some(format!("{name} failed: {error}")));
             }
-            SupervisionEvent::ActorTerminated(_, _, reason) if !state.done => {
-                tracing::error!(?reason, "the PPO learner stopped before the run ended");
+            SupervisionEvent::ActorTerminated(who, _, reason) if !state.done => {
+                let name = who.get_name().unwrap_or_default();
+                tracing::error!(actor = %name, ?reason, "a learner actor stopped before the run ended");
                 state.learner = None;
-                myself.stop(Some("PPO learner stopped".into()));
+                myself.stop(Some(format!("{name} stopped")));
             }
             _ => {}
         }
@@ -335,10 +331,9 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
 
 fn lease<B: AutodiffBackend>(state: &mut State<B>, worker_id: u64) -> Result<pb::LeasePromptsResponse, Status> {
     use pb::lease_prompts_response::Reply;
-    let Some(worker) = state.workers.get_mut(&worker_id) else {
+    if !state.workers.contains_key(&worker_id) {
         return Err(Status::not_found(format!("worker {worker_id} is unknown or expired; join again")));
-    };
-    worker.last_seen = Instant::now();
+    }
     if state.done {
         return Ok(pb::LeasePromptsResponse { reply: Some(Reply::Done(true)) });
     }
@@ -424,17 +419,6 @@ fn submit<B: AutodiffBackend>(state: &mut State<B>, request: pb::SubmitRolloutsR
 
 fn expire<B: AutodiffBackend>(state: &mut State<B>) {
     let now = Instant::now();
-    let timeout = Duration::from_secs_f64(state.config.runtime.heartbeat_timeout_s);
-    let dead: Vec<u64> = state.workers.iter().filter(|(_, w)| now.duration_since(w.last_seen) > timeout).map(|(&id, _)| id).collect();
-    for worker_id in dead {
-        let worker = state.workers.remove(&worker_id).expect("listed above");
-        tracing::warn!(worker_id, worker = %worker.name, "worker expired (no heartbeat)");
-        state.totals.workers_expired += 1;
-        let owned: Vec<u64> = state.leases.iter().filter(|(_, l)| l.worker_id == worker_id).map(|(&id, _)| id).collect();
-        for lease_id in owned {
-            state.reissue(lease_id, "lease of an expired worker");
-        }
-    }
     let late: Vec<u64> = state.leases.iter().filter(|(_, l)| now > l.deadline).map(|(&id, _)| id).collect();
     for lease_id in late {
         state.reissue(lease_id, "lease deadline passed");
@@ -499,9 +483,10 @@ fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: Updated) -> R
     let lineage: Vec<Lineage> = trained.into_iter().map(|(l, _)| l).collect();
     (state.on_iteration)(iteration, &stats, &lineage);
     state.version = weights.version;
-    state.weights = weights;
-    if state.version as usize >= state.config.train.iterations {
-        state.done = true;
+    state.publisher.send_message(PublisherMsg::Publish(weights))?;
+    state.done = state.version as usize >= state.config.train.iterations;
+    state.membership.send_message(MembershipMsg::Progress { version: state.version, done: state.done })?;
+    if state.done {
         tracing::info!(iterations = state.version, "run finished");
     } else {
         state.start_iteration();

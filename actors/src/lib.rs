@@ -7,14 +7,16 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod membership;
 pub mod ppo_learner;
+pub mod publisher;
 pub mod service;
 pub mod weights;
 
 use std::time::Duration;
 
 use burn::tensor::backend::AutodiffBackend;
-use ractor::Actor;
+use ractor::{Actor, ActorRef};
 use rlhf_proto::v1::learner_server::LearnerServer;
 
 pub use config::LearnerConfig;
@@ -42,7 +44,10 @@ pub async fn serve<B: AutodiffBackend>(
     let (coordinator, mut handle) = Actor::spawn(Some("coordinator".into()), Coordinator::<B>::default(), args).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LearnerServer<service::LearnerService>>().await;
-    let service = LearnerServer::new(service::LearnerService { coordinator: coordinator.clone() })
+    let child = |name: &str| ractor::registry::where_is(name.to_string()).ok_or(format!("the {name} actor did not start"));
+    let membership: ActorRef<membership::MembershipMsg> = child(coordinator::MEMBERSHIP)?.into();
+    let publisher: ActorRef<publisher::PublisherMsg> = child(coordinator::PUBLISHER)?.into();
+    let service = LearnerServer::new(service::LearnerService { coordinator: coordinator.clone(), membership, publisher })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut completed = false;

@@ -10,18 +10,21 @@ use rlhf_proto::v1::learner_server::Learner;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use ractor::ActorRef;
+
 use crate::coordinator::{CoordinatorMsg, CoordinatorRef};
+use crate::membership::MembershipMsg;
+use crate::publisher::PublisherMsg;
 
 pub struct LearnerService {
     pub coordinator: CoordinatorRef,
+    pub membership: ActorRef<MembershipMsg>,
+    pub publisher: ActorRef<PublisherMsg>,
 }
 
-/// Sends a message built around a reply port and awaits the answer.
-async fn ask<T: Send + 'static>(
-    coordinator: &CoordinatorRef,
-    message: impl FnOnce(RpcReplyPort<T>) -> CoordinatorMsg,
-) -> Result<T, Status> {
-    match coordinator.call(message, Some(Duration::from_secs(30))).await {
+/// Sends a message built around a reply port to an actor and awaits the answer.
+async fn ask<M: ractor::Message, T: Send + 'static>(actor: &ActorRef<M>, message: impl FnOnce(RpcReplyPort<T>) -> M) -> Result<T, Status> {
+    match actor.call(message, Some(Duration::from_secs(30))).await {
         Ok(CallResult::Success(value)) => Ok(value),
         Ok(_) => Err(Status::unavailable("the learner did not answer in time")),
         Err(_) => Err(Status::unavailable("the learner is shutting down")),
@@ -32,12 +35,12 @@ async fn ask<T: Send + 'static>(
 impl Learner for LearnerService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let name = request.into_inner().name;
-        Ok(Response::new(ask(&self.coordinator, |reply| CoordinatorMsg::Join { name, reply }).await?))
+        Ok(Response::new(ask(&self.membership, |reply| MembershipMsg::Join { name, reply }).await?))
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let worker_id = request.into_inner().worker_id;
-        Ok(Response::new(ask(&self.coordinator, |reply| CoordinatorMsg::Heartbeat { worker_id, reply }).await??))
+        Ok(Response::new(ask(&self.membership, |reply| MembershipMsg::Heartbeat { worker_id, reply }).await??))
     }
 
     async fn lease_prompts(&self, request: Request<pb::LeasePromptsRequest>) -> Result<Response<pb::LeasePromptsResponse>, Status> {
@@ -62,7 +65,7 @@ impl Learner for LearnerService {
 
     async fn get_weights(&self, request: Request<pb::GetWeightsRequest>) -> Result<Response<Self::GetWeightsStream>, Status> {
         let version = request.into_inner().policy_version;
-        let snapshot = ask(&self.coordinator, |reply| CoordinatorMsg::Weights { version, reply }).await??;
+        let snapshot = ask(&self.publisher, |reply| PublisherMsg::Get { version, reply }).await??;
         // Every worker streams from the same shared buffer; chunks are cut as they are sent.
         Ok(Response::new(Box::pin(tokio_stream::iter(snapshot.chunks().map(Ok)))))
     }
