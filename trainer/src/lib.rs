@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod gpt2;
