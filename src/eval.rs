@@ -196,7 +196,10 @@ fn judge_with_command(program: &str, prompt: &str, a: &str, b: &str) -> anyhow::
         .spawn()
         .with_context(|| format!("starting judge {program:?}"))?;
     let input = json!({"prompt": prompt, "a": a, "b": b}).to_string();
-    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+    // A judge may answer without reading its input; a closed pipe is not an error then.
+    if let Err(e) = child.stdin.take().expect("piped").write_all(input.as_bytes()) {
+        anyhow::ensure!(e.kind() == std::io::ErrorKind::BrokenPipe, "writing to judge {program:?}: {e}");
+    }
     let output = child.wait_with_output()?;
     anyhow::ensure!(output.status.success(), "judge {program:?} exited with {}", output.status);
     match String::from_utf8_lossy(&output.stdout).trim() {
