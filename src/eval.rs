@@ -9,13 +9,12 @@ use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use rlhf_trainer::data::{OnMalformed, PromptConfig, load_unlabelled, rl_prompts};
-use rlhf_trainer::scorer::{Lexicon, LexiconScorer, RewardModelScorer, Scorer};
 use rlhf_trainer::{Gpt2, SamplingConfig, generate, scoring};
 use serde_json::{Value, json};
 
 use crate::device::Device;
 use crate::generate::load_model;
-use crate::models::data_path;
+use crate::models::{data_path, scorer};
 use crate::with_backend;
 
 #[derive(Args)]
@@ -85,32 +84,21 @@ fn evaluate<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         .iter()
         .map(|p| p.split_once('=').map(|(n, d)| (n.to_string(), d.to_string())).context("--policy takes NAME=DIR"))
         .collect::<anyhow::Result<_>>()?;
-    let (_, _, first_model, tokenizer) = load_model::<B>(&policies[0].1, device)?;
+    // Each policy is loaded once; the first one's tokenizer reads every policy's ids.
+    let mut models = Vec::with_capacity(policies.len());
+    let mut tokenizer = None;
+    for (_, dir) in &policies {
+        let (_, _, model, policy_tokenizer) = load_model::<B>(dir, device)?;
+        tokenizer.get_or_insert(policy_tokenizer);
+        models.push(model);
+    }
+    let tokenizer = tokenizer.expect("at least one --policy");
     let reference: Gpt2<B> = match &args.reference {
         Some(dir) => load_model::<B>(dir, device)?.2,
-        None => first_model,
+        None => models[0].clone(),
     };
-    let (mut scorer, scorer_name): (Box<dyn Scorer>, String) = match (&args.reward_model, &args.lexicon) {
-        (Some(dir), _) => {
-            let (rm_dir, _, model, rm_tokenizer) = load_model::<B>(dir, device)?;
-            anyhow::ensure!(model.score.is_some(), "{} is not a reward model", rm_dir.display());
-            let same = rm_tokenizer.vocab_size() == tokenizer.vocab_size();
-            let label = rm_dir.display().to_string();
-            let scorer = RewardModelScorer {
-                model,
-                tokenizer: rm_tokenizer,
-                policy_tokenizer: (!same).then(|| tokenizer.clone()),
-                batch_size: 32,
-                device: device.clone(),
-                label: label.clone(),
-            };
-            (Box::new(scorer), format!("reward-model:{label}"))
-        }
-        (None, Some(path)) => {
-            (Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer: tokenizer.clone() }), format!("lexicon:{}", path.display()))
-        }
-        (None, None) => bail!("pass --reward-model DIR or --lexicon PATH"),
-    };
+    let mut scorer = scorer::<B>(args.reward_model.as_deref(), args.lexicon.as_deref(), &tokenizer, device)?;
+    let scorer_name = scorer.name();
     let texts = load_unlabelled(&data_path(&args.prompts, "test")?, OnMalformed::Error)?.rows;
     let mut prompts = rl_prompts(&texts, &tokenizer, &PromptConfig { seed: args.seed, ..Default::default() })?;
     prompts.truncate(args.n_prompts);
@@ -118,9 +106,8 @@ fn evaluate<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
     let sampling = SamplingConfig { max_new_tokens: args.max_new_tokens, seed: args.seed, ..Default::default() };
 
     let mut runs = Vec::new();
-    for (name, dir) in &policies {
-        let (_, _, model, _) = load_model::<B>(dir, device)?;
-        let out = generate(&model, &prompts, tokenizer.eos_id(), &sampling, device)?;
+    for ((name, _), model) in policies.iter().zip(&models) {
+        let out = generate(model, &prompts, tokenizer.eos_id(), &sampling, device)?;
         let scores = scorer.score(&prompts, &out.completion_ids)?;
         // k1 KL to the reference on the sampled tokens, summed per response.
         let full: Vec<Vec<u32>> = prompts.iter().zip(&out.completion_ids).map(|(p, c)| [p.as_slice(), c].concat()).collect();
@@ -141,11 +128,11 @@ fn evaluate<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         report["policies"][&run.name] = json!({"reward": describe(&run.scores), "kl_to_reference": describe(&run.kl), "response_length": describe(&lengths)});
     }
     if args.best_of > 1 {
-        let (_, _, model, _) = load_model::<B>(&policies[0].1, device)?;
+        let model = &models[0];
         let mut best = vec![f32::NEG_INFINITY; prompts.len()];
         for k in 0..args.best_of {
             let draw = SamplingConfig { seed: args.seed.wrapping_add(1000 + k as u64), ..sampling.clone() };
-            let out = generate(&model, &prompts, tokenizer.eos_id(), &draw, device)?;
+            let out = generate(model, &prompts, tokenizer.eos_id(), &draw, device)?;
             for (b, s) in best.iter_mut().zip(scorer.score(&prompts, &out.completion_ids)?) {
                 *b = b.max(s);
             }

@@ -61,3 +61,63 @@ pub fn run_dir(out: &std::path::Path, resume: bool) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))
 }
+
+/// A PPO run's starting point: the policy (with `heads`), its frozen reference, its tokenizer
+/// and the prompts cut from a dataset. Shared by `ppo --local` and the learner.
+pub struct PolicySetup<B: burn::tensor::backend::AutodiffBackend> {
+    pub model_config: Gpt2Config,
+    pub policy: Gpt2<B>,
+    pub reference: Gpt2<B::InnerBackend>,
+    pub tokenizer: Tokenizer,
+    pub prompts: Vec<Vec<u32>>,
+}
+
+pub fn load_policy<B: burn::tensor::backend::AutodiffBackend>(
+    model: &str,
+    heads: Heads,
+    prompts: &std::path::Path,
+    prompt_config: &rlhf_trainer::data::PromptConfig,
+    device: &B::Device,
+) -> anyhow::Result<PolicySetup<B>> {
+    use rlhf_trainer::data::{OnMalformed, load_unlabelled, rl_prompts};
+    let dir = hub::resolve(model)?;
+    let (model_config, policy) = hf::load_as::<B>(&dir, heads, device).with_context(|| format!("loading policy {}", dir.display()))?;
+    let (_, reference) = hf::load_as::<B::InnerBackend>(&dir, Heads::Lm, device)?;
+    let tokenizer = Tokenizer::load(&dir)?;
+    let texts = load_unlabelled(&data_path(prompts, "train")?, OnMalformed::Error)?.rows;
+    let prompts_ids = rl_prompts(&texts, &tokenizer, prompt_config)?;
+    anyhow::ensure!(
+        !prompts_ids.is_empty(),
+        "{} gave no prompts (texts must be longer than prompts.min_chars)",
+        prompts.display()
+    );
+    Ok(PolicySetup { model_config, policy, reference, tokenizer, prompts: prompts_ids })
+}
+
+/// The scorer for `--reward-model DIR` or `--lexicon PATH`, reading the policy's token ids
+/// (a reward model with another vocabulary gets re-tokenised text).
+pub fn scorer<B: Backend>(
+    reward_model: Option<&str>,
+    lexicon: Option<&std::path::Path>,
+    policy_tokenizer: &Tokenizer,
+    device: &B::Device,
+) -> anyhow::Result<Box<dyn rlhf_trainer::scorer::Scorer>> {
+    use rlhf_trainer::scorer::{Lexicon, LexiconScorer, RewardModelScorer};
+    match (reward_model, lexicon) {
+        (Some(name), _) => {
+            let (rm_dir, _, model, rm_tokenizer) = crate::generate::load_model::<B>(name, device)?;
+            anyhow::ensure!(model.score.is_some(), "{} is not a reward model (no score head)", rm_dir.display());
+            let same = rm_tokenizer.vocab_size() == policy_tokenizer.vocab_size() && rm_tokenizer.eos_id() == policy_tokenizer.eos_id();
+            Ok(Box::new(RewardModelScorer {
+                model,
+                tokenizer: rm_tokenizer,
+                policy_tokenizer: (!same).then(|| policy_tokenizer.clone()),
+                batch_size: 32,
+                device: device.clone(),
+                label: rm_dir.display().to_string(),
+            }))
+        }
+        (None, Some(path)) => Ok(Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer: policy_tokenizer.clone() })),
+        (None, None) => bail!("pass --reward-model DIR or --lexicon PATH"),
+    }
+}

@@ -7,16 +7,14 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use rlhf_trainer::data::{OnMalformed, load_unlabelled, rl_prompts};
 use rlhf_trainer::ppo_local::{self, LocalConfig};
 use rlhf_trainer::ppo_update::PpoTrainer;
-use rlhf_trainer::scorer::{Lexicon, LexiconScorer, Negated, RewardModelScorer, Scorer};
-use rlhf_trainer::{Heads, Tokenizer, hf};
+use rlhf_trainer::scorer::Negated;
+use rlhf_trainer::{Heads, hf};
 use toml::Value;
 
 use crate::device::Device;
-use crate::generate::load_model;
-use crate::models::data_path;
+use crate::models::{PolicySetup, load_policy, scorer};
 use crate::progress::MetricsFile;
 use crate::reward::Target;
 use crate::{config, with_backend};
@@ -95,9 +93,9 @@ fn train<B: AutodiffBackend>(args: &PpoArgs, local: &LocalConfig, device: &B::De
         bail!("{} already holds a model; choose another --out", args.out.display());
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let dir = rlhf_trainer::hub::resolve(&args.model)?;
     let policy_heads = if args.critic == Critic::Shared { Heads::LmValue } else { Heads::Lm };
-    let (model_config, policy) = hf::load_as::<B>(&dir, policy_heads, device).with_context(|| format!("loading policy {}", dir.display()))?;
+    let setup = load_policy::<B>(&args.model, policy_heads, &args.prompts, &local.prompts, device)?;
+    let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;
     let critic = match (args.critic, &args.reward_model) {
         (Critic::Shared, _) => None,
         (Critic::RewardModel, Some(name)) => {
@@ -106,34 +104,10 @@ fn train<B: AutodiffBackend>(args: &PpoArgs, local: &LocalConfig, device: &B::De
         }
         (Critic::RewardModel, None) => bail!("--critic reward-model needs --reward-model"),
     };
-    let (_, reference) = hf::load_as::<B::InnerBackend>(&dir, Heads::Lm, device)?;
-    let tokenizer = Tokenizer::load(&dir)?;
-
-    let mut scorer: Box<dyn Scorer> = match (&args.reward_model, &args.lexicon) {
-        (Some(name), _) => {
-            let (rm_dir, _, model, rm_tokenizer) = load_model::<B::InnerBackend>(name, device)?;
-            anyhow::ensure!(model.score.is_some(), "{} is not a reward model (no score head)", rm_dir.display());
-            // Pass ids through when both use the same vocabulary; re-tokenise text otherwise.
-            let same = rm_tokenizer.vocab_size() == tokenizer.vocab_size() && rm_tokenizer.eos_id() == tokenizer.eos_id();
-            Box::new(RewardModelScorer {
-                model,
-                tokenizer: rm_tokenizer,
-                policy_tokenizer: (!same).then(|| tokenizer.clone()),
-                batch_size: 32,
-                device: device.clone(),
-                label: rm_dir.display().to_string(),
-            })
-        }
-        (None, Some(path)) => Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer: tokenizer.clone() }),
-        (None, None) => bail!("pass --reward-model DIR or --lexicon PATH"),
-    };
+    let mut scorer = scorer::<B::InnerBackend>(args.reward_model.as_deref(), args.lexicon.as_deref(), &tokenizer, device)?;
     if args.target == Target::Negative {
         scorer = Box::new(Negated(scorer));
     }
-
-    let texts = load_unlabelled(&data_path(&args.prompts, "train")?, OnMalformed::Error)?.rows;
-    let prompts = rl_prompts(&texts, &tokenizer, &local.prompts)?;
-    anyhow::ensure!(!prompts.is_empty(), "{} gave no prompts (texts must be longer than prompts.min_chars)", args.prompts.display());
     config::write(local, &args.out.join("ppo_config.toml"))?;
     tracing::info!(prompts = prompts.len(), scorer = scorer.name(), iterations = local.iterations, "ppo --local");
 

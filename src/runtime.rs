@@ -21,14 +21,13 @@ use tracing::Instrument;
 use rlhf_actors::LearnerConfig;
 use rlhf_actors::coordinator::CoordinatorArgs;
 use rlhf_reward_server::BatchConfig;
-use rlhf_trainer::data::{OnMalformed, load_unlabelled, rl_prompts};
 use rlhf_trainer::ppo_update::PpoTrainer;
 use rlhf_trainer::scorer::{Lexicon, LexiconScorer, Negated, RewardModelScorer, Scorer};
 use rlhf_trainer::{Heads, Tokenizer, hf, hub};
 
 use crate::config::{self, ConfigArgs};
 use crate::device::Device;
-use crate::models::data_path;
+use crate::models::{PolicySetup, load_policy};
 use crate::progress::MetricsFile;
 use crate::with_backend;
 
@@ -234,13 +233,8 @@ fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: So
     }
     let out = learner_config.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let dir = hub::resolve(&learner_config.model)?;
-    let (model_config, policy) = hf::load_as::<B>(&dir, Heads::LmValue, &device).with_context(|| format!("loading policy {}", dir.display()))?;
-    let (_, reference) = hf::load_as::<B::InnerBackend>(&dir, Heads::Lm, &device)?;
-    let tokenizer = Tokenizer::load(&dir)?;
-    let texts = load_unlabelled(&data_path(&learner_config.prompts, "train")?, OnMalformed::Error)?.rows;
-    let prompts = rl_prompts(&texts, &tokenizer, &learner_config.train.prompts)?;
-    anyhow::ensure!(!prompts.is_empty(), "{} gave no prompts", learner_config.prompts.display());
+    let setup = load_policy::<B>(&learner_config.model, Heads::LmValue, &learner_config.prompts, &learner_config.train.prompts, &device)?;
+    let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;
     config::write(&learner_config, &out.join("learner_config.toml"))?;
     let mut trainer = PpoTrainer::<B>::new(policy, None, reference, learner_config.train.ppo.clone(), tokenizer.eos_id(), &device)?;
     let checkpoints = out.join("checkpoints");

@@ -23,7 +23,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rlhf_proto::v1 as pb;
-use rlhf_trainer::ppo_local::prompts_for;
+use rlhf_trainer::ppo_local::{insert_reward_stats, prompts_for};
 use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
 use tonic::Status;
 
@@ -45,7 +45,7 @@ pub enum CoordinatorMsg {
     /// From membership: a worker joined (answered once it may take leases).
     WorkerJoined { worker_id: u64, name: String, reply: RpcReplyPort<()> },
     /// From membership: a worker stopped heartbeating; its leases are re-issued.
-    WorkerExpired { worker_id: u64, name: String },
+    WorkerExpired { worker_id: u64 },
     /// Re-issue leases past their deadline (sent by a timer).
     Tick,
     /// The PPO learner finished an update.
@@ -265,7 +265,7 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
                 state.workers.insert(worker_id, WorkerInfo { name, samples: 0 });
                 let _ = reply.send(());
             }
-            CoordinatorMsg::WorkerExpired { worker_id, name: _ } => {
+            CoordinatorMsg::WorkerExpired { worker_id } => {
                 state.totals.workers_expired += 1;
                 let owned: Vec<u64> = state.leases.iter().filter(|(_, l)| l.worker_id == worker_id).map(|(&id, _)| id).collect();
                 for lease_id in owned {
@@ -446,10 +446,8 @@ fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: Updated) -> R
         .filter_map(|i| state.buffer.remove(&i))
         .collect();
     let n = trained.len() as f64;
-    let scores: Vec<f64> = trained.iter().map(|(_, r)| r.score as f64).collect();
-    let mean = scores.iter().sum::<f64>() / n;
-    stats.insert("env/reward_mean".into(), mean);
-    stats.insert("env/reward_std".into(), (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt());
+    insert_reward_stats(&mut stats, trained.iter().map(|(_, r)| r.score));
+    let mean = stats["env/reward_mean"];
     stats.insert("time/rollout_wait".into(), rollout_wait.max(0.0));
     stats.insert("time/update".into(), result.update_seconds);
     stats.insert("time/weight_sync".into(), result.publish_seconds);

@@ -119,7 +119,7 @@ impl Actor for Membership {
                 for worker_id in silent {
                     let (name, _) = state.workers.remove(&worker_id).expect("listed above");
                     tracing::warn!(worker_id, worker = %name, "worker expired (no heartbeat)");
-                    state.coordinator.send_message(CoordinatorMsg::WorkerExpired { worker_id, name })?;
+                    state.coordinator.send_message(CoordinatorMsg::WorkerExpired { worker_id })?;
                 }
             }
         }

@@ -16,7 +16,7 @@
 //! two `nn.Linear` heads (`score`, `v_head.summary`) are stored as [`crate::gpt2::TorchLinear`],
 //! in PyTorch's `[out, in]` layout, so they load without a transpose too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn_store::pytorch::PytorchReader;
@@ -267,9 +267,4 @@ fn write_dir<B: Backend>(
     }
     tokenizer.save_hf(dir)?;
     Ok(())
-}
-
-/// Where a directory's weights are, for messages.
-pub fn weights_path(dir: &Path) -> PathBuf {
-    if dir.join(SAFETENSORS_FILE).exists() { dir.join(SAFETENSORS_FILE) } else { dir.join(PYTORCH_FILE) }
 }

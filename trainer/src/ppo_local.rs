@@ -61,6 +61,16 @@ pub struct Iteration<'a> {
     pub stats: &'a Stats,
 }
 
+/// Adds `env/reward_mean` and `env/reward_std` (sample std) of raw `scores` to `stats`.
+pub fn insert_reward_stats(stats: &mut Stats, scores: impl IntoIterator<Item = f32>) {
+    let scores: Vec<f64> = scores.into_iter().map(f64::from).collect();
+    let n = scores.len().max(1) as f64;
+    let mean = scores.iter().sum::<f64>() / n;
+    let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+    stats.insert("env/reward_mean".into(), mean);
+    stats.insert("env/reward_std".into(), std);
+}
+
 /// The `batch_size` prompts of iteration `index`, cycling through `prompts`.
 pub fn prompts_for(prompts: &[Vec<u32>], batch_size: usize, index: usize) -> Vec<Vec<u32>> {
     (0..batch_size).map(|i| prompts[(index * batch_size + i) % prompts.len()].clone()).collect()
@@ -109,11 +119,7 @@ pub fn run<B: AutodiffBackend>(
             .map(|(((query, response), logprobs), &score)| Rollout { query, response, logprobs, score })
             .collect();
         let mut stats = trainer.step(&rollouts, total_steps)?;
-        let n = scores.len() as f64;
-        let mean = scores.iter().map(|&s| s as f64).sum::<f64>() / n;
-        let std = (scores.iter().map(|&s| (s as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-        stats.insert("env/reward_mean".into(), mean);
-        stats.insert("env/reward_std".into(), std);
+        insert_reward_stats(&mut stats, scores.iter().copied());
         stats.insert("time/rollout".into(), rollout_time);
         stats.insert("time/score".into(), score_time);
         on_iteration(Iteration { index, rollouts: &rollouts, stats: &stats });
