@@ -30,12 +30,18 @@ pub struct EvalArgs {
     prompts: PathBuf,
     #[arg(long, default_value_t = 64)]
     n_prompts: usize,
+    /// Cut prompts only from texts longer than this many characters.
+    #[arg(long, default_value_t = 200)]
+    min_chars: usize,
     /// Reward model directory scoring every response.
     #[arg(long, conflicts_with = "lexicon", required_unless_present = "lexicon")]
     reward_model: Option<String>,
     /// Lexicon scoring every response (file or aclImdb folder).
     #[arg(long)]
     lexicon: Option<PathBuf>,
+    /// Flip the sign of every score (evaluate a "pessimistic" policy by its training objective).
+    #[arg(long)]
+    negate: bool,
     /// Best-of-n baseline: n samples per prompt from the first policy, the best by reward kept.
     #[arg(long, default_value_t = 0)]
     best_of: usize,
@@ -98,9 +104,12 @@ fn evaluate<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         None => models[0].clone(),
     };
     let mut scorer = scorer::<B>(args.reward_model.as_deref(), args.lexicon.as_deref(), &tokenizer, device)?;
+    if args.negate {
+        scorer = Box::new(rlhf_trainer::scorer::Negated(scorer));
+    }
     let scorer_name = scorer.name();
     let texts = load_unlabelled(&data_path(&args.prompts, "test")?, OnMalformed::Error)?.rows;
-    let mut prompts = rl_prompts(&texts, &tokenizer, &PromptConfig { seed: args.seed, ..Default::default() })?;
+    let mut prompts = rl_prompts(&texts, &tokenizer, &PromptConfig { seed: args.seed, min_chars: args.min_chars, ..Default::default() })?;
     prompts.truncate(args.n_prompts);
     anyhow::ensure!(!prompts.is_empty(), "no prompts from {}", args.prompts.display());
     let sampling = SamplingConfig { max_new_tokens: args.max_new_tokens, seed: args.seed, ..Default::default() };
@@ -122,7 +131,8 @@ fn evaluate<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         runs.push(PolicyRun { name: name.clone(), completions: out.completion_ids, texts, scores, kl });
     }
 
-    let mut report = json!({"scorer": scorer_name, "n_prompts": prompts.len(), "policies": {}});
+    let order: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    let mut report = json!({"scorer": scorer_name, "n_prompts": prompts.len(), "order": order, "policies": {}});
     for run in &runs {
         let lengths: Vec<f32> = run.completions.iter().map(|c| c.len() as f32).collect();
         report["policies"][&run.name] = json!({"reward": describe(&run.scores), "kl_to_reference": describe(&run.kl), "response_length": describe(&lengths)});

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_runtime;
 mod config;
+mod demo;
 mod device;
 mod eval;
 mod export;
@@ -11,6 +12,7 @@ mod logging;
 mod models;
 mod ppo;
 mod progress;
+mod report;
 mod reward;
 mod runtime;
 mod sft;
@@ -31,6 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline offline on CPU in minutes: corpus, tokenizer, SFT, reward model,
+    /// distributed PPO, evaluation and report.html.
+    Demo(demo::DemoArgs),
     /// Generate continuations of text prompts with a GPT-2 model directory.
     Generate(generate::GenerateArgs),
     /// Print per-token log-probabilities of texts under a model.
@@ -52,6 +57,8 @@ enum Command {
     Worker(runtime::WorkerArgs),
     /// A reward server: scores token sequences with a reward model or a lexicon (gRPC).
     RewardServer(runtime::RewardServerArgs),
+    /// Write report.html (plots, before/after table, config) for a PPO run directory.
+    Report(report::ReportArgs),
     /// Learner, reward server and N workers as child processes on 127.0.0.1.
     Run(runtime::RunArgs),
     /// Benchmarks that print tables (numbers are measured, never asserted).
@@ -73,6 +80,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Demo(args) => demo::run(args),
+        Command::Report(args) => report::run(args),
         Command::Generate(args) => generate::generate(args),
         Command::Logprobs(args) => generate::logprobs(args),
         Command::Export(args) => export::export(args),

@@ -287,6 +287,10 @@ fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: So
             if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&totals).unwrap_or_default()) {
                 tracing::error!(error = %e, path = %path.display(), "cannot write the accounting");
             }
+            match crate::report::Inputs::from_run_dir(&export_dir).and_then(|inputs| crate::report::write(&export_dir, &inputs)) {
+                Ok(path) => tracing::info!(report = %path.display(), "report written"),
+                Err(e) => tracing::error!(error = %e, "cannot write the report"),
+            }
         }),
     };
     runtime()?.block_on(async move {
@@ -432,7 +436,7 @@ impl Drop for ChildGuard {
 /// Starts `rlhf <args>` with stdout piped; returns the guard and the first stdout line (the
 /// bound address), forwarding later stdout lines to ours.
 /// `rlhf` with this process's log format.
-fn rlhf_command() -> anyhow::Result<Command> {
+pub(crate) fn rlhf_command() -> anyhow::Result<Command> {
     let mut command = Command::new(std::env::current_exe().context("locating the rlhf binary")?);
     let format = match crate::logging::format() {
         crate::logging::LogFormat::Pretty => "pretty",
