@@ -422,3 +422,60 @@ fn eval_section(html: &mut String, eval: &Value) {
         html.push_str("</table>");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_dir(metrics: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("metrics.jsonl"), metrics).unwrap();
+        std::fs::write(dir.path().join("learner_config.toml"), "model = \"<sft>\"\n").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_report_embeds_every_plot_and_escapes_text() {
+        let metrics: String = (1..=5)
+            .map(|i| {
+                format!(
+                    "{{\"step\":{i},\"env/reward_mean\":{},\"env/reward_std\":0.5,\"objective/kl\":{},\"objective/kl_coef\":0.1,\"ppo/loss/value\":null}}\n",
+                    i as f64 * 0.2,
+                    i as f64
+                )
+            })
+            .collect();
+        let dir = run_dir(&metrics);
+        let mut inputs = Inputs::from_run_dir(dir.path()).unwrap();
+        inputs.eval = Some(serde_json::json!({
+            "scorer": "rm", "n_prompts": 2, "order": ["sft", "happy"],
+            "policies": {"sft": {"reward": {"mean": -0.5}}, "happy": {"reward": {"mean": 1.5}}},
+            "win_rate": {"a": "sft", "b": "happy", "a_over_b": 0.25, "judge": "rm"},
+            "samples": [{"prompt": "<b>x</b>", "sft": {"response": "meh", "reward": -0.5}, "happy": {"response": "great", "reward": 1.5}}],
+        }));
+        let path = write(dir.path(), &inputs).unwrap();
+        let html = std::fs::read_to_string(&path).unwrap();
+        for name in ["reward", "kl", "loss", "entropy_clipfrac", "throughput"] {
+            let png = std::fs::read(dir.path().join("plots").join(format!("{name}.png"))).unwrap();
+            assert_eq!(&png[..4], b"\x89PNG", "{name}.png");
+        }
+        assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 5);
+        assert!(html.contains("training reward 0.200 → 1.000 over 5 iterations"), "{html}");
+        assert!(html.contains("held-out reward sft -0.500 → happy 1.500"));
+        assert!(html.contains("Win rate of <b>happy</b> over <b>sft</b>: <b>0.750</b>"));
+        assert!(html.contains("&lt;b&gt;x&lt;/b&gt;") && !html.contains("<b>x</b>"));
+        assert!(html.contains("model = &quot;&lt;sft&gt;&quot;"));
+        assert!(!dir.path().join("report.html.partial").exists());
+    }
+
+    #[test]
+    fn bad_metrics_are_named_and_leave_no_report() {
+        let dir = run_dir("{\"step\":1}\nnot json\n");
+        let error = write(dir.path(), &Inputs::default()).unwrap_err();
+        assert!(format!("{error:#}").contains("metrics.jsonl:2"), "{error:#}");
+        assert!(!dir.path().join("report.html").exists());
+        let empty = tempfile::tempdir().unwrap();
+        let error = Inputs::from_run_dir(empty.path()).err().expect("no metrics.jsonl");
+        assert!(error.to_string().contains("has no metrics.jsonl"), "{error}");
+    }
+}

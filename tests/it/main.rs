@@ -5,6 +5,7 @@ mod architecture;
 mod cli;
 mod learning;
 mod runtime;
+mod workflows;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
