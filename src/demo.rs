@@ -148,7 +148,7 @@ impl Default for DemoConfig {
                 ..Default::default()
             },
             // The corpus's reviews are short: cut prompts from all of them.
-            prompts: PromptConfig { min_chars: 0, min_tokens: 2, max_tokens: 6, seed: 0 },
+            prompts: PromptConfig { min_chars: 0, min_tokens: 2, max_tokens: 6, seed: 0, whole: false },
         };
         let runtime = RuntimeConfig { checkpoint_every: 10, ..Default::default() };
         Self {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use clap::Args;
-use rlhf_trainer::data::{OnMalformed, PromptConfig, load_unlabelled, rl_prompts};
+use rlhf_trainer::data::{OnMalformed, PromptConfig, load_prompt_texts, rl_prompts};
 use rlhf_trainer::{Gpt2, SamplingConfig, generate, scoring};
 use serde_json::{Value, json};
 
@@ -33,6 +33,10 @@ pub struct EvalArgs {
     /// Cut prompts only from texts longer than this many characters.
     #[arg(long, default_value_t = 200)]
     min_chars: usize,
+    /// Use each text whole as the prompt (e.g. TL;DR posts), keeping its last N tokens; by
+    /// default prompts are the first 2-8 tokens of each text.
+    #[arg(long, value_name = "N")]
+    whole_prompts: Option<usize>,
     /// Reward model directory scoring every response.
     #[arg(long, conflicts_with = "lexicon", required_unless_present = "lexicon")]
     reward_model: Option<String>,
@@ -108,8 +112,11 @@ fn evaluate<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         scorer = Box::new(rlhf_trainer::scorer::Negated(scorer));
     }
     let scorer_name = scorer.name();
-    let texts = load_unlabelled(&data_path(&args.prompts, "test")?, OnMalformed::Error)?.rows;
-    let mut prompts = rl_prompts(&texts, &tokenizer, &PromptConfig { seed: args.seed, min_chars: args.min_chars, ..Default::default() })?;
+    let texts = load_prompt_texts(&data_path(&args.prompts, "test")?, OnMalformed::Error)?.rows;
+    let mut prompts = rl_prompts(&texts, &tokenizer, &match args.whole_prompts {
+        Some(max_tokens) => PromptConfig { min_chars: args.min_chars, max_tokens, whole: true, ..Default::default() },
+        None => PromptConfig { seed: args.seed, min_chars: args.min_chars, ..Default::default() },
+    })?;
     prompts.truncate(args.n_prompts);
     anyhow::ensure!(!prompts.is_empty(), "no prompts from {}", args.prompts.display());
     let sampling = SamplingConfig { max_new_tokens: args.max_new_tokens, seed: args.seed, ..Default::default() };

@@ -79,12 +79,12 @@ pub fn load_policy<B: burn::tensor::backend::AutodiffBackend>(
     prompt_config: &rlhf_trainer::data::PromptConfig,
     device: &B::Device,
 ) -> anyhow::Result<PolicySetup<B>> {
-    use rlhf_trainer::data::{OnMalformed, load_unlabelled, rl_prompts};
+    use rlhf_trainer::data::{OnMalformed, load_prompt_texts, rl_prompts};
     let dir = hub::resolve(model)?;
     let (model_config, policy) = hf::load_as::<B>(&dir, heads, device).with_context(|| format!("loading policy {}", dir.display()))?;
     let (_, reference) = hf::load_as::<B::InnerBackend>(&dir, Heads::Lm, device)?;
     let tokenizer = Tokenizer::load(&dir)?;
-    let texts = load_unlabelled(&data_path(prompts, "train")?, OnMalformed::Error)?.rows;
+    let texts = load_prompt_texts(&data_path(prompts, "train")?, OnMalformed::Error)?.rows;
     let prompts_ids = rl_prompts(&texts, &tokenizer, prompt_config)?;
     anyhow::ensure!(
         !prompts_ids.is_empty(),

@@ -7,7 +7,7 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use rlhf_trainer::data::{OnMalformed, clean_review, load_unlabelled};
+use rlhf_trainer::data::{OnMalformed, clean_review, load_sft_texts};
 use rlhf_trainer::sft::SftConfig;
 use rlhf_trainer::train::{TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint};
 use rlhf_trainer::{Heads, Tokenizer, hf, sft};
@@ -69,12 +69,12 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 fn train<B: AutodiffBackend>(args: &SftArgs, sft_config: &SftConfig, device: &B::Device) -> anyhow::Result<()> {
     run_dir(&args.out, args.resume)?;
     let on_malformed = if args.skip_malformed { OnMalformed::Skip } else { OnMalformed::Error };
-    let mut texts: Vec<String> = load_unlabelled(&data_path(&args.data, "train")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect();
+    let mut texts: Vec<String> = load_sft_texts(&data_path(&args.data, "train")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect();
     if let Some(n) = args.max_examples {
         texts.truncate(n);
     }
     let eval_texts: Vec<String> = match &args.eval_data {
-        Some(path) => load_unlabelled(&data_path(path, "test")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect(),
+        Some(path) => load_sft_texts(&data_path(path, "test")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect(),
         None => {
             let n_eval = ((texts.len() as f64) * args.eval_fraction).round() as usize;
             texts.split_off(texts.len() - n_eval.min(texts.len().saturating_sub(1)))

@@ -81,3 +81,116 @@ fn the_demo_rejects_unknown_settings_by_name() {
     assert!(stderr.contains("iteratons"), "{stderr}");
     assert!(!tmp.path().join("corpus").exists(), "nothing runs on a bad config");
 }
+
+fn assets() -> std::path::PathBuf {
+    super::root().join("../shared/assets")
+}
+
+fn write(path: &Path, text: &str) -> std::path::PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+/// The README's IMDb recipe (SFT → reward model → PPO happy and pessimistic → eval → report) at
+/// a tiny size: the real GPT-2 tokenizer, a `tiny` GPT-2, a few dozen reviews, two iterations.
+#[test]
+fn the_imdb_workflow_runs_as_documented_on_the_asset_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str| tmp.path().join(name);
+    let tokenizer = assets().join("gpt2-tokenizer");
+    let (train, test) = (assets().join("imdb-sentiment/train.jsonl"), assets().join("imdb-sentiment/test.jsonl"));
+    #[rustfmt::skip]
+    super::rlhf_ok(&[
+        "sft", "--init", "tiny", "--tokenizer", path_str(&tokenizer), "--data", path_str(&train), "--max-examples", "48",
+        "--max-length", "32", "--batch-size", "8", "--out", path_str(&t("sft")),
+    ]);
+    #[rustfmt::skip]
+    super::rlhf_ok(&[
+        "reward", "train", "--model", path_str(&t("sft")), "--data", path_str(&train), "--eval-data", path_str(&test),
+        "--format", "sentiment", "--truncate-tokens", "32", "--max-pairs", "64", "--max-length", "32", "--normalize",
+        "--out", path_str(&t("rm")),
+    ]);
+    let config = write(
+        &t("happy.toml"),
+        &format!(
+            "model = {:?}\nprompts = {:?}\nout = {:?}\n[reward]\nmodel = {:?}\n[train]\niterations = 2\nbatch_size = 16\n\
+             [train.sampling]\nmax_new_tokens = 8\n[train.ppo]\nmini_batch_size = 8\n[runtime]\nlease_size = 8\n",
+            t("sft"), train, t("happy"), t("rm")
+        ),
+    );
+    super::rlhf_ok(&["run", "--config", path_str(&config), "--workers", "2"]);
+    let pessimistic_out = format!("out={}", path_str(&t("pessimistic")));
+    super::rlhf_ok(&["run", "--config", path_str(&config), "--workers", "2", "--set", &pessimistic_out, "--set", "reward.negate=true"]);
+    #[rustfmt::skip]
+    super::rlhf_ok(&[
+        "eval", "--policy", &format!("sft={}", path_str(&t("sft"))), "--policy", &format!("happy={}", path_str(&t("happy"))),
+        "--policy", &format!("pessimistic={}", path_str(&t("pessimistic"))), "--prompts", path_str(&test),
+        "--reward-model", path_str(&t("rm")), "--n-prompts", "8", "--best-of", "2", "--max-new-tokens", "8",
+        "--out", path_str(&t("eval.json")),
+    ]);
+    let report = super::rlhf_ok(&["report", "--run", path_str(&t("happy")), "--eval", path_str(&t("eval.json")), "--reward-model", path_str(&t("rm"))]);
+    assert_eq!(report.trim(), path_str(&t("happy").join("report.html")));
+
+    let eval = read_json(&t("eval.json"));
+    assert_eq!(eval["order"], serde_json::json!(["sft", "happy", "pessimistic"]));
+    for name in ["sft", "happy", "pessimistic"] {
+        assert!(eval["policies"][name]["reward"]["mean"].as_f64().unwrap().is_finite(), "{name}");
+    }
+    assert!(eval["policies"]["sft"]["kl_to_reference"]["mean"].as_f64().unwrap().abs() < 1e-3, "the reference is the first policy");
+    assert!(read_json(&t("rm/eval_results.json"))["eval/accuracy"].as_f64().is_some());
+    let learner = std::fs::read_to_string(t("pessimistic/learner_config.toml")).unwrap();
+    assert!(learner.contains("negate = true"), "{learner}");
+    for run in ["happy", "pessimistic"] {
+        assert_eq!(std::fs::read_to_string(t(run).join("metrics.jsonl")).unwrap().lines().count(), 2, "{run}");
+        assert!(t(run).join("model.safetensors").is_file() && t(run).join("report.html").is_file(), "{run}");
+    }
+    let html = std::fs::read_to_string(t("happy/report.html")).unwrap();
+    assert!(html.contains("Before and after") && html.contains("pessimistic") && html.contains("eval/accuracy"));
+}
+
+/// The README's TL;DR recipe at a tiny size: SFT on post + preferred summary, a reward model from
+/// the human comparisons, PPO on "post + TL;DR:" prompts, then best-of-n and a win rate.
+#[test]
+fn the_tldr_workflow_runs_as_documented_on_the_asset_comparisons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str| tmp.path().join(name);
+    let tokenizer = assets().join("gpt2-tokenizer");
+    let comparisons = assets().join("tldr-comparisons/comparisons_batch13_first500.jsonl");
+    #[rustfmt::skip]
+    super::rlhf_ok(&[
+        "sft", "--init", "tiny", "--tokenizer", path_str(&tokenizer), "--data", path_str(&comparisons), "--max-examples", "24",
+        "--max-length", "48", "--batch-size", "8", "--out", path_str(&t("sft")),
+    ]);
+    #[rustfmt::skip]
+    super::rlhf_ok(&[
+        "reward", "train", "--model", path_str(&t("sft")), "--data", path_str(&comparisons), "--format", "comparisons",
+        "--max-pairs", "48", "--max-length", "96", "--out", path_str(&t("rm")),
+    ]);
+    let config = write(
+        &t("ppo.toml"),
+        &format!(
+            "model = {:?}\nprompts = {:?}\nout = {:?}\n[reward]\nmodel = {:?}\n[train]\niterations = 2\nbatch_size = 8\n\
+             [train.sampling]\nmax_new_tokens = 12\n[train.prompts]\nwhole = true\nmax_tokens = 64\nmin_chars = 0\nmin_tokens = 1\nseed = 0\n\
+             [train.ppo]\nmini_batch_size = 8\n",
+            t("sft"), comparisons, t("ppo"), t("rm")
+        ),
+    );
+    super::rlhf_ok(&["run", "--config", path_str(&config), "--workers", "2"]);
+    #[rustfmt::skip]
+    super::rlhf_ok(&[
+        "eval", "--policy", &format!("ppo={}", path_str(&t("ppo"))), "--policy", &format!("sft={}", path_str(&t("sft"))),
+        "--reference", path_str(&t("sft")), "--prompts", path_str(&comparisons), "--whole-prompts", "64", "--min-chars", "0",
+        "--reward-model", path_str(&t("rm")), "--n-prompts", "6", "--best-of", "2", "--max-new-tokens", "12",
+        "--out", path_str(&t("eval.json")),
+    ]);
+    let eval = read_json(&t("eval.json"));
+    assert_eq!(eval["n_prompts"], 6);
+    let prompt = eval["samples"][0]["prompt"].as_str().unwrap();
+    assert!(prompt.ends_with("TL;DR:"), "prompts are posts ending in TL;DR: {prompt:?}");
+    assert_eq!(eval["best_of_n"]["n"], 2);
+    let win = eval["win_rate"]["a_over_b"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&win));
+    assert!(eval["win_rate"]["judge"].as_str().unwrap().contains("rm"), "the judge is recorded: {}", eval["win_rate"]);
+    let rm = read_json(&t("rm/eval_results.json"));
+    assert!((0.0..=1.0).contains(&rm["eval/accuracy"].as_f64().unwrap()));
+}

@@ -384,7 +384,8 @@ pub fn clean_review(text: &str) -> String {
 }
 
 /// RL prompt settings: the seeds' recipe (reviews longer than `min_chars`; the first N tokens,
-/// N uniform in `[min_tokens, max_tokens]`, drawn per sample with `seed`).
+/// N uniform in `[min_tokens, max_tokens]`, drawn per sample with `seed`), or with `whole` each
+/// text as it is (TL;DR prompts ending in "TL;DR:"), keeping its last `max_tokens` tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptConfig {
@@ -392,12 +393,45 @@ pub struct PromptConfig {
     pub min_tokens: usize,
     pub max_tokens: usize,
     pub seed: u64,
+    #[serde(default)]
+    pub whole: bool,
 }
 
 impl Default for PromptConfig {
     fn default() -> Self {
-        Self { min_chars: 200, min_tokens: 2, max_tokens: 8, seed: 0 }
+        Self { min_chars: 200, min_tokens: 2, max_tokens: 8, seed: 0, whole: false }
     }
+}
+
+/// Whether `path` holds OpenAI summarize-from-feedback comparisons (JSONL rows with `info` and
+/// `summaries`), judged by its first row.
+pub fn is_comparisons(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    let first = text.lines().find(|l| !l.trim().is_empty());
+    first.and_then(|l| serde_json::from_str::<Value>(l).ok()).is_some_and(|v| v.get("info").is_some() && v.get("summaries").is_some())
+}
+
+/// Texts to cut RL prompts from: any text dataset of [`load_unlabelled`], or comparisons, whose
+/// distinct posts become TL;DR prompts ([`tldr_prompt`]).
+pub fn load_prompt_texts(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+    if !is_comparisons(path) {
+        return load_unlabelled(path, on_malformed);
+    }
+    let loaded = load_comparisons(path, on_malformed)?;
+    let mut seen = std::collections::HashSet::new();
+    let rows = loaded.rows.into_iter().filter(|p| seen.insert(p.prompt.clone())).map(|p| TextExample { text: p.prompt, label: 0 }).collect();
+    Ok(Loaded { rows, skipped: loaded.skipped })
+}
+
+/// SFT texts: any text dataset of [`load_unlabelled`], or comparisons, where each row gives its
+/// TL;DR prompt followed by the human-preferred summary.
+pub fn load_sft_texts(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+    if !is_comparisons(path) {
+        return load_unlabelled(path, on_malformed);
+    }
+    let loaded = load_comparisons(path, on_malformed)?;
+    let rows = loaded.rows.into_iter().map(|p| TextExample { text: format!("{}{}", p.prompt, p.chosen), label: 0 }).collect();
+    Ok(Loaded { rows, skipped: loaded.skipped })
 }
 
 /// Token-id prompts from reviews.
@@ -406,6 +440,13 @@ pub fn rl_prompts(examples: &[TextExample], tokenizer: &Tokenizer, config: &Prom
     let mut prompts = Vec::new();
     for example in examples.iter().filter(|e| e.text.chars().count() > config.min_chars) {
         let ids = tokenizer.encode(&clean_review(&example.text))?;
+        if config.whole {
+            let keep = if config.max_tokens == 0 { ids.len() } else { config.max_tokens.min(ids.len()) };
+            if keep > 0 {
+                prompts.push(ids[ids.len() - keep..].to_vec());
+            }
+            continue;
+        }
         let n = rng.random_range(config.min_tokens..=config.max_tokens.max(config.min_tokens)).min(ids.len());
         if n > 0 {
             prompts.push(ids[..n].to_vec());
@@ -498,6 +539,27 @@ mod tests {
         let first = &loaded.rows[0];
         assert!(first.prompt.starts_with("SUBREDDIT: r/") && first.prompt.ends_with("\nTL;DR:"));
         assert_ne!(first.chosen, first.rejected);
+    }
+
+    #[test]
+    fn comparisons_give_tldr_prompts_and_sft_texts() {
+        let path = assets().join("tldr-comparisons/comparisons_batch13_first500.jsonl");
+        assert!(is_comparisons(&path));
+        assert!(!is_comparisons(&assets().join("imdb-sentiment/test.jsonl")));
+        let pairs = load_comparisons(&path, OnMalformed::Error).unwrap().rows;
+        let prompts = load_prompt_texts(&path, OnMalformed::Error).unwrap().rows;
+        let distinct: std::collections::HashSet<&str> = pairs.iter().map(|p| p.prompt.as_str()).collect();
+        assert_eq!(prompts.len(), distinct.len(), "one prompt per distinct post");
+        let sft = load_sft_texts(&path, OnMalformed::Error).unwrap().rows;
+        assert_eq!(sft[0].text, format!("{}{}", pairs[0].prompt, pairs[0].chosen));
+
+        // Whole prompts keep their end, so every prompt still asks for the summary.
+        let tokenizer = gpt2_tokenizer();
+        let config = PromptConfig { min_chars: 0, max_tokens: 64, whole: true, ..Default::default() };
+        let ids = rl_prompts(&prompts[..20], &tokenizer, &config).unwrap();
+        let tldr = tokenizer.encode("\nTL;DR:").unwrap();
+        assert_eq!(ids.len(), 20);
+        assert!(ids.iter().all(|p| p.len() <= 64 && p.ends_with(&tldr)));
     }
 
     #[test]

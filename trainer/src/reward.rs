@@ -67,11 +67,22 @@ pub struct PairIds {
     pub rejected: Vec<u32>,
 }
 
-/// Tokenizes pairs, keeping the first `max_length` tokens of each side.
+/// Tokenizes pairs to at most `max_length` tokens each side. A text that is too long loses the
+/// start of its prompt, so the response (what the pair is about) stays whole; without a prompt,
+/// or with a response longer than `max_length` on its own, it keeps its first `max_length` tokens.
 pub fn tokenize_pairs(pairs: &[PreferencePair], tokenizer: &Tokenizer, max_length: usize) -> Result<Vec<PairIds>, TokenizerError> {
+    let max_length = max_length.max(1);
     let encode = |prompt: &str, text: &str| -> Result<Vec<u32>, TokenizerError> {
         let mut ids = tokenizer.encode(&format!("{prompt}{text}"))?;
-        ids.truncate(max_length.max(1));
+        if ids.len() > max_length && !prompt.is_empty() {
+            let response = tokenizer.encode(text)?;
+            if response.len() < max_length {
+                let prompt_ids = tokenizer.encode(prompt)?;
+                let keep = (max_length - response.len()).min(prompt_ids.len());
+                ids = [&prompt_ids[prompt_ids.len() - keep..], response.as_slice()].concat();
+            }
+        }
+        ids.truncate(max_length);
         if ids.is_empty() {
             ids.push(tokenizer.eos_id());
         }
@@ -226,4 +237,26 @@ pub fn normalize<B: Backend>(model: &mut Gpt2<B>, rows: &[Vec<u32>], pad_id: u32
     let beta = ln_f.beta.as_ref().map(|b| b.val()).unwrap_or_else(|| delta.zeros_like());
     ln_f.beta = Some(Param::from_tensor(beta + delta));
     (mean, std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_pairs_lose_the_start_of_their_prompt_not_their_response() {
+        let tokenizer = Tokenizer::load(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/assets/gpt2-tokenizer")).unwrap();
+        let pair = |prompt: &str| PreferencePair { prompt: prompt.into(), chosen: " a fine short summary".into(), rejected: " bad".into() };
+        let long = pair("POST: a very long post that goes on and on about nothing in particular at all.\nTL;DR:");
+        let ids = &tokenize_pairs(&[long.clone()], &tokenizer, 12).unwrap()[0];
+        assert_eq!(ids.chosen.len(), 12);
+        assert_eq!(tokenizer.decode(&ids.chosen).unwrap(), " at all.\nTL;DR: a fine short summary");
+        assert!(tokenizer.decode(&ids.rejected).unwrap().ends_with("TL;DR: bad"));
+        // What fits is encoded in one piece; without a prompt the first tokens are kept.
+        let short = &tokenize_pairs(&[pair("Q:")], &tokenizer, 64).unwrap()[0];
+        assert_eq!(short.chosen, tokenizer.encode("Q: a fine short summary").unwrap());
+        let review = PreferencePair { prompt: String::new(), chosen: long.prompt.clone(), rejected: "x".into() };
+        let cut = &tokenize_pairs(&[review], &tokenizer, 5).unwrap()[0];
+        assert_eq!(cut.chosen, tokenizer.encode(&long.prompt).unwrap()[..5]);
+    }
 }
