@@ -43,8 +43,16 @@ fn parse_value(raw: &str) -> Value {
         .unwrap_or_else(|| Value::String(raw.to_string()))
 }
 
+/// Merges `overrides` into `base`, table by table. A one-key table meeting a one-key table with
+/// another key is an enum switching variant (`[train.ppo.kl.fixed]` over the default
+/// `kl.adaptive`): it is replaced, not merged.
 fn merge(base: &mut Value, overrides: Value) {
     match (base, overrides) {
+        (Value::Table(base), Value::Table(overrides))
+            if base.len() == 1 && overrides.len() == 1 && base.keys().ne(overrides.keys()) =>
+        {
+            *base = overrides;
+        }
         (Value::Table(base), Value::Table(overrides)) => {
             for (key, value) in overrides {
                 match base.get_mut(&key) {
@@ -116,5 +124,27 @@ impl TrainFlags {
         ];
         let flags = flags.into_iter().filter_map(|(key, value)| value.map(|v| (key, v))).collect();
         resolve(self.config.config.as_deref(), flags, &self.config.sets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rlhf_trainer::ppo::KlController;
+    use rlhf_trainer::ppo_local::LocalConfig;
+
+    #[test]
+    fn a_file_can_switch_an_enum_variant_and_set_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ppo.toml");
+        std::fs::write(&file, "iterations = 3\n[ppo.kl.fixed]\nvalue = 0.05\n[ppo.optim]\nlearning_rate = 1e-3\n").unwrap();
+        let config: LocalConfig = resolve(Some(&file), Vec::new(), &["ppo.cliprange=0.1".into()]).unwrap();
+        assert_eq!(config.iterations, 3);
+        assert_eq!(config.ppo.kl, KlController::Fixed { value: 0.05 });
+        assert_eq!(config.ppo.optim.learning_rate, 1e-3);
+        assert_eq!(config.ppo.cliprange, 0.1);
+        assert_eq!(config.ppo.optim.beta2, LocalConfig::default().ppo.optim.beta2, "untouched fields keep their defaults");
+        let error = resolve::<LocalConfig>(None, Vec::new(), &["ppo.clip_range=0.1".into()]).unwrap_err();
+        assert!(error.to_string().contains("clip_range"), "{error}");
     }
 }
