@@ -43,7 +43,7 @@ pub fn bar(total: usize, what: &str) -> ProgressBar {
 /// `key=value` pairs for the bar's message.
 pub fn summary(stats: &Stats, keys: &[&str]) -> String {
     keys.iter()
-        .filter_map(|k| stats.get(*k).map(|v| format!("{}={v:.4}", k.rsplit('/').next().unwrap_or(k))))
+        .filter_map(|k| stats.get(*k).map(|v| format!("{k}={v:.4}")))
         .collect::<Vec<_>>()
         .join(" ")
 }

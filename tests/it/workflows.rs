@@ -72,6 +72,8 @@ fn the_demo_runs_every_stage_writes_a_report_and_reuses_finished_stages() {
     let learner = std::fs::read_to_string(out.join("ppo-negative/learner_config.toml")).unwrap();
     assert!(learner.contains("negate = true"), "{learner}");
     assert_eq!(std::fs::read_to_string(out.join("ppo-negative/metrics.jsonl")).unwrap().lines().count(), 2);
+    let eval = read_json(&out.join("ppo-negative/eval.json"));
+    assert!(eval["scorer"].as_str().unwrap().starts_with("negated(reward-model:"), "{}", eval["scorer"]);
 }
 
 #[test]
