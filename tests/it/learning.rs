@@ -77,6 +77,10 @@ fn local_ppo_raises_the_lexicon_reward_with_bounded_kl() {
     // The trained policy is an HF directory with TRL's value head beside it.
     assert!(out.join("model.safetensors").is_file() && out.join("value_head.safetensors").is_file());
     rlhf_ok(&["generate", "--model", path_str(&out), "--prompt", "This movie", "--max-new-tokens", "4"]);
+    // Its report shows the curves and the resolved config.
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(report.matches("data:image/png;base64,").count(), 5);
+    assert!(report.contains("ppo_config.toml") && report.contains("over 30 iterations"), "the report lacks the config or summary");
 }
 
 #[test]
