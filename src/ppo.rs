@@ -138,8 +138,7 @@ fn train<B: AutodiffBackend>(args: &PpoArgs, local: &LocalConfig, device: &B::De
         // The critic shares the reward model's architecture: a sequence-classification directory.
         hf::export(&critic.valid(), &model_config, &tokenizer, &args.out.join("critic")).context("writing the critic")?;
     }
-    let report = crate::report::write(&args.out, &crate::report::Inputs::from_run_dir(&args.out)?)?;
-    tracing::info!(report = %report.display(), "report written");
+    crate::report::write_for_run(&args.out);
     println!("{}", args.out.display());
     Ok(())
 }

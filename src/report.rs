@@ -1,8 +1,8 @@
-//! `report.html` for a PPO run directory: the training curves as PNGs (drawn with plotters into
-//! `plots/`, and embedded as data URIs so the HTML file stands alone), the evaluation's
-//! before/after table with sample generations, the reward model's accuracy and the resolved
-//! config. `rlhf report` writes it for any run directory; the learner and `ppo --local` write
-//! one when they finish, and `rlhf demo` writes the full one.
+//! `report.html` for a run directory: the training curves as PNGs (drawn with plotters into
+//! `plots/`, and embedded as data URIs so the HTML file stands alone), and for PPO runs the
+//! evaluation's before/after table with sample generations, the reward model's accuracy and the
+//! resolved config. Every training command writes one when it finishes (PPO runs without the
+//! evaluation); `rlhf report` rewrites it with an eval JSON and a reward model, as `rlhf demo` does.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,7 +16,7 @@ use serde_json::Value;
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// A PPO run directory (holds metrics.jsonl and learner_config.toml or ppo_config.toml).
+    /// A run directory (holds metrics.jsonl: PPO, SFT or reward-model training).
     #[arg(long)]
     run: PathBuf,
     /// `rlhf eval --out` JSON: the before/after table and samples.
@@ -40,6 +40,15 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a run directory's own report (curves and configs) when a training command finishes.
+/// A failure is logged, not returned: the run's results are saved already.
+pub fn write_for_run(dir: &Path) {
+    match Inputs::from_run_dir(dir).and_then(|inputs| write(dir, &inputs)) {
+        Ok(path) => tracing::info!(report = %path.display(), "report written"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot write the report"),
+    }
+}
+
 /// What goes into a report besides the run directory's metrics.
 #[derive(Default)]
 pub struct Inputs {
@@ -55,12 +64,17 @@ pub struct Inputs {
 impl Inputs {
     /// The title and the configs found in a run directory.
     pub fn from_run_dir(dir: &Path) -> anyhow::Result<Self> {
-        anyhow::ensure!(dir.join("metrics.jsonl").is_file(), "{} has no metrics.jsonl: is it a PPO run directory?", dir.display());
-        let configs = ["learner_config.toml", "ppo_config.toml"]
+        anyhow::ensure!(dir.join("metrics.jsonl").is_file(), "{} has no metrics.jsonl: is it a run directory?", dir.display());
+        let configs: Vec<(String, String)> = ["learner_config.toml", "ppo_config.toml", "sft_config.toml", "reward_config.toml"]
             .iter()
             .filter_map(|name| std::fs::read_to_string(dir.join(name)).ok().map(|text| (name.to_string(), text)))
             .collect();
-        Ok(Self { title: format!("PPO run {}", dir.display()), configs, ..Default::default() })
+        let what = match configs.first().map(|(name, _)| name.as_str()) {
+            Some("sft_config.toml") => "SFT run",
+            Some("reward_config.toml") => "Reward-model run",
+            _ => "PPO run",
+        };
+        Ok(Self { title: format!("{what} {}", dir.display()), configs, ..Default::default() })
     }
 }
 
@@ -127,7 +141,7 @@ fn register_font() {
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// One chart: lines, and optionally a shaded band (x, low, high) behind the first one.
-fn panel(area: &Area, title: &str, lines: &[Line], band: &[(f64, f64, f64)]) -> anyhow::Result<()> {
+fn panel(area: &Area, title: &str, x_desc: &str, lines: &[Line], band: &[(f64, f64, f64)]) -> anyhow::Result<()> {
     let plot_error = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("drawing {title:?}: {e:?}");
     let xs = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
     let ys = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).chain(band.iter().flat_map(|b| [b.1, b.2]));
@@ -148,7 +162,7 @@ fn panel(area: &Area, title: &str, lines: &[Line], band: &[(f64, f64, f64)]) -> 
         .map_err(plot_error)?;
     chart
         .configure_mesh()
-        .x_desc("iteration")
+        .x_desc(x_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style((FONT, 12))
         .axis_desc_style((FONT, 13))
@@ -167,6 +181,10 @@ fn panel(area: &Area, title: &str, lines: &[Line], band: &[(f64, f64, f64)]) -> 
             .map_err(plot_error)?
             .label(line.label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        if line.points.len() <= 20 {
+            // Sparse series (held-out evaluations) would be invisible as lines alone.
+            chart.draw_series(line.points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(plot_error)?;
+        }
     }
     chart
         .configure_series_labels()
@@ -184,28 +202,73 @@ fn bounds(values: impl Iterator<Item = f64>) -> (Option<f64>, Option<f64>) {
 }
 
 /// A PNG of one or more panels side by side.
-fn figure(path: &Path, panels: &[(&str, Vec<Line>, Vec<(f64, f64, f64)>)]) -> anyhow::Result<()> {
+fn figure(path: &Path, x_desc: &str, panels: &[Panel]) -> anyhow::Result<()> {
     register_font();
     let root = BitMapBackend::new(path, (1040, 320)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", path.display()))?;
     for (area, (title, lines, band)) in root.split_evenly((1, panels.len())).iter().zip(panels) {
-        panel(area, title, lines, band)?;
+        panel(area, title, x_desc, lines, band)?;
     }
     root.present().map_err(|e| anyhow::anyhow!("writing {}: {e:?}", path.display()))
 }
 
-fn line<'a>(records: &[Record], key: &'a str, color: RGBColor) -> Line<'a> {
+fn line(records: &[Record], key: &'static str, color: RGBColor) -> Line<'static> {
     Line { label: key, points: series(records, key), color }
+}
+
+/// A panel's title, lines, and band behind the first line.
+type Panel<'a> = (&'a str, Vec<Line<'a>>, Vec<(f64, f64, f64)>);
+
+/// Whether the metrics are a PPO run's (else SFT or reward-model training steps).
+fn is_ppo(records: &[Record]) -> bool {
+    records.iter().any(|r| r.contains_key("env/reward_mean"))
 }
 
 /// Draws the training curves into `dir/plots/`; returns (caption, file) pairs.
 fn draw_plots(records: &[Record], dir: &Path) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots).with_context(|| format!("cannot create {}", plots.display()))?;
+    let (x_desc, figures) = if is_ppo(records) { ("iteration", ppo_figures(records)) } else { ("step", training_figures(records)) };
+    let mut written = Vec::new();
+    for (caption, name, panels) in figures {
+        let path = plots.join(name);
+        figure(&path, x_desc, &panels)?;
+        written.push((caption, path));
+    }
+    Ok(written)
+}
+
+type Figure<'a> = (&'static str, &'static str, Vec<Panel<'a>>);
+
+/// SFT and reward-model training: losses, the held-out metric, the optimizer.
+fn training_figures(records: &[Record]) -> Vec<Figure<'static>> {
+    let held_out = if records.iter().any(|r| r.contains_key("eval/accuracy")) {
+        ("accuracy", vec![line(records, "train/accuracy", ORANGE), line(records, "eval/accuracy", GREEN)])
+    } else {
+        ("held-out perplexity", vec![line(records, "eval/perplexity", GREEN)])
+    };
+    vec![
+        (
+            "Loss on the training batches and on the held-out set",
+            "loss.png",
+            vec![("loss", vec![line(records, "train/loss", BLUE), line(records, "eval/loss", RED)], vec![]), (held_out.0, held_out.1, vec![])],
+        ),
+        (
+            "Optimizer: learning rate and gradient norm",
+            "optimizer.png",
+            vec![
+                ("learning rate", vec![line(records, "train/learning_rate", PURPLE)], vec![]),
+                ("gradient norm", vec![line(records, "train/grad_norm", ORANGE)], vec![]),
+            ],
+        ),
+    ]
+}
+
+fn ppo_figures(records: &[Record]) -> Vec<Figure<'static>> {
     let mean = series(records, "env/reward_mean");
     let std: BTreeMap<u64, f64> = series(records, "env/reward_std").into_iter().map(|(x, y)| (x.to_bits(), y)).collect();
     let band: Vec<(f64, f64, f64)> = mean.iter().filter_map(|&(x, m)| std.get(&x.to_bits()).map(|s| (x, m - s, m + s))).collect();
-    let figures: Vec<(&'static str, &str, Vec<(&str, Vec<Line>, Vec<(f64, f64, f64)>)>)> = vec![
+    vec![
         (
             "Reward per iteration: mean ± std of the rollouts' scores",
             "reward.png",
@@ -244,14 +307,7 @@ fn draw_plots(records: &[Record], dir: &Path) -> anyhow::Result<Vec<(&'static st
                 ("PPO update (s)", vec![line(records, "time/update", ORANGE)], vec![]),
             ],
         ),
-    ];
-    let mut written = Vec::new();
-    for (caption, name, panels) in figures {
-        let path = plots.join(name);
-        figure(&path, &panels)?;
-        written.push((caption, path));
-    }
-    Ok(written)
+    ]
 }
 
 fn escape(text: &str) -> String {
@@ -291,6 +347,16 @@ pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}}.summary{{fo
     let mut summary = Vec::new();
     if let Some((first, last)) = first_last(&records, "env/reward_mean") {
         summary.push(format!("training reward {first:.3} → {last:.3} over {} iterations", records.len()));
+    }
+    if !is_ppo(&records) {
+        if let Some((first, last)) = first_last(&records, "train/loss") {
+            summary.push(format!("training loss {first:.3} → {last:.3} over {} steps", records.len()));
+        }
+        for key in ["eval/loss", "eval/perplexity", "eval/accuracy"] {
+            if let Some((_, last)) = first_last(&records, key) {
+                summary.push(format!("final {key} {last:.3}"));
+            }
+        }
     }
     if let Some((_, kl)) = first_last(&records, "objective/kl") {
         summary.push(format!("final KL to the reference {kl:.2} nats"));
@@ -466,6 +532,20 @@ mod tests {
         assert!(html.contains("&lt;b&gt;x&lt;/b&gt;") && !html.contains("<b>x</b>"));
         assert!(html.contains("model = &quot;&lt;sft&gt;&quot;"));
         assert!(!dir.path().join("report.html.partial").exists());
+    }
+
+    #[test]
+    fn a_training_run_gets_loss_and_held_out_curves() {
+        let metrics = "{\"step\":1,\"train/loss\":0.7,\"train/learning_rate\":1e-4}\n{\"step\":2,\"train/loss\":0.5,\"eval/loss\":0.6,\"eval/accuracy\":0.8}\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("metrics.jsonl"), metrics).unwrap();
+        std::fs::write(dir.path().join("reward_config.toml"), "epochs = 1\n").unwrap();
+        let inputs = Inputs::from_run_dir(dir.path()).unwrap();
+        assert!(inputs.title.starts_with("Reward-model run"), "{}", inputs.title);
+        let html = std::fs::read_to_string(write(dir.path(), &inputs).unwrap()).unwrap();
+        assert!(html.contains("training loss 0.700 → 0.500 over 2 steps") && html.contains("final eval/accuracy 0.800"), "{html}");
+        assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 2);
+        assert!(dir.path().join("plots/optimizer.png").is_file());
     }
 
     #[test]

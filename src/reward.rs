@@ -169,6 +169,7 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, reward_config: &RewardConfig, dev
     if let Some(accuracy) = results.get("eval/accuracy") {
         tracing::info!(accuracy, "reward model finished");
     }
+    crate::report::write_for_run(&args.out);
     println!("{}", args.out.display());
     Ok(())
 }

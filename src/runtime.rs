@@ -287,10 +287,7 @@ fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: So
             if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&totals).unwrap_or_default()) {
                 tracing::error!(error = %e, path = %path.display(), "cannot write the accounting");
             }
-            match crate::report::Inputs::from_run_dir(&export_dir).and_then(|inputs| crate::report::write(&export_dir, &inputs)) {
-                Ok(path) => tracing::info!(report = %path.display(), "report written"),
-                Err(e) => tracing::error!(error = %e, "cannot write the report"),
-            }
+            crate::report::write_for_run(&export_dir);
         }),
     };
     runtime()?.block_on(async move {

@@ -144,6 +144,7 @@ fn train<B: AutodiffBackend>(args: &SftArgs, sft_config: &SftConfig, device: &B:
         tracing::info!(eval_loss = last["eval/loss"], perplexity = last["eval/perplexity"], "sft finished");
         std::fs::write(args.out.join("eval_results.json"), serde_json::to_string_pretty(last)?)?;
     }
+    crate::report::write_for_run(&args.out);
     println!("{}", args.out.display());
     Ok(())
 }

@@ -140,6 +140,12 @@ fn the_imdb_workflow_runs_as_documented_on_the_asset_data() {
     }
     assert!(eval["policies"]["sft"]["kl_to_reference"]["mean"].as_f64().unwrap().abs() < 1e-3, "the reference is the first policy");
     assert!(read_json(&t("rm/eval_results.json"))["eval/accuracy"].as_f64().is_some());
+    // SFT and reward-model runs get their own report: losses, the held-out metric, the optimizer.
+    for (run, needle) in [("sft", "final eval/perplexity"), ("rm", "final eval/accuracy")] {
+        let html = std::fs::read_to_string(t(run).join("report.html")).unwrap();
+        assert_eq!(html.matches("data:image/png;base64,").count(), 2, "{run}");
+        assert!(html.contains(needle), "{run}'s report lacks {needle:?}");
+    }
     let learner = std::fs::read_to_string(t("pessimistic/learner_config.toml")).unwrap();
     assert!(learner.contains("negate = true"), "{learner}");
     for run in ["happy", "pessimistic"] {
