@@ -370,10 +370,8 @@ pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}}.summary{{fo
             }
         }
     }
-    if let Some((_, results)) = &inputs.reward_model {
-        if let Some(accuracy) = results.get("eval/accuracy") {
-            summary.push(format!("reward model test accuracy {:.1}%", accuracy * 100.0));
-        }
+    if let Some(accuracy) = inputs.reward_model.as_ref().and_then(|(_, results)| results.get("eval/accuracy")) {
+        summary.push(format!("reward model test accuracy {:.1}%", accuracy * 100.0));
     }
     if !summary.is_empty() {
         let _ = write!(html, "<p class=\"summary\">{}</p>", summary.join(" · "));
