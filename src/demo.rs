@@ -323,7 +323,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     })?;
 
     // 6. Evaluation on held-out prompts, and the report.
-    let eval_file = ppo.dir.join("eval.json");
     let eval = Stage::new(out.join(format!("eval-{target}")), &demo.eval, &[&ppo])?;
     eval.run(6, "evaluation and report", args.fresh, |dir| {
         let e = &demo.eval;
@@ -339,9 +338,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         if args.target == Target::Negative {
             command.push("--negate".into());
         }
-        rlhf(&command, Stdio::null())?;
-        std::fs::copy(dir.join("eval.json"), &eval_file).with_context(|| format!("cannot write {}", eval_file.display()))?;
-        Ok(())
+        rlhf(&command, Stdio::null())
     })?;
     let mut inputs = report::Inputs::from_run_dir(&ppo.dir)?;
     inputs.title = format!("rlhf demo: PPO towards {target} reviews");

@@ -406,9 +406,13 @@ impl Default for PromptConfig {
 /// Whether `path` holds OpenAI summarize-from-feedback comparisons (JSONL rows with `info` and
 /// `summaries`), judged by its first row.
 pub fn is_comparisons(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else { return false };
-    let first = text.lines().find(|l| !l.trim().is_empty());
-    first.and_then(|l| serde_json::from_str::<Value>(l).ok()).is_some_and(|v| v.get("info").is_some() && v.get("summaries").is_some())
+    use std::io::BufRead;
+    if !path.extension().is_some_and(|e| e == "jsonl" || e == "json") {
+        return false;
+    }
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let first = std::io::BufReader::new(file).lines().map_while(Result::ok).find(|l| !l.trim().is_empty());
+    first.and_then(|l| serde_json::from_str::<Value>(&l).ok()).is_some_and(|v| v.get("info").is_some() && v.get("summaries").is_some())
 }
 
 /// Texts to cut RL prompts from: any text dataset of [`load_unlabelled`], or comparisons, whose
