@@ -2,7 +2,8 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
+use burn::backend::Autodiff;
+use rlhf_trainer::Kernels;
 use clap::{Args, Subcommand};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rlhf_trainer::{Gpt2Config, Heads, SamplingConfig};
@@ -10,10 +11,14 @@ use rlhf_trainer::{Gpt2Config, Heads, SamplingConfig};
 use crate::device::Device;
 use crate::with_backend;
 
+pub use crate::bench_ppo::PpoBench;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Tokens/s of batched KV-cache sampling on random weights.
     Generate(GenerateBench),
+    /// Full PPO iterations (generate, score, old/reference log-probs, optimise) on random weights.
+    Ppo(PpoBench),
     /// Time to deliver one policy version to N workers over loopback gRPC, next to a raw TCP copy.
     WeightSync(WeightSyncBench),
     /// Rollouts/s the learner accepts from synthetic workers (excluding the PPO update).
@@ -76,6 +81,7 @@ pub struct GenerateBench {
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Generate(args) => with_backend!(args.device, |B, device| bench_generate::<B>(&args, &device)),
+        BenchCommand::Ppo(args) => with_backend!(args.device, |B, device| crate::bench_ppo::run::<Autodiff<B>>(&args, &device)),
         BenchCommand::WeightSync(args) => crate::bench_runtime::weight_sync(&args.config, args.workers, &args.dtype, args.runs),
         BenchCommand::Ingest(args) => {
             crate::bench_runtime::ingest(args.workers, args.batch, args.lease_size, args.iterations, args.response_len)
@@ -83,7 +89,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-fn bench_generate<B: Backend>(args: &GenerateBench, device: &B::Device) -> anyhow::Result<()> {
+fn bench_generate<B: Kernels>(args: &GenerateBench, device: &B::Device) -> anyhow::Result<()> {
     println!("| config | device | batch | prompt_len | new_tokens | median s | tokens/s |");
     println!("|---|---|---|---|---|---|---|");
     for name in &args.config {

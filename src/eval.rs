@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use burn::tensor::backend::Backend;
+use rlhf_trainer::Kernels;
 use clap::Args;
 use rlhf_trainer::data::{OnMalformed, PromptConfig, load_prompt_texts, rl_prompts};
 use rlhf_trainer::{Gpt2, SamplingConfig, generate, scoring};
@@ -88,7 +88,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     with_backend!(args.device, |B, device| evaluate::<B>(&args, &device))
 }
 
-fn evaluate<B: Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<()> {
+fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<()> {
     let policies: Vec<(String, String)> = args
         .policies
         .iter()

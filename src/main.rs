@@ -1,6 +1,7 @@
 //! `rlhf`: one binary for every role. Each subcommand parses its flags, then calls library code.
 
 mod bench;
+mod bench_ppo;
 mod bench_runtime;
 mod config;
 mod demo;

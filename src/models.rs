@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use clap::Args;
-use rlhf_trainer::{Gpt2, Gpt2Config, Heads, Tokenizer, hf, hub};
+use rlhf_trainer::{Gpt2, Gpt2Config, Heads, Kernels, Tokenizer, hf, hub};
 
 #[derive(Args, Clone)]
 pub struct ModelSource {
@@ -64,7 +64,7 @@ pub fn run_dir(out: &std::path::Path, resume: bool) -> anyhow::Result<()> {
 
 /// A PPO run's starting point: the policy (with `heads`), its frozen reference, its tokenizer
 /// and the prompts cut from a dataset. Shared by `ppo --local` and the learner.
-pub struct PolicySetup<B: burn::tensor::backend::AutodiffBackend> {
+pub struct PolicySetup<B: rlhf_trainer::AutodiffKernels> {
     pub model_config: Gpt2Config,
     pub policy: Gpt2<B>,
     pub reference: Gpt2<B::InnerBackend>,
@@ -72,7 +72,7 @@ pub struct PolicySetup<B: burn::tensor::backend::AutodiffBackend> {
     pub prompts: Vec<Vec<u32>>,
 }
 
-pub fn load_policy<B: burn::tensor::backend::AutodiffBackend>(
+pub fn load_policy<B: rlhf_trainer::AutodiffKernels>(
     model: &str,
     heads: Heads,
     prompts: &std::path::Path,
@@ -96,7 +96,7 @@ pub fn load_policy<B: burn::tensor::backend::AutodiffBackend>(
 
 /// The scorer for `--reward-model DIR` or `--lexicon PATH`, reading the policy's token ids
 /// (a reward model with another vocabulary gets re-tokenised text).
-pub fn scorer<B: Backend>(
+pub fn scorer<B: Kernels>(
     reward_model: Option<&str>,
     lexicon: Option<&std::path::Path>,
     policy_tokenizer: &Tokenizer,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_trainer::AutodiffKernels;
 use clap::Args;
 use rlhf_trainer::ppo_local::{self, LocalConfig};
 use rlhf_trainer::ppo_update::PpoTrainer;
@@ -88,7 +88,7 @@ pub fn run(args: PpoArgs) -> anyhow::Result<()> {
     with_backend!(args.device, |B, device| train::<Autodiff<B>>(&args, &local, &device))
 }
 
-fn train<B: AutodiffBackend>(args: &PpoArgs, local: &LocalConfig, device: &B::Device) -> anyhow::Result<()> {
+fn train<B: AutodiffKernels>(args: &PpoArgs, local: &LocalConfig, device: &B::Device) -> anyhow::Result<()> {
     if args.out.join("config.json").exists() {
         bail!("{} already holds a model; choose another --out", args.out.display());
     }

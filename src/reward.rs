@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_trainer::AutodiffKernels;
 use clap::{Args, Subcommand, ValueEnum};
 use rlhf_trainer::data::{
     OnMalformed, PairTruncation, PreferencePair, load_comparisons, load_preferences, load_text, sentiment_pairs,
@@ -118,7 +118,7 @@ fn load_pairs(args: &TrainArgs, path: &std::path::Path, tokenizer: &rlhf_trainer
     })
 }
 
-fn train<B: AutodiffBackend>(args: &TrainArgs, reward_config: &RewardConfig, device: &B::Device) -> anyhow::Result<()> {
+fn train<B: AutodiffKernels>(args: &TrainArgs, reward_config: &RewardConfig, device: &B::Device) -> anyhow::Result<()> {
     run_dir(&args.out, false)?;
     let (model_config, model, tokenizer) = args.source.load::<B>(Heads::Score { num_labels: 1 }, device)?;
     let mut pairs = load_pairs(args, &data_path(&args.data, "train")?, &tokenizer)?;

@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use rlhf_trainer::Kernels;
+use rlhf_trainer::AutodiffKernels;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use toml::Value;
@@ -224,7 +225,7 @@ fn latest_learner_checkpoint(dir: &std::path::Path) -> Option<(u64, PathBuf)> {
         .max_by_key(|(version, _)| *version)
 }
 
-fn run_learner<B: AutodiffBackend>(mut learner_config: LearnerConfig, listen: SocketAddr, resume: bool, device: B::Device) -> anyhow::Result<()> {
+fn run_learner<B: AutodiffKernels>(mut learner_config: LearnerConfig, listen: SocketAddr, resume: bool, device: B::Device) -> anyhow::Result<()> {
     let train = &mut learner_config.train;
     train.ppo.temperature = if train.sampling.greedy { 1.0 } else { train.sampling.temperature };
     if learner_config.runtime.max_policy_lag > 0 {
@@ -329,7 +330,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     with_backend!(args.device, |B, device| run_worker::<B>(&worker_config, device))
 }
 
-fn run_worker<B: Backend>(worker_config: &WorkerConfig, device: B::Device) -> anyhow::Result<()> {
+fn run_worker<B: Kernels>(worker_config: &WorkerConfig, device: B::Device) -> anyhow::Result<()> {
     let options = rlhf_rollout_worker::WorkerOptions {
         learner: url(&worker_config.learner),
         rewards: worker_config.reward.iter().map(|r| url(r)).collect(),
@@ -388,7 +389,7 @@ pub fn reward_server(args: RewardServerArgs) -> anyhow::Result<()> {
     with_backend!(args.device, |B, device| run_reward_server::<B>(&server_config, device))
 }
 
-fn run_reward_server<B: Backend>(server_config: &RewardServerConfig, device: B::Device) -> anyhow::Result<()> {
+fn run_reward_server<B: Kernels>(server_config: &RewardServerConfig, device: B::Device) -> anyhow::Result<()> {
     let mut scorer: Box<dyn Scorer> = match (&server_config.model, &server_config.lexicon) {
         (Some(name), _) => {
             let dir = hub::resolve(name)?;

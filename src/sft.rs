@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_trainer::AutodiffKernels;
 use clap::Args;
 use rlhf_trainer::data::{OnMalformed, clean_review, load_sft_texts};
 use rlhf_trainer::sft::SftConfig;
@@ -66,7 +66,7 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
     with_backend!(args.device, |B, device| train::<Autodiff<B>>(&args, &sft_config, &device))
 }
 
-fn train<B: AutodiffBackend>(args: &SftArgs, sft_config: &SftConfig, device: &B::Device) -> anyhow::Result<()> {
+fn train<B: AutodiffKernels>(args: &SftArgs, sft_config: &SftConfig, device: &B::Device) -> anyhow::Result<()> {
     run_dir(&args.out, args.resume)?;
     let on_malformed = if args.skip_malformed { OnMalformed::Skip } else { OnMalformed::Error };
     let mut texts: Vec<String> = load_sft_texts(&data_path(&args.data, "train")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect();

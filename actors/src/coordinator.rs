@@ -20,7 +20,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_trainer::AutodiffKernels;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rlhf_proto::v1 as pb;
 use rlhf_trainer::ppo_local::{insert_reward_stats, prompts_for};
@@ -75,7 +75,7 @@ pub struct Accounting {
     pub workers_expired: u64,
 }
 
-pub struct CoordinatorArgs<B: AutodiffBackend> {
+pub struct CoordinatorArgs<B: AutodiffKernels> {
     pub config: LearnerConfig,
     pub trainer: PpoTrainer<B>,
     pub prompts: Vec<Vec<u32>>,
@@ -105,7 +105,7 @@ struct LeaseInfo {
     deadline: Instant,
 }
 
-pub struct State<B: AutodiffBackend> {
+pub struct State<B: AutodiffKernels> {
     config: LearnerConfig,
     prompts: Vec<Vec<u32>>,
     sampling_seed: u64,
@@ -134,7 +134,7 @@ pub struct State<B: AutodiffBackend> {
     _backend: PhantomData<fn() -> B>,
 }
 
-impl<B: AutodiffBackend> State<B> {
+impl<B: AutodiffKernels> State<B> {
     /// Queues the next iteration's prompts once the queue is empty, if the staleness bound allows:
     /// at most `max_policy_lag` iterations ahead of the version being trained (0: only the
     /// current one, strictly on-policy).
@@ -193,7 +193,7 @@ impl<B> Default for Coordinator<B> {
     }
 }
 
-impl<B: AutodiffBackend> Actor for Coordinator<B> {
+impl<B: AutodiffKernels> Actor for Coordinator<B> {
     type Msg = CoordinatorMsg;
     type State = State<B>;
     type Arguments = CoordinatorArgs<B>;
@@ -329,7 +329,7 @@ impl<B: AutodiffBackend> Actor for Coordinator<B> {
     }
 }
 
-fn lease<B: AutodiffBackend>(state: &mut State<B>, worker_id: u64) -> Result<pb::LeasePromptsResponse, Status> {
+fn lease<B: AutodiffKernels>(state: &mut State<B>, worker_id: u64) -> Result<pb::LeasePromptsResponse, Status> {
     use pb::lease_prompts_response::Reply;
     if !state.workers.contains_key(&worker_id) {
         return Err(Status::not_found(format!("worker {worker_id} is unknown or expired; join again")));
@@ -359,7 +359,7 @@ fn lease<B: AutodiffBackend>(state: &mut State<B>, worker_id: u64) -> Result<pb:
     })
 }
 
-fn submit<B: AutodiffBackend>(state: &mut State<B>, request: pb::SubmitRolloutsRequest) -> Result<u32, Status> {
+fn submit<B: AutodiffKernels>(state: &mut State<B>, request: pb::SubmitRolloutsRequest) -> Result<u32, Status> {
     let Some(lease) = state.leases.get(&request.lease_id) else {
         return Err(Status::failed_precondition(format!(
             "lease {} is unknown, expired or already submitted; its prompts were re-issued",
@@ -417,7 +417,7 @@ fn submit<B: AutodiffBackend>(state: &mut State<B>, request: pb::SubmitRolloutsR
     Ok(n)
 }
 
-fn expire<B: AutodiffBackend>(state: &mut State<B>) {
+fn expire<B: AutodiffKernels>(state: &mut State<B>) {
     let now = Instant::now();
     let late: Vec<u64> = state.leases.iter().filter(|(_, l)| now > l.deadline).map(|(&id, _)| id).collect();
     for lease_id in late {
@@ -426,7 +426,7 @@ fn expire<B: AutodiffBackend>(state: &mut State<B>) {
 }
 
 /// Starts the update of the iteration being trained if all its rollouts are in.
-fn start_update<B: AutodiffBackend>(state: &mut State<B>) -> Result<(), ActorProcessingErr> {
+fn start_update<B: AutodiffKernels>(state: &mut State<B>) -> Result<(), ActorProcessingErr> {
     let Some(indices) = state.complete_batch() else { return Ok(()) };
     let rollouts: Vec<Rollout> = indices.iter().map(|i| state.buffer[i].1.clone()).collect();
     let learner = state.learner.as_ref().ok_or("the PPO learner is gone")?;
@@ -435,7 +435,7 @@ fn start_update<B: AutodiffBackend>(state: &mut State<B>) -> Result<(), ActorPro
     Ok(())
 }
 
-fn finish_update<B: AutodiffBackend>(state: &mut State<B>, result: Updated) -> Result<(), ActorProcessingErr> {
+fn finish_update<B: AutodiffKernels>(state: &mut State<B>, result: Updated) -> Result<(), ActorProcessingErr> {
     let rollout_wait = state.iteration_started.elapsed().as_secs_f64() - result.update_seconds - result.publish_seconds;
     state.updating = false;
     let mut stats = result.stats?;

@@ -15,7 +15,7 @@ pub mod weights;
 
 use std::time::Duration;
 
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_trainer::AutodiffKernels;
 use ractor::{Actor, ActorRef};
 use rlhf_proto::v1::learner_server::LearnerServer;
 
@@ -27,7 +27,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Runs the learner until the run is over: serves the gRPC service on `listener`, and returns
 /// after the last iteration once workers have had time to hear that the run is done.
-pub async fn serve<B: AutodiffBackend>(
+pub async fn serve<B: AutodiffKernels>(
     mut args: CoordinatorArgs<B>,
     listener: tokio::net::TcpListener,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_trainer::AutodiffKernels;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
 use rlhf_trainer::wire::WireDtype;
@@ -30,7 +30,7 @@ pub struct Updated {
     pub publish_seconds: f64,
 }
 
-pub struct PpoLearnerArgs<B: AutodiffBackend> {
+pub struct PpoLearnerArgs<B: AutodiffKernels> {
     pub trainer: PpoTrainer<B>,
     pub coordinator: ActorRef<CoordinatorMsg>,
     pub total_optimizer_steps: usize,
@@ -45,7 +45,7 @@ pub struct PpoLearnerArgs<B: AutodiffBackend> {
 /// Writes a checkpoint of the trainer at a policy version.
 pub type Checkpointer<B> = Box<dyn FnMut(&PpoTrainer<B>, u64) -> Result<(), String> + Send>;
 
-pub struct PpoLearnerState<B: AutodiffBackend> {
+pub struct PpoLearnerState<B: AutodiffKernels> {
     /// `None` while an update runs on its thread.
     trainer: Option<PpoTrainer<B>>,
     coordinator: ActorRef<CoordinatorMsg>,
@@ -64,7 +64,7 @@ impl<B> Default for PpoLearner<B> {
     }
 }
 
-impl<B: AutodiffBackend> Actor for PpoLearner<B> {
+impl<B: AutodiffKernels> Actor for PpoLearner<B> {
     type Msg = PpoLearnerMsg;
     type State = PpoLearnerState<B>;
     type Arguments = PpoLearnerArgs<B>;

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::Backend;
+use rlhf_trainer::Kernels;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use rlhf_proto::v1 as pb;
 use rlhf_proto::v1::learner_client::LearnerClient;
@@ -119,7 +119,7 @@ pub async fn download_weights(client: &mut LearnerClient<Channel>, version: u64)
 }
 
 /// Fetches one weights version and builds the model from it.
-async fn fetch_weights<B: Backend>(
+async fn fetch_weights<B: Kernels>(
     client: &mut LearnerClient<Channel>,
     version: u64,
     config: &Gpt2Config,
@@ -138,7 +138,7 @@ async fn fetch_weights<B: Backend>(
 
 /// Runs a worker until the learner says the run is done (`Ok`) or `stop` fires (returns the
 /// lease in hand, then `Ok`).
-pub async fn run<B: Backend>(
+pub async fn run<B: Kernels>(
     options: WorkerOptions,
     device: B::Device,
     stop: tokio::sync::watch::Receiver<bool>,

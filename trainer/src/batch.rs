@@ -72,3 +72,29 @@ pub fn unpad_rows<B: Backend>(tensor: Tensor<B, 2>, lengths: &[usize]) -> Vec<Ve
     let flat: Vec<f32> = tensor.into_data().iter::<f32>().collect();
     flat.chunks(width.max(1)).zip(lengths).map(|(row, &len)| row[width - len..].to_vec()).collect()
 }
+
+/// Rows of a `[batch, width, n_embd]` tensor picked by flat index `row · width + column`.
+///
+/// `[batch, width, n_embd]` -> `[index.len(), n_embd]`
+pub fn select_rows<B: Backend>(hidden: Tensor<B, 3>, index: &[usize]) -> Tensor<B, 2> {
+    let [batch, width, n_embd] = hidden.dims();
+    let device = hidden.device();
+    let index: Vec<i64> = index.iter().map(|&i| i as i64).collect();
+    let n = index.len();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
+    hidden.reshape([batch * width, n_embd]).select(0, index)
+}
+
+/// For left-padded rows of `lengths` in a batch of `width` columns, the flat index
+/// (`row · width + column`) of every position that predicts a next real token: each row's real
+/// positions but its last, row after row.
+pub fn next_token_rows(lengths: &[usize], width: usize) -> Vec<usize> {
+    lengths
+        .iter()
+        .enumerate()
+        .flat_map(|(row, &len)| {
+            let pad = width - len;
+            (pad..width - 1).map(move |col| row * width + col)
+        })
+        .collect()
+}

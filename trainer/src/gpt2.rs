@@ -14,11 +14,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Li
 use burn::tensor::activation::{gelu_approximate, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData, TensorPrimitive};
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 
 use crate::config::Gpt2Config;
+use crate::kernels::Kernels;
 
 /// Filled into blocked attention scores. Finite on purpose: a fully masked row (a padding query)
 /// then gets uniform weights instead of NaN, and NaN can never leak into real rows through `V`.
@@ -46,6 +47,20 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// `x · W + b` for every position, as one `[batch * seq, d_in] × [d_in, d_out]` matrix product.
+///
+/// burn's `Linear::forward` on a rank-3 input broadcasts the weight over the batch, and the CPU
+/// backend then runs one matrix product per row of the batch: during decoding (`seq = 1`) that
+/// reads every weight matrix `batch` times. Flattening first reads it once.
+///
+/// `[batch, seq, d_in]` -> `[batch, seq, d_out]`
+fn dense<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, d_in] = x.dims();
+    let y = layer.forward(x.reshape([batch * seq, d_in])); // [batch * seq, d_out]
+    let d_out = y.dims()[1];
+    y.reshape([batch, seq, d_out])
+}
+
 /// Causal self-attention with fused query/key/value projection.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -71,7 +86,7 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, n_embd] = x.dims();
         let head_dim = n_embd / self.n_head;
-        let qkv = self.c_attn.forward(x); // [batch, seq, 3 * n_embd]
+        let qkv = dense(&self.c_attn, x); // [batch, seq, 3 * n_embd]
         let heads = |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_head, head_dim]).swap_dims(1, 2);
         let q = heads(qkv.clone().narrow(2, 0, n_embd)); // [batch, n_head, seq, head_dim]
         let mut k = heads(qkv.clone().narrow(2, n_embd, n_embd));
@@ -89,7 +104,7 @@ impl<B: Backend> Attention<B> {
         let weights = self.attn_dropout.forward(softmax(scores, 3));
         let y = weights.matmul(v); // [batch, n_head, seq, head_dim]
         let y = y.swap_dims(1, 2).reshape([batch, seq, n_embd]);
-        self.resid_dropout.forward(self.c_proj.forward(y))
+        self.resid_dropout.forward(dense(&self.c_proj, y))
     }
 }
 
@@ -106,7 +121,7 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[batch, seq, n_embd]` -> `[batch, seq, n_embd]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dropout.forward(self.c_proj.forward(gelu_approximate(self.c_fc.forward(x))))
+        self.dropout.forward(dense(&self.c_proj, gelu_approximate(dense(&self.c_fc, x))))
     }
 }
 
@@ -188,6 +203,28 @@ impl<B: Backend> Gpt2Model<B> {
     }
 }
 
+impl<B: Kernels> Gpt2Model<B> {
+    /// Log-probabilities of `targets` under `softmax(lm_logits(hidden) / temperature)`, and each
+    /// row's entropy when `with_entropy` (a statistic, without gradient), computed without ever
+    /// holding the vocabulary-wide logits (see [`crate::kernels`]).
+    ///
+    /// # Shapes
+    /// - `hidden`: `[rows, n_embd]`, one row per target (pick them with
+    ///   [`crate::batch::select_rows`]); returns `[rows]` and `[rows]`
+    pub fn token_logprobs(
+        &self,
+        hidden: Tensor<B, 2>,
+        targets: &[u32],
+        temperature: f32,
+        with_entropy: bool,
+    ) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
+        let weight = self.wte.weight.val().into_primitive().tensor();
+        let out = B::lm_head_forward(hidden.into_primitive().tensor(), weight, targets, temperature, with_entropy);
+        let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        (float(out.logprobs), out.entropy.map(float))
+    }
+}
+
 /// A linear head stored in PyTorch's `nn.Linear` layout, `weight: [n_out, n_embd]`, as
 /// transformers (`score`) and TRL (`v_head.summary`) save it.
 #[derive(Module, Debug)]
@@ -239,10 +276,9 @@ pub struct Gpt2<B: Backend> {
 
 /// What one forward pass returns. Heads that the model lacks are `None`.
 pub struct Gpt2Output<B: Backend> {
-    /// `[batch, seq, n_embd]`
+    /// `[batch, seq, n_embd]`: the trunk's output, input to the LM head
+    /// ([`Gpt2Model::lm_logits`], [`Gpt2Model::token_logprobs`]).
     pub hidden: Tensor<B, 3>,
-    /// `[batch, seq, vocab_size]`, when asked for.
-    pub logits: Option<Tensor<B, 3>>,
     /// `[batch, seq]`, when the model has a value head.
     pub values: Option<Tensor<B, 2>>,
     /// `[batch, seq, num_labels]`, when the model has a score head.
@@ -361,9 +397,9 @@ impl<B: Backend> Gpt2<B> {
         self
     }
 
-    /// One forward pass through the trunk and every head present; LM logits only when
-    /// `with_logits` (they are `vocab_size` wide, so callers that only need values or scores
-    /// skip them).
+    /// One forward pass through the trunk and the value and score heads present. The LM head is
+    /// applied separately, only where it is needed: logits at chosen positions
+    /// ([`Gpt2Model::lm_logits`]) or log-probs of chosen tokens ([`Gpt2Model::token_logprobs`]).
     ///
     /// # Shapes
     /// - `input_ids`, `position_ids`: `[batch, seq]`; `key_mask`: `[batch, past + seq]`
@@ -373,15 +409,13 @@ impl<B: Backend> Gpt2<B> {
         position_ids: Tensor<B, 2, Int>,
         key_mask: Tensor<B, 2, Bool>,
         cache: Option<&mut KvCache<B>>,
-        with_logits: bool,
     ) -> Gpt2Output<B> {
         let hidden = self.transformer.forward(input_ids, position_ids, key_mask, cache);
-        let logits = with_logits.then(|| self.transformer.lm_logits(hidden.clone()));
         let values = self.v_head.as_ref().map(|head| {
             let [batch, seq, _] = hidden.dims();
             head.summary.forward(hidden.clone()).reshape([batch, seq]) // [batch, seq]
         });
         let scores = self.score.as_ref().map(|head| head.forward(hidden.clone()));
-        Gpt2Output { hidden, logits, values, scores }
+        Gpt2Output { hidden, values, scores }
     }
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod gpt2;
 pub mod hf;
 pub mod hub;
+pub mod kernels;
 pub mod optim;
 pub mod ppo;
 pub mod ppo_local;
@@ -27,6 +28,7 @@ pub mod wire;
 
 pub use config::Gpt2Config;
 pub use gpt2::{Gpt2, Heads, KvCache};
+pub use kernels::{AutodiffKernels, Kernels};
 pub use sampling::{Generation, SamplingConfig, generate};
 pub use tokenizer::Tokenizer;
 

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use crate::kernels::AutodiffKernels;
 use serde::{Deserialize, Serialize};
 
 use crate::data::PromptConfig;
@@ -78,7 +78,7 @@ pub fn prompts_for(prompts: &[Vec<u32>], batch_size: usize, index: usize) -> Vec
 
 /// Runs `config.iterations` PPO iterations; `on_iteration` sees each one's rollouts and stats
 /// (TRL's names plus `env/reward_mean`, `env/reward_std`, `time/rollout`, `time/score`).
-pub fn run<B: AutodiffBackend>(
+pub fn run<B: AutodiffKernels>(
     trainer: &mut PpoTrainer<B>,
     prompts: &[Vec<u32>],
     scorer: &mut dyn Scorer,

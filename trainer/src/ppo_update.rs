@@ -18,21 +18,21 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{Padded, left_pad, validate};
+use crate::batch::{Padded, left_pad, select_rows, validate};
 use crate::error::InputError;
 use crate::gpt2::{Gpt2, Gpt2Output};
 use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
 use crate::ppo::{
-    KlController, KlEstimator, MissingEos, RunningMoments, adjust_scores, entropy_from_logits, gae, kl_penalty, masked_mean,
+    KlController, KlEstimator, MissingEos, RunningMoments, adjust_scores, gae, kl_penalty, masked_mean,
     masked_var, policy_loss, shape_rewards, value_loss,
 };
-use crate::scoring::next_token_logprobs;
+use crate::kernels::{AutodiffKernels, Kernels};
 
 /// One scored rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,7 +115,7 @@ pub type Stats = BTreeMap<String, f64>;
 
 /// The policy (with a value head, or beside a separate critic), its frozen reference, and the
 /// optimizer state.
-pub struct PpoTrainer<B: AutodiffBackend> {
+pub struct PpoTrainer<B: AutodiffKernels> {
     pub policy: Gpt2<B>,
     /// A separate value model (N+ / TRL's new trainer), e.g. initialised from the reward model;
     /// its score head gives one value per token. `None`: the policy's value head is used.
@@ -134,36 +134,64 @@ pub struct PpoTrainer<B: AutodiffBackend> {
     device: B::Device,
 }
 
-/// The batch on the device, in both layouts.
+/// Rollouts on the device, in the two layouts the step needs.
+///
+/// Sequences are left-padded `query ++ response` (`[batch, width]`). Per-token quantities are
+/// response-aligned (`[batch, resp]`, with `mask`); the LM head runs only on the `n_tokens`
+/// hidden states that predict a real response token, listed flat.
 struct Batch<B: Backend> {
     seqs: Padded<B>,
-    /// `[batch, resp]`: the column predicting each response token.
+    /// `[batch, resp]`: the column predicting each response token (0 on padding).
     columns: Tensor<B, 2, Int>,
-    /// `[batch, resp]`
+    /// `[batch, resp]`: 1 on response tokens, 0 on padding.
     mask: Tensor<B, 2>,
+    /// `n_tokens` flat indices `row · width + column` of the hidden states that predict a
+    /// response token, row after row.
+    hidden_rows: Vec<usize>,
+    /// The `n_tokens` response tokens, in the same order.
+    targets: Vec<u32>,
+    /// `[batch · resp]`: for each response-aligned slot, its index in the flat list (0 on padding).
+    unflatten: Tensor<B, 1, Int>,
 }
 
 impl<B: Backend> Batch<B> {
-    fn new(rollouts: &[Rollout], eos_id: u32, device: &B::Device) -> Self {
+    /// `resp` is at least the longest response (the whole batch's, so that mini-batches share
+    /// one response-aligned width).
+    fn new(rollouts: &[Rollout], resp: usize, eos_id: u32, device: &B::Device) -> Self {
         let rows: Vec<Vec<u32>> = rollouts.iter().map(|r| [r.query.as_slice(), &r.response].concat()).collect();
         let seqs = left_pad::<B>(&rows, eos_id, device);
-        let resp = rollouts.iter().map(|r| r.response.len()).max().unwrap_or(0);
-        let mut columns = Vec::with_capacity(rollouts.len() * resp);
-        let mut mask = Vec::with_capacity(rollouts.len() * resp);
-        for (rollout, row) in rollouts.iter().zip(&rows) {
-            let start = (seqs.width - row.len() + rollout.query.len() - 1) as i64;
+        let (n, width) = (rollouts.len(), seqs.width);
+        let mut columns = Vec::with_capacity(n * resp);
+        let mut mask = Vec::with_capacity(n * resp);
+        let mut unflatten = Vec::with_capacity(n * resp);
+        let (mut hidden_rows, mut targets) = (Vec::new(), Vec::new());
+        for (i, (rollout, row)) in rollouts.iter().zip(&rows).enumerate() {
+            let start = width - row.len() + rollout.query.len() - 1;
             for j in 0..resp {
                 let real = j < rollout.response.len();
-                columns.push(if real { start + j as i64 } else { 0 });
+                columns.push(if real { (start + j) as i64 } else { 0 });
                 mask.push(if real { 1.0f32 } else { 0.0 });
+                unflatten.push(if real { hidden_rows.len() as i64 } else { 0 });
+                if real {
+                    hidden_rows.push(i * width + start + j);
+                    targets.push(rollout.response[j]);
+                }
             }
         }
-        let n = rollouts.len();
         Batch {
             seqs,
             columns: Tensor::from_data(TensorData::new(columns, [n, resp]), device),
             mask: Tensor::from_data(TensorData::new(mask, [n, resp]), device),
+            hidden_rows,
+            targets,
+            unflatten: Tensor::from_data(TensorData::new(unflatten, [n * resp]), device),
         }
+    }
+
+    /// `[n_tokens]` in flat order -> `[batch, resp]`, zero on padding.
+    fn response_aligned(&self, flat: Tensor<B, 1>) -> Tensor<B, 2> {
+        let [batch, resp] = self.mask.dims();
+        flat.select(0, self.unflatten.clone()).reshape([batch, resp]) * self.mask.clone()
     }
 }
 
@@ -177,25 +205,26 @@ fn token_values<B: Backend>(out: &Gpt2Output<B>) -> Option<Tensor<B, 2>> {
     })
 }
 
-/// Log-probs of each response token. `[batch, width, vocab]` -> `[batch, resp]`
-fn response_logprobs<B: Backend>(logits: Tensor<B, 3>, batch: &Batch<B>, temperature: f32) -> Tensor<B, 2> {
-    let all = next_token_logprobs(logits, batch.seqs.input_ids.clone(), temperature); // [batch, width - 1]
-    all.gather(1, batch.columns.clone())
-}
-
-/// Entropy of the (temperature-scaled) distribution that picked each response token.
-/// `[batch, width, vocab]` -> `[batch, resp]`
-fn response_entropy<B: Backend>(logits: Tensor<B, 3>, batch: &Batch<B>, temperature: f32) -> Tensor<B, 2> {
-    let [_, width, _] = logits.dims();
-    let scaled = logits.narrow(1, 0, width - 1) / temperature as f64;
-    entropy_from_logits(scaled).gather(1, batch.columns.clone())
+/// Log-probs of each response token, and optionally the entropy of the (temperature-scaled)
+/// distribution that picked it: the LM head runs on the response positions only.
+/// `hidden`: `[batch, width, n_embd]` -> `[batch, resp]`, `[batch, resp]`
+fn response_logprobs<B: Kernels>(
+    model: &Gpt2<B>,
+    hidden: Tensor<B, 3>,
+    batch: &Batch<B>,
+    temperature: f32,
+    with_entropy: bool,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let rows = select_rows(hidden, &batch.hidden_rows); // [n_tokens, n_embd]
+    let (logprobs, entropy) = model.transformer.token_logprobs(rows, &batch.targets, temperature, with_entropy);
+    (batch.response_aligned(logprobs), entropy.map(|e| batch.response_aligned(e)))
 }
 
 fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     t.into_scalar().elem::<f64>()
 }
 
-impl<B: AutodiffBackend> PpoTrainer<B> {
+impl<B: AutodiffKernels> PpoTrainer<B> {
     /// `policy` must carry a value head unless `critic` is given. `reference` is frozen.
     pub fn new(
         policy: Gpt2<B>,
@@ -263,26 +292,26 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         let device = self.device.clone();
 
         // 1. Old log-probs, values and reference log-probs, without gradients.
-        let inner = Batch::<B::InnerBackend>::new(rollouts, self.eos_id, &device);
-        let forward = |model: &Gpt2<B::InnerBackend>, logits: bool| {
-            model.forward(inner.seqs.input_ids.clone(), inner.seqs.position_ids.clone(), inner.seqs.key_mask.clone(), None, logits)
+        let resp = rollouts.iter().map(|r| r.response.len()).max().unwrap_or(0);
+        let inner = Batch::<B::InnerBackend>::new(rollouts, resp, self.eos_id, &device);
+        let forward = |model: &Gpt2<B::InnerBackend>| {
+            model.forward(inner.seqs.input_ids.clone(), inner.seqs.position_ids.clone(), inner.seqs.key_mask.clone(), None)
         };
-        let policy_out = forward(&self.policy.valid(), true);
-        let mut old_logprobs = response_logprobs(policy_out.logits.clone().expect("logits"), &inner, temperature);
+        let policy = self.policy.valid();
+        let policy_out = forward(&policy);
+        let mut old_logprobs = response_logprobs(&policy, policy_out.hidden.clone(), &inner, temperature, false).0;
         if self.config.old_logprobs == OldLogprobs::Behaviour {
-            let resp = inner.mask.dims()[1];
             let flat: Vec<f32> = rollouts
                 .iter()
                 .flat_map(|r| r.logprobs.iter().copied().chain(std::iter::repeat_n(0.0, resp - r.logprobs.len())))
                 .collect();
             old_logprobs = Tensor::from_data(TensorData::new(flat, [n, resp]), &device);
         }
-        let critic_out = self.critic.as_ref().map(|c| forward(&c.valid(), false));
+        let critic_out = self.critic.as_ref().map(|c| forward(&c.valid()));
         let values = token_values(critic_out.as_ref().unwrap_or(&policy_out)).expect("a value head or critic");
-        let [_, width] = values.dims();
-        let values = values.narrow(1, 0, width - 1).gather(1, inner.columns.clone()); // [batch, resp]
-        let ref_out = forward(&self.reference, true);
-        let ref_logprobs = response_logprobs(ref_out.logits.expect("logits"), &inner, temperature);
+        let values = values.gather(1, inner.columns.clone()); // [batch, resp]
+        let ref_out = forward(&self.reference);
+        let ref_logprobs = response_logprobs(&self.reference, ref_out.hidden, &inner, temperature, false).0;
 
         // 2. Rewards and advantages.
         let mut raw_scores: Vec<f64> = rollouts.iter().map(|r| r.score as f64).collect();
@@ -327,7 +356,6 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         // 3. Epochs of shuffled mini-batches on the autodiff backend.
         let optimize_started = Instant::now();
         let to_autodiff = |t: Tensor<B::InnerBackend, 2>| Tensor::<B, 2>::from_inner(t);
-        let batch = Batch::<B>::new(rollouts, self.eos_id, &device);
         let (old_logprobs, old_values) = (to_autodiff(old_logprobs), to_autodiff(adv.values));
         let (advantages, returns) = (to_autodiff(adv.advantages), to_autodiff(adv.returns));
         let mut sums = Stats::new();
@@ -340,35 +368,18 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
                 let rows: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
                 let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [chunk.len()]), &device);
                 let pick2 = |t: &Tensor<B, 2>| t.clone().select(0, index.clone());
-                let pick_int = |t: &Tensor<B, 2, Int>| t.clone().select(0, index.clone());
-                let mb = Batch {
-                    seqs: Padded {
-                        input_ids: pick_int(&batch.seqs.input_ids),
-                        key_mask: batch.seqs.key_mask.clone().int().select(0, index.clone()).equal_elem(1),
-                        position_ids: pick_int(&batch.seqs.position_ids),
-                        lengths: chunk.iter().map(|&i| batch.seqs.lengths[i]).collect(),
-                        width: batch.seqs.width,
-                    },
-                    columns: pick_int(&batch.columns),
-                    mask: pick2(&batch.mask),
-                };
-                let out = self.policy.forward(
-                    mb.seqs.input_ids.clone(),
-                    mb.seqs.position_ids.clone(),
-                    mb.seqs.key_mask.clone(),
-                    None,
-                    true,
-                );
-                let logits = out.logits.clone().expect("logits");
-                // Entropy is a statistic only: computed off the autodiff graph.
-                let entropy = response_entropy(logits.clone().detach(), &mb, temperature);
-                let logprobs = response_logprobs(logits, &mb, temperature);
+                // The mini-batch is padded to its own longest sequence.
+                let picked: Vec<Rollout> = chunk.iter().map(|&i| rollouts[i].clone()).collect();
+                let mb = Batch::<B>::new(&picked, resp, self.eos_id, &device);
+                let out = self.policy.forward(mb.seqs.input_ids.clone(), mb.seqs.position_ids.clone(), mb.seqs.key_mask.clone(), None);
+                let (logprobs, entropy) = response_logprobs(&self.policy, out.hidden.clone(), &mb, temperature, true);
+                let entropy = entropy.expect("asked for the entropy");
                 let vpred_out = match &self.critic {
-                    Some(critic) => critic.forward(mb.seqs.input_ids.clone(), mb.seqs.position_ids.clone(), mb.seqs.key_mask.clone(), None, false),
+                    Some(critic) => critic.forward(mb.seqs.input_ids.clone(), mb.seqs.position_ids.clone(), mb.seqs.key_mask.clone(), None),
                     None => out,
                 };
                 let vpreds = token_values(&vpred_out).expect("a value head or critic");
-                let vpreds = vpreds.narrow(1, 0, mb.seqs.width - 1).gather(1, mb.columns.clone());
+                let vpreds = vpreds.gather(1, mb.columns.clone());
                 let (mb_old_logprobs, mb_values) = (pick2(&old_logprobs), pick2(&old_values));
                 let (mb_adv, mb_returns) = (pick2(&advantages), pick2(&returns));
                 let pg = policy_loss(logprobs, mb_old_logprobs, mb_adv.clone(), mb.mask.clone(), self.config.cliprange);
@@ -459,7 +470,7 @@ pub struct PpoState {
 
 const PPO_STATE_FILE: &str = "ppo_state.json";
 
-impl<B: AutodiffBackend> PpoTrainer<B> {
+impl<B: AutodiffKernels> PpoTrainer<B> {
     /// Writes `dir` (which must not exist): the policy with its value head as a Hugging Face
     /// directory, the optimizer state, and [`PpoState`].
     pub fn save_checkpoint(

@@ -94,7 +94,7 @@ pub fn tokenize_pairs(pairs: &[PreferencePair], tokenizer: &Tokenizer, max_lengt
 /// Scores of a batch of sequences. `[batch]`
 fn sequence_scores<B: Backend>(model: &Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> Tensor<B, 1> {
     let padded = left_pad::<B>(rows, pad_id, device);
-    let out = model.forward(padded.input_ids, padded.position_ids, padded.key_mask, None, false);
+    let out = model.forward(padded.input_ids, padded.position_ids, padded.key_mask, None);
     let scores = out.scores.expect("a reward model has a score head");
     let picked = gather_scores(scores, &score_index(rows, pad_id, padded.width), device); // [batch, n_labels]
     picked.narrow(1, 0, 1).reshape([rows.len()])

@@ -1,20 +1,21 @@
 //! Batched generation with a KV cache.
 //!
 //! Prompts of different lengths are left-padded; each step runs one token per row through the
-//! cache, samples on the device (temperature, top-k, top-p, or greedy) and keeps tokens and
-//! log-probabilities on the device until the end. The host only draws one uniform number per row
-//! per step from a seeded RNG (burn's CPU backend ignores `Backend::seed`, and a host RNG makes a
-//! seed give the same tokens on every backend) and reads one "all rows finished" flag per step.
+//! cache, applies the LM head at the last position only, and draws the next tokens with
+//! [`Kernels::sample`] (temperature, top-k, top-p, or greedy; fused on the CPU, tensor ops on
+//! other backends), which hands back one token and its log-probability per row. The host draws one
+//! uniform number per row per step from a seeded RNG (burn's CPU backend ignores
+//! `Backend::seed`, and a host RNG makes a seed give the same tokens on every backend).
 
-use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{left_pad, validate};
 use crate::error::InputError;
 use crate::gpt2::{Gpt2, KvCache};
+use crate::kernels::Kernels;
 
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +73,7 @@ pub struct Generation {
 
 /// Generates continuations of `prompts` (token ids). `eos_id` is the end-of-text token that
 /// finishes a row (with `stop_at_eos`) and pads the batch.
-pub fn generate<B: Backend>(
+pub fn generate<B: Kernels>(
     model: &Gpt2<B>,
     prompts: &[Vec<u32>],
     eos_id: u32,
@@ -87,101 +88,54 @@ pub fn generate<B: Backend>(
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut cache = KvCache::new(model.transformer.h.len());
     let mut key_mask = padded.key_mask;
-    let lengths: Vec<i64> = padded.lengths.iter().map(|&l| l as i64).collect();
-    let mut next_position = Tensor::<B, 2, Int>::from_data(TensorData::new(lengths, [batch, 1]), device);
+    let mut positions: Vec<i64> = padded.lengths.iter().map(|&l| l as i64).collect();
 
-    let out = model.forward(padded.input_ids, padded.position_ids, key_mask.clone(), Some(&mut cache), true);
-    let mut logits = last_logits(out.logits.expect("asked for logits"));
-    let mut done = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![false; batch], [batch, 1]), device);
-    let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
+    let out = model.forward(padded.input_ids, padded.position_ids, key_mask.clone(), Some(&mut cache));
+    let mut logits = last_logits(model, out.hidden);
+    let mut done = vec![false; batch];
+    let mut generation = Generation { completion_ids: vec![Vec::new(); batch], logprobs: vec![Vec::new(); batch] };
     for step in 0..config.max_new_tokens {
         let uniform: Vec<f32> = (0..batch).map(|_| rng.random::<f32>()).collect();
-        let uniform = Tensor::<B, 2>::from_data(TensorData::new(uniform, [batch, 1]), device);
-        let (token, logprob) = sample(logits, config, uniform); // [batch, 1] each
-        // Finished rows emit padding with log-prob 0.
-        let token = token.mask_fill(done.clone(), eos_id as i64);
-        let logprob = logprob.mask_fill(done.clone(), 0.0);
-        if config.stop_at_eos {
-            done = done.bool_or(token.clone().equal_elem(eos_id as i64));
+        let (tokens, logprobs) = B::sample(logits.into_primitive().tensor(), &uniform, config);
+        for row in 0..batch {
+            if done[row] {
+                continue;
+            }
+            generation.completion_ids[row].push(tokens[row]);
+            generation.logprobs[row].push(logprobs[row]);
+            done[row] = config.stop_at_eos && tokens[row] == eos_id;
         }
-        tokens.push(token.clone());
-        logprobs.push(logprob);
-        let all_done = config.stop_at_eos && done.clone().all().int().into_scalar().elem::<i64>() == 1;
-        if step + 1 == config.max_new_tokens || all_done {
+        if step + 1 == config.max_new_tokens || done.iter().all(|&d| d) {
             break;
         }
+        // Finished rows keep decoding end-of-text as padding; their outputs are not recorded.
+        let next: Vec<i64> = (0..batch).map(|row| if done[row] { eos_id } else { tokens[row] } as i64).collect();
+        let next = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [batch, 1]), device);
+        let position = Tensor::<B, 2, Int>::from_data(TensorData::new(positions.clone(), [batch, 1]), device);
         key_mask = Tensor::cat(vec![key_mask, Tensor::<B, 2, Bool>::full([batch, 1], true, device)], 1);
-        let out = model.forward(token, next_position.clone(), key_mask.clone(), Some(&mut cache), true);
-        next_position = next_position + 1;
-        logits = last_logits(out.logits.expect("asked for logits"));
-    }
-
-    let n_steps = tokens.len();
-    let tokens: Vec<i64> = Tensor::cat(tokens, 1).into_data().iter::<i64>().collect(); // [batch, n_steps]
-    let logprobs: Vec<f32> = Tensor::cat(logprobs, 1).into_data().iter::<f32>().collect();
-    let mut generation = Generation { completion_ids: Vec::with_capacity(batch), logprobs: Vec::with_capacity(batch) };
-    for row in 0..batch {
-        let ids = &tokens[row * n_steps..(row + 1) * n_steps];
-        let mut len = n_steps;
-        if config.stop_at_eos {
-            if let Some(eos_at) = ids.iter().position(|&t| t == eos_id as i64) {
-                len = eos_at + 1;
-            }
-        }
-        generation.completion_ids.push(ids[..len].iter().map(|&t| t as u32).collect());
-        generation.logprobs.push(logprobs[row * n_steps..row * n_steps + len].to_vec());
+        let out = model.forward(next, position, key_mask.clone(), Some(&mut cache));
+        positions.iter_mut().for_each(|p| *p += 1);
+        logits = last_logits(model, out.hidden);
     }
     Ok(generation)
 }
 
-/// `[batch, seq, vocab]` -> `[batch, vocab]`, the last position.
-fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
-    let [batch, seq, vocab] = logits.dims();
-    logits.narrow(1, seq - 1, 1).reshape([batch, vocab])
+/// LM logits at the last position only. `hidden`: `[batch, seq, n_embd]` -> `[batch, vocab]`
+fn last_logits<B: Backend>(model: &Gpt2<B>, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [batch, seq, _] = hidden.dims();
+    let logits = model.transformer.lm_logits(hidden.narrow(1, seq - 1, 1)); // [batch, 1, vocab]
+    let vocab = logits.dims()[2];
+    logits.reshape([batch, vocab])
 }
 
-/// Picks one token per row.
+/// Picks one token per row (see [`Kernels::sample`]).
 ///
 /// # Shapes
-/// - `logits`: `[batch, vocab]`
-/// - `uniform`: `[batch, 1]`, draws from U[0, 1) used for inverse-CDF sampling
-/// - returns `(token [batch, 1], logprob [batch, 1])`
-pub fn sample<B: Backend>(
-    logits: Tensor<B, 2>,
-    config: &SamplingConfig,
-    uniform: Tensor<B, 2>,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
-    if config.greedy {
-        let token = logits.clone().argmax(1); // [batch, 1]
-        let logprob = log_softmax(logits, 1).gather(1, token.clone());
-        return (token, logprob);
-    }
-    let [batch, vocab] = logits.dims();
-    let scaled = logits / config.temperature as f64;
-    let full_logprobs = log_softmax(scaled.clone(), 1);
-    let mut filtered = scaled;
-    if config.top_k > 0 && config.top_k < vocab {
-        // The k-th largest logit per row is the smallest one kept.
-        let kth = filtered.clone().topk(config.top_k, 1).narrow(1, config.top_k - 1, 1); // [batch, 1]
-        let below = filtered.clone().lower(kth.expand([batch, vocab]));
-        filtered = filtered.mask_fill(below, f32::NEG_INFINITY);
-    }
-    if config.top_p < 1.0 {
-        // Keep the most likely tokens until their mass reaches top_p (at least one token).
-        let sorted = filtered.clone().sort_descending(1); // [batch, vocab]
-        let probs = softmax(sorted.clone(), 1);
-        let mass_before = probs.clone().cumsum(1) - probs; // mass of strictly more likely tokens
-        let n_keep = mass_before.lower_elem(config.top_p as f64).int().sum_dim(1).clamp_min(1); // [batch, 1]
-        let threshold = sorted.gather(1, n_keep - 1); // smallest kept logit, [batch, 1]
-        let below = filtered.clone().lower(threshold.expand([batch, vocab]));
-        filtered = filtered.mask_fill(below, f32::NEG_INFINITY);
-    }
-    let cdf = softmax(filtered, 1).cumsum(1); // [batch, vocab]
-    let total = cdf.clone().narrow(1, vocab - 1, 1); // ~1, exactly the mass the cumsum reached
-    let target = (uniform * total).expand([batch, vocab]);
-    let token = cdf.lower(target).int().sum_dim(1).clamp_max(vocab as i64 - 1); // [batch, 1]
-    let logprob = full_logprobs.gather(1, token.clone());
-    (token, logprob)
+/// - `logits`: `[batch, vocab]`; `uniform`: one draw from U[0, 1) per row
+/// - returns one `(token, logprob)` per row
+pub fn sample<B: Kernels>(logits: Tensor<B, 2>, config: &SamplingConfig, uniform: &[f32]) -> Vec<(u32, f32)> {
+    let (tokens, logprobs) = B::sample(logits.into_primitive().tensor(), uniform, config);
+    tokens.into_iter().zip(logprobs).collect()
 }
 
 #[cfg(test)]
@@ -204,24 +158,14 @@ mod tests {
         Tensor::from_data(TensorData::new(flat, [rows.len(), vocab]), &Default::default())
     }
 
-    fn uniform(values: &[f32]) -> Tensor<B, 2> {
-        Tensor::from_data(TensorData::new(values.to_vec(), [values.len(), 1]), &Default::default())
-    }
-
-    fn ids(t: Tensor<B, 2, Int>) -> Vec<i64> {
-        t.into_data().iter::<i64>().collect()
-    }
-
     #[test]
     fn inverse_cdf_picks_the_token_whose_interval_holds_the_draw() {
         // probabilities 0.1, 0.2, 0.7 -> cdf 0.1, 0.3, 1.0
         let row: &[f32] = &[0.1f32.ln(), 0.2f32.ln(), 0.7f32.ln()];
-        let l = logits(&[row; 3]);
         let config = SamplingConfig::default();
-        let (token, logprob) = sample(l, &config, uniform(&[0.05, 0.2, 0.9]));
-        assert_eq!(ids(token), vec![0, 1, 2]);
-        let lp: Vec<f32> = logprob.into_data().iter::<f32>().collect();
-        assert!((lp[2] - 0.7f32.ln()).abs() < 1e-5);
+        let picked = sample(logits(&[row; 3]), &config, &[0.05, 0.2, 0.9]);
+        assert_eq!(picked.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert!((picked[2].1 - 0.7f32.ln()).abs() < 1e-5);
     }
 
     #[test]
@@ -230,17 +174,16 @@ mod tests {
         let top_k = SamplingConfig { top_k: 2, ..Default::default() };
         let top_p = SamplingConfig { top_p: 0.6, ..Default::default() };
         for config in [top_k, top_p] {
-            let (token, _) = sample(logits(&[row; 4]), &config, uniform(&[0.0, 0.5, 0.9, 0.999]));
-            assert!(ids(token).iter().all(|&t| t < 2), "{config:?}");
+            let picked = sample(logits(&[row; 4]), &config, &[0.0, 0.5, 0.9, 0.999]);
+            assert!(picked.iter().all(|&(t, _)| t < 2), "{config:?}: {picked:?}");
         }
         // Temperature scales the reported log-probability.
         let config = SamplingConfig { temperature: 2.0, ..Default::default() };
-        let (token, lp) = sample(logits(&[row]), &config, uniform(&[0.0]));
-        assert_eq!(ids(token), vec![0]);
+        let picked = sample(logits(&[row]), &config, &[0.0]);
+        assert_eq!(picked[0].0, 0);
         let scaled: Vec<f32> = row.iter().map(|l| l / 2.0).collect();
         let norm = scaled.iter().map(|l| l.exp()).sum::<f32>().ln();
-        let lp: f32 = lp.into_scalar();
-        assert!((lp - (scaled[0] - norm)).abs() < 1e-5);
+        assert!((picked[0].1 - (scaled[0] - norm)).abs() < 1e-5);
     }
 
     #[test]

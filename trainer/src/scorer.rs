@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
+use crate::kernels::Kernels;
 
 use crate::error::{InputError, TokenizerError};
 use crate::gpt2::Gpt2;
@@ -33,7 +33,7 @@ pub trait Scorer: Send {
 }
 
 /// A reward model (a GPT-2 with a score head).
-pub struct RewardModelScorer<B: Backend> {
+pub struct RewardModelScorer<B: Kernels> {
     pub model: Gpt2<B>,
     /// The reward model's tokenizer.
     pub tokenizer: Tokenizer,
@@ -45,7 +45,7 @@ pub struct RewardModelScorer<B: Backend> {
     pub label: String,
 }
 
-impl<B: Backend> RewardModelScorer<B> {
+impl<B: Kernels> RewardModelScorer<B> {
     /// Scores token rows in batches. Rows longer than the model's context keep their last
     /// `n_positions` tokens: the response, at the end, is what is being judged.
     fn score_rows(&self, mut rows: Vec<Vec<u32>>) -> Result<Vec<f32>, ScoreError> {
@@ -62,7 +62,7 @@ impl<B: Backend> RewardModelScorer<B> {
     }
 }
 
-impl<B: Backend> Scorer for RewardModelScorer<B> {
+impl<B: Kernels> Scorer for RewardModelScorer<B> {
     fn score(&mut self, queries: &[Vec<u32>], responses: &[Vec<u32>]) -> Result<Vec<f32>, ScoreError> {
         let rows: Vec<Vec<u32>> = match &self.policy_tokenizer {
             None => queries.iter().zip(responses).map(|(q, r)| [q.as_slice(), r].concat()).collect(),

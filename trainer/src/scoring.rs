@@ -3,26 +3,13 @@
 //! This is what the learner (log-probs and values of prompt + response) and the reward server
 //! (scores) call.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::batch::{left_pad, unpad_rows, validate};
+use crate::batch::{left_pad, next_token_rows, select_rows, unpad_rows, validate};
 use crate::error::InputError;
 use crate::gpt2::Gpt2;
-
-/// Log-probability of each next token.
-///
-/// # Shapes
-/// - `logits`: `[batch, seq, vocab]`; `input_ids`: `[batch, seq]`
-/// - returns `[batch, seq - 1]`: entry `i` is `log p(ids[i + 1] | ids[..=i])` under
-///   `softmax(logits / temperature)`
-pub fn next_token_logprobs<B: Backend>(logits: Tensor<B, 3>, input_ids: Tensor<B, 2, Int>, temperature: f32) -> Tensor<B, 2> {
-    let [batch, seq, _] = logits.dims();
-    let logp = log_softmax(logits.narrow(1, 0, seq - 1) / temperature as f64, 2); // [batch, seq - 1, vocab]
-    let next = input_ids.narrow(1, 1, seq - 1).reshape([batch, seq - 1, 1]);
-    logp.gather(2, next).reshape([batch, seq - 1])
-}
+use crate::kernels::Kernels;
 
 /// The column where each left-padded row's score is read (see [`score`]).
 pub fn score_index(rows: &[Vec<u32>], pad_id: u32, width: usize) -> Vec<i64> {
@@ -61,7 +48,7 @@ pub struct Scored {
 /// The score head is read where transformers' `GPT2ForSequenceClassification` reads it: at the
 /// token before the first `pad_id` in the row (GPT-2 pads with end-of-text, so a response that
 /// ends in end-of-text is scored at its last word), else at the last token.
-pub fn score<B: Backend>(
+pub fn score<B: Kernels>(
     model: &Gpt2<B>,
     rows: &[Vec<u32>],
     pad_id: u32,
@@ -74,12 +61,14 @@ pub fn score<B: Backend>(
         return Err(InputError::Invalid { field: "sequence", expected: "at least 2 tokens for log-probabilities", got: "1".into() });
     }
     let padded = left_pad::<B>(rows, pad_id, device);
-    let out = model.forward(padded.input_ids.clone(), padded.position_ids, padded.key_mask, None, with_logprobs);
+    let out = model.forward(padded.input_ids, padded.position_ids, padded.key_mask, None);
     let mut scored = Scored::default();
-    if let Some(logits) = out.logits {
-        let logprobs = next_token_logprobs(logits, padded.input_ids, temperature);
-        let lengths: Vec<usize> = padded.lengths.iter().map(|l| l - 1).collect();
-        scored.logprobs = unpad_rows(logprobs, &lengths);
+    if with_logprobs {
+        let targets: Vec<u32> = rows.iter().flat_map(|row| row[1..].iter().copied()).collect();
+        let hidden = select_rows(out.hidden.clone(), &next_token_rows(&padded.lengths, padded.width));
+        let (logprobs, _) = model.transformer.token_logprobs(hidden, &targets, temperature, false);
+        let mut flat = logprobs.into_data().iter::<f32>().collect::<Vec<_>>().into_iter();
+        scored.logprobs = rows.iter().map(|row| flat.by_ref().take(row.len() - 1).collect()).collect();
     }
     scored.values = out.values.map(|values| unpad_rows(values, &padded.lengths));
     if let Some(scores) = out.scores {

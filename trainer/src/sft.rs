@@ -5,18 +5,17 @@
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{left_pad, validate};
+use crate::batch::{left_pad, next_token_rows, select_rows, validate};
 use crate::error::{CheckpointError, InputError};
 use crate::gpt2::Gpt2;
 use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
 use crate::ppo_update::Stats;
-use crate::scoring::next_token_logprobs;
+use crate::kernels::{AutodiffKernels, Kernels};
 use crate::train::Progress;
 
 /// SFT settings.
@@ -59,15 +58,13 @@ impl Default for SftConfig {
 
 /// Mean negative log-likelihood of every real token after a row's first, `[1]`, and the number
 /// of tokens it averages over.
-pub fn lm_loss<B: Backend>(model: &Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> (Tensor<B, 1>, usize) {
+pub fn lm_loss<B: Kernels>(model: &Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> (Tensor<B, 1>, usize) {
     let padded = left_pad::<B>(rows, pad_id, device);
-    let width = padded.width;
-    let out = model.forward(padded.input_ids.clone(), padded.position_ids, padded.key_mask.clone(), None, true);
-    let logprobs = next_token_logprobs(out.logits.expect("logits"), padded.input_ids, 1.0); // [batch, width - 1]
-    // A target counts when it and the token before it are real (left padding).
-    let mask = padded.key_mask.clone().narrow(1, 1, width - 1).bool_and(padded.key_mask.narrow(1, 0, width - 1)).float();
-    let n_tokens: usize = rows.iter().map(|r| r.len().saturating_sub(1)).sum();
-    ((logprobs * mask.clone()).sum().neg() / mask.sum(), n_tokens)
+    let out = model.forward(padded.input_ids, padded.position_ids, padded.key_mask, None);
+    let hidden = select_rows(out.hidden, &next_token_rows(&padded.lengths, padded.width)); // [n_tokens, n_embd]
+    let targets: Vec<u32> = rows.iter().flat_map(|row| row[1..].iter().copied()).collect();
+    let (logprobs, _) = model.transformer.token_logprobs(hidden, &targets, 1.0, false);
+    (logprobs.mean().neg(), targets.len())
 }
 
 /// Batches of similar length (less padding), in a seeded random order per epoch.
@@ -80,7 +77,7 @@ pub fn length_buckets(lengths: &[usize], batch_size: usize, seed: u64, epoch: us
 }
 
 /// `eval/loss` (per token) and `eval/perplexity` on `rows`.
-pub fn evaluate<B: Backend>(model: &Gpt2<B>, rows: &[Vec<u32>], batch_size: usize, pad_id: u32, device: &B::Device) -> Stats {
+pub fn evaluate<B: Kernels>(model: &Gpt2<B>, rows: &[Vec<u32>], batch_size: usize, pad_id: u32, device: &B::Device) -> Stats {
     let (mut nll, mut tokens) = (0.0, 0usize);
     let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
     for batch in length_buckets(&lengths, batch_size, 0, 0) {
@@ -94,7 +91,7 @@ pub fn evaluate<B: Backend>(model: &Gpt2<B>, rows: &[Vec<u32>], batch_size: usiz
 }
 
 /// What [`train`] hands back.
-pub struct SftOutcome<B: AutodiffBackend> {
+pub struct SftOutcome<B: AutodiffKernels> {
     pub model: Gpt2<B>,
     pub optim: AdamWOptimizer<Gpt2<B>, B>,
     pub evals: Vec<Stats>,
@@ -104,7 +101,7 @@ pub struct SftOutcome<B: AutodiffBackend> {
 /// Fine-tunes `model` on `train_rows` from optimizer step `start_step` (0, or a checkpoint's).
 /// `checkpoint(model, optim, step, total)` is called every `checkpoint_every` steps and at the end.
 #[allow(clippy::too_many_arguments)]
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffKernels>(
     mut model: Gpt2<B>,
     mut optim: AdamWOptimizer<Gpt2<B>, B>,
     train_rows: &[Vec<u32>],

@@ -1,0 +1,370 @@
+//! The two hot spots of RLHF on GPT-2, as a backend extension: log-probabilities through the
+//! vocabulary-wide LM head, and drawing the next token.
+//!
+//! Both are dominated by the 50,257-wide output layer. Written with plain tensor ops they build
+//! `[tokens, vocab]` logits, log-softmax and softmax tensors (several hundred MB at `gpt2` size,
+//! kept alive for the backward pass), and on the CPU backend each of those ops is one more pass
+//! over memory. [`Kernels`] gives every backend a default implementation with tensor ops that
+//! never holds more than a chunk of rows of the logits, and the CPU backend a fused one
+//! ([`cpu`]) that never holds more than a chunk of the vocabulary. Under autodiff the log-prob has
+//! its own backward ([`autodiff`]): it keeps the hidden states, the weight and one log-sum-exp
+//! per row, and recomputes the logits chunk by chunk (the idea of Liger's fused linear
+//! cross-entropy and Apple's cut cross-entropy).
+//!
+//! # The log-prob and its gradient
+//! With `z = hidden · weightᵀ / T` (one row per token) and `lse = log Σ_v exp(z_v)`:
+//! - `logprob = z[target] − lse`, `entropy = lse − Σ_v p_v z_v` with `p = exp(z − lse)`;
+//! - `∂logprob/∂z_v = 1[v = target] − p_v`, so with `g` the incoming gradient per row and
+//!   `dz = g · (onehot − p) / T`: `∂hidden = dz · weight`, `∂weight = dzᵀ · hidden`.
+
+pub mod autodiff;
+pub mod cpu;
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive};
+
+use crate::sampling::SamplingConfig;
+
+/// What [`Kernels::lm_head_forward`] returns, one value per row.
+pub struct LmHeadOutput<B: Backend> {
+    /// `[n]`: `log p(target)` under `softmax(hidden · weightᵀ / T)`.
+    pub logprobs: FloatTensor<B>,
+    /// `[n]`: the log-sum-exp of each row's scaled logits (what the backward pass needs).
+    pub lse: FloatTensor<B>,
+    /// `[n]`, when asked for: each row's entropy. A statistic: no gradient flows through it.
+    pub entropy: Option<FloatTensor<B>>,
+}
+
+/// Backend-specific fast paths. Every method has a default written with burn tensor ops, so any
+/// backend can implement the trait with an empty `impl`.
+pub trait Kernels: Backend {
+    /// Per-row log-probability of `targets` through a tied LM head.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[n, n_embd]`; `weight`: `[vocab, n_embd]` (GPT-2's `wte`); `targets`: `n` ids
+    fn lm_head_forward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: &[u32],
+        temperature: f32,
+        with_entropy: bool,
+    ) -> LmHeadOutput<Self> {
+        lm_head_forward_rows::<Self>(hidden, weight, targets, temperature, with_entropy)
+    }
+
+    /// Gradients of `Σ grad · logprobs` with respect to `hidden` and `weight`, recomputing the
+    /// logits from `lse` (see the module docs).
+    ///
+    /// # Shapes
+    /// - `lse`, `grad`: `[n]`; returns `([n, n_embd], [vocab, n_embd])`
+    fn lm_head_backward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: &[u32],
+        temperature: f32,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        lm_head_backward_rows::<Self>(hidden, weight, targets, temperature, lse, grad)
+    }
+
+    /// Draws one token per row of `logits` (`[batch, vocab]`) by inverse-CDF sampling with the
+    /// row's uniform draw (see [`crate::sampling`]); returns the tokens and their log-probs under
+    /// the temperature-scaled distribution over the whole vocabulary.
+    fn sample(logits: FloatTensor<Self>, uniform: &[f32], config: &SamplingConfig) -> (Vec<u32>, Vec<f32>) {
+        sample_with_tensor_ops::<Self>(logits, uniform, config)
+    }
+}
+
+/// A training backend: autodiff with [`Kernels`], over an inner backend with them too.
+pub trait AutodiffKernels: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
+
+impl<B> AutodiffKernels for B
+where
+    B: AutodiffBackend + Kernels,
+    B::InnerBackend: Kernels,
+{
+}
+
+impl Kernels for burn::backend::Flex {
+    fn lm_head_forward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: &[u32],
+        temperature: f32,
+        with_entropy: bool,
+    ) -> LmHeadOutput<Self> {
+        cpu::lm_head_forward(hidden, weight, targets, temperature, with_entropy)
+    }
+
+    fn lm_head_backward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: &[u32],
+        temperature: f32,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        cpu::lm_head_backward(hidden, weight, targets, temperature, lse, grad)
+    }
+
+    fn sample(logits: FloatTensor<Self>, uniform: &[f32], config: &SamplingConfig) -> (Vec<u32>, Vec<f32>) {
+        cpu::sample(logits, uniform, config)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Kernels for burn::backend::Cuda {}
+
+fn float<B: Backend, const D: usize>(tensor: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(tensor))
+}
+
+fn ids<B: Backend>(ids: &[u32], shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(ids, shape), device)
+}
+
+/// Rows of logits materialised at once by the tensor-op defaults: `ROW_CHUNK × vocab` floats
+/// (200 MB for GPT-2's vocabulary).
+const ROW_CHUNK: usize = 1024;
+
+/// The default [`Kernels::lm_head_forward`]: full-vocabulary logits for `ROW_CHUNK` rows at a time.
+pub fn lm_head_forward_rows<B: Backend>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    targets: &[u32],
+    temperature: f32,
+    with_entropy: bool,
+) -> LmHeadOutput<B> {
+    let hidden: Tensor<B, 2> = float(hidden);
+    let weight_t = float::<B, 2>(weight).transpose(); // [n_embd, vocab]
+    let [n, _] = hidden.dims();
+    let device = hidden.device();
+    let (mut logprobs, mut lses, mut entropies) = (Vec::new(), Vec::new(), Vec::new());
+    for start in (0..n).step_by(ROW_CHUNK) {
+        let rows = ROW_CHUNK.min(n - start);
+        let z = hidden.clone().narrow(0, start, rows).matmul(weight_t.clone()) / temperature as f64; // [rows, vocab]
+        let logp = log_softmax(z.clone(), 1);
+        let target = ids::<B>(&targets[start..start + rows], [rows, 1], &device);
+        logprobs.push(logp.clone().gather(1, target).reshape([rows]));
+        lses.push((z.clone() - logp.clone()).narrow(1, 0, 1).reshape([rows]));
+        if with_entropy {
+            entropies.push((logp.clone().exp() * logp).sum_dim(1).neg().reshape([rows]));
+        }
+    }
+    LmHeadOutput {
+        logprobs: Tensor::cat(logprobs, 0).into_primitive().tensor(),
+        lse: Tensor::cat(lses, 0).into_primitive().tensor(),
+        entropy: with_entropy.then(|| Tensor::cat(entropies, 0).into_primitive().tensor()),
+    }
+}
+
+/// The default [`Kernels::lm_head_backward`], `ROW_CHUNK` rows at a time.
+pub fn lm_head_backward_rows<B: Backend>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    targets: &[u32],
+    temperature: f32,
+    lse: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let hidden: Tensor<B, 2> = float(hidden);
+    let weight: Tensor<B, 2> = float(weight);
+    let (lse, grad): (Tensor<B, 1>, Tensor<B, 1>) = (float(lse), float(grad));
+    let [n, _] = hidden.dims();
+    let device = hidden.device();
+    let scale = 1.0 / temperature as f64;
+    let mut d_hidden = Vec::new();
+    let mut d_weight = weight.zeros_like();
+    for start in (0..n).step_by(ROW_CHUNK) {
+        let rows = ROW_CHUNK.min(n - start);
+        let h = hidden.clone().narrow(0, start, rows);
+        let z = h.clone().matmul(weight.clone().transpose()) * scale; // [rows, vocab]
+        let lse_rows = lse.clone().narrow(0, start, rows).reshape([rows, 1]);
+        let g = grad.clone().narrow(0, start, rows).reshape([rows, 1]);
+        let p = (z - lse_rows).exp();
+        let target = ids::<B>(&targets[start..start + rows], [rows, 1], &device);
+        // dz = g · (onehot − p) / T
+        let dz = (p * g.clone().neg()).scatter(1, target, g, IndexingUpdateOp::Add) * scale;
+        d_hidden.push(dz.clone().matmul(weight.clone()));
+        d_weight = d_weight + dz.transpose().matmul(h);
+    }
+    (Tensor::cat(d_hidden, 0).into_primitive().tensor(), d_weight.into_primitive().tensor())
+}
+
+/// The default [`Kernels::sample`]: filtering, softmax and cumulative sums as tensor ops on
+/// the device; only the tokens and their log-probs are read back.
+pub fn sample_with_tensor_ops<B: Backend>(
+    logits: FloatTensor<B>,
+    uniform: &[f32],
+    config: &SamplingConfig,
+) -> (Vec<u32>, Vec<f32>) {
+    let logits: Tensor<B, 2> = float(logits);
+    let [batch, vocab] = logits.dims();
+    let device = logits.device();
+    let (token, logprob) = if config.greedy {
+        let token = logits.clone().argmax(1); // [batch, 1]
+        let logprob = log_softmax(logits, 1).gather(1, token.clone());
+        (token, logprob)
+    } else {
+        let scaled = logits / config.temperature as f64;
+        let full_logprobs = log_softmax(scaled.clone(), 1);
+        let mut filtered = scaled;
+        if config.top_k > 0 && config.top_k < vocab {
+            // The k-th largest logit per row is the smallest one kept.
+            let kth = filtered.clone().topk(config.top_k, 1).narrow(1, config.top_k - 1, 1); // [batch, 1]
+            let below = filtered.clone().lower(kth.expand([batch, vocab]));
+            filtered = filtered.mask_fill(below, f32::NEG_INFINITY);
+        }
+        if config.top_p < 1.0 {
+            // Keep the most likely tokens until their mass reaches top_p (at least one token).
+            let sorted = filtered.clone().sort_descending(1); // [batch, vocab]
+            let probs = softmax(sorted.clone(), 1);
+            let mass_before = probs.clone().cumsum(1) - probs; // mass of strictly more likely tokens
+            let n_keep = mass_before.lower_elem(config.top_p as f64).int().sum_dim(1).clamp_min(1); // [batch, 1]
+            let threshold = sorted.gather(1, n_keep - 1); // smallest kept logit, [batch, 1]
+            let below = filtered.clone().lower(threshold.expand([batch, vocab]));
+            filtered = filtered.mask_fill(below, f32::NEG_INFINITY);
+        }
+        let cdf = softmax(filtered, 1).cumsum(1); // [batch, vocab]
+        let total = cdf.clone().narrow(1, vocab - 1, 1); // ~1, exactly the mass the cumsum reached
+        let uniform = Tensor::<B, 2>::from_data(TensorData::new(uniform.to_vec(), [batch, 1]), &device);
+        let target = (uniform * total).expand([batch, vocab]);
+        // The first token whose cumulative mass exceeds the target.
+        let token = cdf.lower_equal(target).int().sum_dim(1).clamp_max(vocab as i64 - 1); // [batch, 1]
+        let logprob = full_logprobs.gather(1, token.clone());
+        (token, logprob)
+    };
+    let tokens = token.into_data().iter::<i64>().map(|t| t as u32).collect();
+    let logprobs = logprob.into_data().iter::<f32>().collect();
+    (tokens, logprobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    type B = Flex;
+
+    fn random(shape: [usize; 2], scale: f32, seed: u64) -> Tensor<B, 2> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let values: Vec<f32> = (0..shape[0] * shape[1]).map(|_| (rng.random::<f32>() - 0.5) * 2.0 * scale).collect();
+        Tensor::from_data(TensorData::new(values, shape), &Default::default())
+    }
+
+    fn targets(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
+    }
+
+    fn values<const D: usize>(t: FloatTensor<B>) -> Vec<f32> {
+        float::<B, D>(t).into_data().iter::<f32>().collect()
+    }
+
+    fn assert_close(name: &str, got: &[f32], want: &[f32], tolerance: f32) {
+        assert_eq!(got.len(), want.len(), "{name}: lengths");
+        let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("kernels: {name} max |diff| = {diff:e}");
+        assert!(diff <= tolerance, "{name}: max |diff| {diff:e} > {tolerance:e}");
+    }
+
+    // Several vocabulary chunks (5,000 rows of 873) so that the running log-sum-exp is merged
+    // across chunks and threads.
+    const N: usize = 300;
+    const D: usize = 24;
+    const VOCAB: usize = 5000;
+
+    #[test]
+    fn the_fused_cpu_log_prob_matches_the_tensor_op_version() {
+        let (hidden, weight, targets) = (random([N, D], 1.0, 1), random([VOCAB, D], 1.0, 2), targets(N, VOCAB, 3));
+        let prim = |t: &Tensor<B, 2>| t.clone().into_primitive().tensor();
+        let (h, w): (Vec<f32>, Vec<f32>) = (hidden.to_data().to_vec().unwrap(), weight.to_data().to_vec().unwrap());
+        for temperature in [1.0, 0.7] {
+            let fused = cpu::lm_head_forward(prim(&hidden), prim(&weight), &targets, temperature, true);
+            let plain = lm_head_forward_rows::<B>(prim(&hidden), prim(&weight), &targets, temperature, true);
+            // Exact reference in f64 on the host.
+            let (mut want_logprobs, mut want_entropy) = (Vec::new(), Vec::new());
+            for i in 0..N {
+                let z: Vec<f64> = (0..VOCAB)
+                    .map(|v| (0..D).map(|k| h[i * D + k] as f64 * w[v * D + k] as f64).sum::<f64>() / temperature as f64)
+                    .collect();
+                let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + z.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                want_logprobs.push((z[targets[i] as usize] - lse) as f32);
+                want_entropy.push(-z.iter().map(|x| (x - lse).exp() * (x - lse)).sum::<f64>() as f32);
+            }
+            assert_close("logprobs", &values::<1>(fused.logprobs), &want_logprobs, 1e-5);
+            assert_close("logprobs (tensor ops)", &values::<1>(plain.logprobs), &want_logprobs, 1e-5);
+            assert_close("lse", &values::<1>(fused.lse), &values::<1>(plain.lse), 1e-5);
+            // Entropies are about ln(5000) = 8.5 here; the tensor-op version sums p · log p in f32.
+            assert_close("entropy", &values::<1>(fused.entropy.unwrap()), &want_entropy, 1e-5);
+            assert_close("entropy (tensor ops)", &values::<1>(plain.entropy.unwrap()), &want_entropy, 1e-4);
+        }
+    }
+
+    #[test]
+    fn the_fused_backward_matches_autodiff_of_log_softmax() {
+        type A = Autodiff<B>;
+        let (hidden, weight, targets) = (random([N, D], 1.0, 4), random([VOCAB, D], 1.0, 5), targets(N, VOCAB, 6));
+        let grad_out = random([N, 1], 1.0, 7).reshape([N]);
+        let temperature = 0.7;
+        let gradients = |fused: bool| {
+            let h = Tensor::<A, 2>::from_inner(hidden.clone()).require_grad();
+            let w = Tensor::<A, 2>::from_inner(weight.clone()).require_grad();
+            let logprobs: Tensor<A, 1> = if fused {
+                let out = A::lm_head_forward(
+                    h.clone().into_primitive().tensor(),
+                    w.clone().into_primitive().tensor(),
+                    &targets,
+                    temperature,
+                    false,
+                );
+                float(out.logprobs)
+            } else {
+                let logp = log_softmax(h.clone().matmul(w.clone().transpose()) / temperature as f64, 1);
+                logp.gather(1, ids::<A>(&targets, [N, 1], &Default::default())).reshape([N])
+            };
+            let grads = (logprobs * Tensor::from_inner(grad_out.clone())).sum().backward();
+            let read = |t: Tensor<B, 2>| t.into_data().iter::<f32>().collect::<Vec<_>>();
+            (read(h.grad(&grads).unwrap()), read(w.grad(&grads).unwrap()))
+        };
+        let (fused, plain) = (gradients(true), gradients(false));
+        assert_close("d_hidden", &fused.0, &plain.0, 1e-5);
+        assert_close("d_weight", &fused.1, &plain.1, 1e-5);
+        // The tensor-op default backward agrees too.
+        let prim = |t: &Tensor<B, 2>| t.clone().into_primitive().tensor();
+        let lse = cpu::lm_head_forward(prim(&hidden), prim(&weight), &targets, temperature, false).lse;
+        let grad = grad_out.clone().into_primitive().tensor();
+        let (d_hidden, d_weight) = lm_head_backward_rows::<B>(prim(&hidden), prim(&weight), &targets, temperature, lse, grad);
+        assert_close("d_hidden (tensor ops)", &values::<2>(d_hidden), &plain.0, 1e-5);
+        assert_close("d_weight (tensor ops)", &values::<2>(d_weight), &plain.1, 1e-5);
+    }
+
+    #[test]
+    fn fused_cpu_sampling_draws_what_the_tensor_op_sampler_draws() {
+        let (rows, vocab) = (16, 3000);
+        let logits = random([rows, vocab], 4.0, 8);
+        let mut rng = StdRng::seed_from_u64(9);
+        let uniform: Vec<f32> = (0..rows).map(|_| rng.random()).collect();
+        let configs = [
+            SamplingConfig::default(),
+            SamplingConfig { temperature: 0.7, ..Default::default() },
+            SamplingConfig { top_k: 50, ..Default::default() },
+            SamplingConfig { top_p: 0.9, temperature: 1.3, ..Default::default() },
+            SamplingConfig { top_k: 200, top_p: 0.5, ..Default::default() },
+            SamplingConfig { greedy: true, ..Default::default() },
+        ];
+        for config in configs {
+            let prim = logits.clone().into_primitive().tensor();
+            let (tokens, logprobs) = cpu::sample(prim.clone(), &uniform, &config);
+            let (want_tokens, want_logprobs) = sample_with_tensor_ops::<B>(prim, &uniform, &config);
+            assert_eq!(tokens, want_tokens, "{config:?}");
+            assert_close(&format!("sampled logprobs {config:?}"), &logprobs, &want_logprobs, 1e-5);
+        }
+    }
+}
