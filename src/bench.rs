@@ -5,13 +5,13 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use rlhf_trainer::Kernels;
 use clap::{Args, Subcommand};
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use rlhf_trainer::{Gpt2Config, Heads, SamplingConfig};
+use rlhf_trainer::{Generator, Gpt2Config, Heads, SamplingConfig};
 
 use crate::device::Device;
 use crate::with_backend;
 
 pub use crate::bench_ppo::PpoBench;
+use crate::bench_ppo::Lcg;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -90,22 +90,24 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 fn bench_generate<B: Kernels>(args: &GenerateBench, device: &B::Device) -> anyhow::Result<()> {
-    println!("| config | device | batch | prompt_len | new_tokens | median s | tokens/s |");
+    println!("| impl | config | batch | prompt_len | new_tokens | median s | tokens/s |");
     println!("|---|---|---|---|---|---|---|");
     for name in &args.config {
         let config = Gpt2Config::preset(name)?;
-        let model = config.init::<B>(Heads::Lm, device);
+        // Laid out for decoding once, as a worker does per policy version.
+        let generator = Generator::new(config.init::<B>(Heads::Lm, device));
         for &batch in &args.batch {
-            let mut rng = StdRng::seed_from_u64(0);
+            // The prompts `bench/peers.py generate` draws too.
+            let mut rng = Lcg::new(0);
             let prompts: Vec<Vec<u32>> = (0..batch)
-                .map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..config.vocab_size as u32)).collect())
+                .map(|_| (0..args.prompt_len).map(|_| rng.next_below(config.vocab_size as u32)).collect())
                 .collect();
             let sampling =
                 SamplingConfig { max_new_tokens: args.new_tokens, greedy: args.greedy, stop_at_eos: false, ..Default::default() };
             let mut times = Vec::new();
             for run in 0..=args.runs.max(1) {
                 let start = Instant::now();
-                let out = rlhf_trainer::generate(&model, &prompts, 0, &sampling, device)?;
+                let out = generator.generate(&prompts, 0, &sampling, device)?;
                 assert_eq!(out.completion_ids[0].len(), args.new_tokens);
                 if run > 0 {
                     times.push(start.elapsed().as_secs_f64());
@@ -115,7 +117,7 @@ fn bench_generate<B: Kernels>(args: &GenerateBench, device: &B::Device) -> anyho
             let median = times[times.len() / 2];
             let tokens_per_s = (batch * args.new_tokens) as f64 / median;
             println!(
-                "| {name} | {} | {batch} | {} | {} | {median:.3} | {tokens_per_s:.1} |",
+                "| rlhf ({}) | {name} | {batch} | {} | {} | {median:.3} | {tokens_per_s:.1} |",
                 args.device, args.prompt_len, args.new_tokens
             );
         }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use rlhf_trainer::Kernels;
 use clap::Args;
 use rlhf_trainer::data::{OnMalformed, PromptConfig, load_prompt_texts, rl_prompts};
-use rlhf_trainer::{Gpt2, SamplingConfig, generate, scoring};
+use rlhf_trainer::{Generator, Gpt2, SamplingConfig, scoring};
 use serde_json::{Value, json};
 
 use crate::device::Device;
@@ -122,8 +122,9 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
     let sampling = SamplingConfig { max_new_tokens: args.max_new_tokens, seed: args.seed, ..Default::default() };
 
     let mut runs = Vec::new();
-    for ((name, _), model) in policies.iter().zip(&models) {
-        let out = generate(model, &prompts, tokenizer.eos_id(), &sampling, device)?;
+    let generators: Vec<Generator<B>> = models.iter().map(|m| Generator::new(m.clone())).collect();
+    for ((name, _), generator) in policies.iter().zip(&generators) {
+        let out = generator.generate(&prompts, tokenizer.eos_id(), &sampling, device)?;
         let scores = scorer.score(&prompts, &out.completion_ids)?;
         // k1 KL to the reference on the sampled tokens, summed per response.
         let full: Vec<Vec<u32>> = prompts.iter().zip(&out.completion_ids).map(|(p, c)| [p.as_slice(), c].concat()).collect();
@@ -145,11 +146,11 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         report["policies"][&run.name] = json!({"reward": describe(&run.scores), "kl_to_reference": describe(&run.kl), "response_length": describe(&lengths)});
     }
     if args.best_of > 1 {
-        let model = &models[0];
+        let generator = &generators[0];
         let mut best = vec![f32::NEG_INFINITY; prompts.len()];
         for k in 0..args.best_of {
             let draw = SamplingConfig { seed: args.seed.wrapping_add(1000 + k as u64), ..sampling.clone() };
-            let out = generate(model, &prompts, tokenizer.eos_id(), &draw, device)?;
+            let out = generator.generate(&prompts, tokenizer.eos_id(), &draw, device)?;
             for (b, s) in best.iter_mut().zip(scorer.score(&prompts, &out.completion_ids)?) {
                 *b = b.max(s);
             }

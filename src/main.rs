@@ -20,6 +20,22 @@ mod sft;
 
 use std::process::ExitCode;
 
+/// jemalloc keeps freed pages for reuse: a training step allocates and frees several
+/// vocabulary-sized (100+ MB) tensors, which glibc's allocator maps and unmaps every time, paying
+/// a page fault per 4 KiB page on each reuse (a third of a `distilgpt2` PPO update's time).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings (tikv-jemallocator reads this symbol; `_RJEM_MALLOC_CONF` in the
+/// environment overrides it): freed pages go back to the OS only after about 10 minutes unused,
+/// by a background thread rather than inside allocation calls, and large blocks may use
+/// transparent huge pages. A process so keeps its peak footprint while it works. Measured on a
+/// `distilgpt2` PPO iteration: 30 s decay 1.44 samples/s, 10 min 1.63, never 1.58-1.73; without
+/// huge pages 1.31-1.38.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:600000,muzzy_decay_ms:600000,thp:always\0";
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

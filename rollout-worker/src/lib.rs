@@ -15,7 +15,7 @@ use rlhf_proto::v1::learner_client::LearnerClient;
 use rlhf_proto::v1::reward_model_client::RewardModelClient;
 use rlhf_trainer::gpt2::Init;
 use rlhf_trainer::wire::{WireDtype, to_f32};
-use rlhf_trainer::{Gpt2, Gpt2Config, Heads, SamplingConfig};
+use rlhf_trainer::{Generator, Gpt2, Gpt2Config, Heads, SamplingConfig};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::Instrument;
@@ -189,7 +189,7 @@ pub async fn run<B: Kernels>(
         })
     };
 
-    let mut model: Option<(u64, Gpt2<B>)> = None;
+    let mut model: Option<(u64, Generator<B>)> = None;
     let mut next_reward = 0usize;
     let mut next_rollout_id = worker_id << 40;
     let result = loop {
@@ -211,7 +211,7 @@ pub async fn run<B: Kernels>(
             match fetch_weights::<B>(&mut learner, current.policy_version, &model_config, &device).await {
                 Ok(fresh) => {
                     tracing::info!(worker_id, policy_version = current.policy_version, "loaded weights");
-                    model = Some((current.policy_version, fresh));
+                    model = Some((current.policy_version, Generator::new(fresh)));
                 }
                 // The version moved on while we asked: the next round fetches the newer one.
                 Err(e) => tracing::debug!(error = %e, "weights not fetched"),
@@ -245,7 +245,7 @@ pub async fn run<B: Kernels>(
             let started = Instant::now();
             let fresh = fetch_weights::<B>(&mut learner, lease.policy_version, &model_config, &device).await?;
             tracing::info!(worker_id, policy_version = lease.policy_version, seconds = started.elapsed().as_secs_f64(), "loaded weights");
-            model = Some((lease.policy_version, fresh));
+            model = Some((lease.policy_version, Generator::new(fresh)));
         }
         let (_, policy) = model.as_ref().expect("loaded above");
         let queries: Vec<Vec<u32>> = lease.prompts.iter().map(|p| p.ids.clone()).collect();
@@ -253,7 +253,7 @@ pub async fn run<B: Kernels>(
         let generation = {
             let (policy, queries, device, eos) = (policy.clone(), queries.clone(), device.clone(), joined.eos_id);
             let span = tracing::info_span!("rollout", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version);
-            tokio::task::spawn_blocking(move || span.in_scope(|| rlhf_trainer::generate(&policy, &queries, eos, &lease_sampling, &device)))
+            tokio::task::spawn_blocking(move || span.in_scope(|| policy.generate(&queries, eos, &lease_sampling, &device)))
                 .await
                 .expect("generation does not panic")?
         };

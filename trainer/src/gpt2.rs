@@ -11,7 +11,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu_approximate, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{Bool, Int, Tensor, TensorData, TensorPrimitive};
@@ -108,7 +108,7 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-/// Position-wise feed-forward network with GPT-2's tanh GELU (`gelu_new`).
+/// Position-wise feed-forward network with GPT-2's tanh GELU (`gelu_new`, [`Kernels::tanh_gelu`]).
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// `[n_embd, n_inner]`
@@ -118,10 +118,12 @@ pub struct Mlp<B: Backend> {
     dropout: Dropout,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: Kernels> Mlp<B> {
     /// `[batch, seq, n_embd]` -> `[batch, seq, n_embd]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dropout.forward(dense(&self.c_proj, gelu_approximate(dense(&self.c_fc, x))))
+        let hidden = dense(&self.c_fc, x); // [batch, seq, n_inner]
+        let hidden = Tensor::from_primitive(TensorPrimitive::Float(B::tanh_gelu(hidden.into_primitive().tensor())));
+        self.dropout.forward(dense(&self.c_proj, hidden))
     }
 }
 
@@ -134,7 +136,7 @@ pub struct Block<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: Kernels> Block<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -159,6 +161,19 @@ pub struct Gpt2Model<B: Backend> {
 }
 
 impl<B: Backend> Gpt2Model<B> {
+    /// LM logits from hidden states, through the embedding matrix (GPT-2 ties `lm_head` to `wte`).
+    ///
+    /// `[batch, seq, n_embd]` -> `[batch, seq, vocab_size]`
+    pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, n_embd] = hidden.dims();
+        let flat = hidden.reshape([batch * seq, n_embd]);
+        let logits = flat.matmul(self.wte.weight.val().transpose()); // [batch * seq, vocab]
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, seq, vocab])
+    }
+}
+
+impl<B: Kernels> Gpt2Model<B> {
     /// Hidden states after `ln_f`.
     ///
     /// # Shapes
@@ -191,19 +206,6 @@ impl<B: Backend> Gpt2Model<B> {
         self.ln_f.forward(x)
     }
 
-    /// LM logits from hidden states, through the embedding matrix (GPT-2 ties `lm_head` to `wte`).
-    ///
-    /// `[batch, seq, n_embd]` -> `[batch, seq, vocab_size]`
-    pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, n_embd] = hidden.dims();
-        let flat = hidden.reshape([batch * seq, n_embd]);
-        let logits = flat.matmul(self.wte.weight.val().transpose()); // [batch * seq, vocab]
-        let vocab = logits.dims()[1];
-        logits.reshape([batch, seq, vocab])
-    }
-}
-
-impl<B: Kernels> Gpt2Model<B> {
     /// Log-probabilities of `targets` under `softmax(lm_logits(hidden) / temperature)`, and each
     /// row's entropy when `with_entropy` (a statistic, without gradient), computed without ever
     /// holding the vocabulary-wide logits (see [`crate::kernels`]).
@@ -396,7 +398,9 @@ impl<B: Backend> Gpt2<B> {
         self.score = Some(TorchLinear::init(n_embd, num_labels, false, &mut Init::seeded(seed), &device));
         self
     }
+}
 
+impl<B: Kernels> Gpt2<B> {
     /// One forward pass through the trunk and the value and score heads present. The LM head is
     /// applied separately, only where it is needed: logits at chosen positions
     /// ([`Gpt2Model::lm_logits`]) or log-probs of chosen tokens ([`Gpt2Model::token_logprobs`]).

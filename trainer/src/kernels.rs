@@ -37,6 +37,25 @@ pub struct LmHeadOutput<B: Backend> {
     pub entropy: Option<FloatTensor<B>>,
 }
 
+/// One AdamW step's settings (burn's `AdamW` semantics).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWStep {
+    pub lr: f64,
+    pub beta_1: f32,
+    pub beta_2: f32,
+    pub epsilon: f32,
+    pub weight_decay: f32,
+    /// Steps taken, this one included (1 on the first step).
+    pub time: i32,
+}
+
+/// What [`Kernels::adamw_step`] returns: the new parameter and moments.
+pub struct AdamWMoments<B: Backend> {
+    pub param: FloatTensor<B>,
+    pub moment_1: FloatTensor<B>,
+    pub moment_2: FloatTensor<B>,
+}
+
 /// Backend-specific fast paths. Every method has a default written with burn tensor ops, so any
 /// backend can implement the trait with an empty `impl`.
 pub trait Kernels: Backend {
@@ -68,6 +87,47 @@ pub trait Kernels: Backend {
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         lm_head_backward_rows::<Self>(hidden, weight, targets, temperature, lse, grad)
+    }
+
+    /// GPT-2's tanh GELU (`gelu_new`): `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`, elementwise.
+    /// The default is burn's `gelu_approximate` (eight tensor ops, and as many graph nodes under
+    /// autodiff); the CPU backend makes one vectorised pass, and autodiff one node.
+    fn tanh_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let rank = burn::tensor::TensorMetadata::shape(&x).num_dims();
+        let numel = burn::tensor::TensorMetadata::shape(&x).num_elements();
+        let shape = burn::tensor::TensorMetadata::shape(&x);
+        let flat = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(Self::float_reshape(x, [numel].into())));
+        debug_assert!(rank > 0);
+        let y = burn::tensor::activation::gelu_approximate(flat);
+        Self::float_reshape(y.into_primitive().tensor(), shape)
+    }
+
+    /// `grad · gelu'(x)`, elementwise, with
+    /// `gelu'(x) = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)`, `t = tanh(√(2/π)(x + 0.044715x³))`.
+    fn tanh_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        gelu_backward_with_tensor_ops::<Self>(x, grad)
+    }
+
+    /// One AdamW update of one parameter, exactly as burn's `AdamW` computes it:
+    /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `Δ = (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)`,
+    /// `θ ← θ(1 − lr·λ) − lr·Δ`. The moments are `None` on the first step. The default runs
+    /// burn's tensor ops (ten passes over memory); the CPU backend makes one pass and updates the
+    /// moments in place.
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moments: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        step: &AdamWStep,
+    ) -> AdamWMoments<Self> {
+        adamw_step_with_tensor_ops::<Self>(param, grad, moments, step)
+    }
+
+    /// The tied LM head laid out for decoding, `hidden · result` giving the logits: `weight` is
+    /// `[vocab, n_embd]` (`wte`), the result `[n_embd, vocab]`. The default is a transposed view;
+    /// the CPU backend copies it into that layout once per generation, so that every decoding
+    /// step's matrix product streams the weight as it is instead of re-packing 50,257 rows.
+    fn decoding_lm_head(weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        float::<Self, 2>(weight).transpose().into_primitive().tensor()
     }
 
     /// Draws one token per row of `logits` (`[batch, vocab]`) by inverse-CDF sampling with the
@@ -108,6 +168,27 @@ impl Kernels for burn::backend::Flex {
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         cpu::lm_head_backward(hidden, weight, targets, temperature, lse, grad)
+    }
+
+    fn decoding_lm_head(weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        cpu::transpose(weight)
+    }
+
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moments: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        step: &AdamWStep,
+    ) -> AdamWMoments<Self> {
+        cpu::adamw_step(param, grad, moments, step)
+    }
+
+    fn tanh_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        cpu::tanh_gelu(x)
+    }
+
+    fn tanh_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        cpu::tanh_gelu_backward(x, grad)
     }
 
     fn sample(logits: FloatTensor<Self>, uniform: &[f32], config: &SamplingConfig) -> (Vec<u32>, Vec<f32>) {
@@ -193,6 +274,52 @@ pub fn lm_head_backward_rows<B: Backend>(
         d_weight = d_weight + dz.transpose().matmul(h);
     }
     (Tensor::cat(d_hidden, 0).into_primitive().tensor(), d_weight.into_primitive().tensor())
+}
+
+/// `√(2/π)` and the cubic coefficient of GPT-2's tanh GELU.
+pub const GELU_SQRT_2_OVER_PI: f64 = std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2;
+pub const GELU_CUBIC: f64 = 0.044715;
+
+/// The default [`Kernels::tanh_gelu_backward`], with tensor ops.
+pub fn gelu_backward_with_tensor_ops<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = burn::tensor::TensorMetadata::shape(&x);
+    let numel = shape.num_elements();
+    let flat = |t: FloatTensor<B>| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(t, [numel].into())));
+    let (x, grad) = (flat(x), flat(grad));
+    let x2 = x.clone().square();
+    let t = ((x.clone() + x.clone() * x2.clone() * GELU_CUBIC) * GELU_SQRT_2_OVER_PI).tanh();
+    let du = (x2 * (3.0 * GELU_CUBIC) + 1.0) * GELU_SQRT_2_OVER_PI;
+    let derivative = (t.clone() + 1.0) * 0.5 + x * (t.square().neg() + 1.0) * du * 0.5;
+    B::float_reshape((grad * derivative).into_primitive().tensor(), shape)
+}
+
+/// The default [`Kernels::adamw_step`]: burn's `AdamW` op for op.
+pub fn adamw_step_with_tensor_ops<B: Backend>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    moments: Option<(FloatTensor<B>, FloatTensor<B>)>,
+    step: &AdamWStep,
+) -> AdamWMoments<B> {
+    let shape = burn::tensor::TensorMetadata::shape(&param);
+    let numel = shape.num_elements();
+    let flat = |t: FloatTensor<B>| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(t, [numel].into())));
+    let (param, grad) = (flat(param), flat(grad));
+    let (factor_1, factor_2) = (1.0 - step.beta_1, 1.0 - step.beta_2);
+    let (m, v) = match moments {
+        Some((m, v)) => (
+            flat(m).mul_scalar(step.beta_1).add(grad.clone().mul_scalar(factor_1)),
+            flat(v).mul_scalar(step.beta_2).add(grad.square().mul_scalar(factor_2)),
+        ),
+        None => (grad.clone().mul_scalar(factor_1), grad.square().mul_scalar(factor_2)),
+    };
+    let m_hat = m.clone().div_scalar(1.0 - step.beta_1.powi(step.time));
+    let v_hat = v.clone().div_scalar(1.0 - step.beta_2.powi(step.time));
+    let delta = m_hat.div(v_hat.sqrt().add_scalar(step.epsilon));
+    let decay = step.lr * step.weight_decay as f64;
+    let decayed = if decay == 0.0 { param } else { param.mul_scalar(1.0 - decay) };
+    let param = decayed - delta.mul_scalar(step.lr);
+    let unflat = |t: Tensor<B, 1>| B::float_reshape(t.into_primitive().tensor(), shape.clone());
+    AdamWMoments { param: unflat(param), moment_1: unflat(m), moment_2: unflat(v) }
 }
 
 /// The default [`Kernels::sample`]: filtering, softmax and cumulative sums as tensor ops on
@@ -343,6 +470,30 @@ mod tests {
         let (d_hidden, d_weight) = lm_head_backward_rows::<B>(prim(&hidden), prim(&weight), &targets, temperature, lse, grad);
         assert_close("d_hidden (tensor ops)", &values::<2>(d_hidden), &plain.0, 1e-5);
         assert_close("d_weight (tensor ops)", &values::<2>(d_weight), &plain.1, 1e-5);
+    }
+
+    #[test]
+    fn the_cpu_gelu_and_its_gradient_match_burns_gelu_under_autodiff() {
+        type A = Autodiff<B>;
+        let x = random([64, 300], 6.0, 10); // inputs in [-6, 6], through tanh's whole range
+        let grad_out = random([64, 300], 1.0, 11);
+        let run = |fused: bool| {
+            let input = Tensor::<A, 2>::from_inner(x.clone()).require_grad();
+            let y: Tensor<A, 2> = if fused {
+                float(A::tanh_gelu(input.clone().into_primitive().tensor()))
+            } else {
+                burn::tensor::activation::gelu_approximate(input.clone())
+            };
+            let grads = (y.clone() * Tensor::from_inner(grad_out.clone())).sum().backward();
+            let read = |t: Tensor<B, 2>| t.into_data().iter::<f32>().collect::<Vec<_>>();
+            (read(y.inner()), read(input.grad(&grads).unwrap()))
+        };
+        let (fused, plain) = (run(true), run(false));
+        assert_close("gelu", &fused.0, &plain.0, 1e-6);
+        assert_close("gelu gradient", &fused.1, &plain.1, 1e-5);
+        let prim = |t: &Tensor<B, 2>| t.clone().into_primitive().tensor();
+        let tensor_ops = values::<2>(gelu_backward_with_tensor_ops::<B>(prim(&x), prim(&grad_out)));
+        assert_close("gelu gradient (tensor ops)", &tensor_ops, &plain.1, 1e-5);
     }
 
     #[test]

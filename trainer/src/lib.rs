@@ -29,7 +29,7 @@ pub mod wire;
 pub use config::Gpt2Config;
 pub use gpt2::{Gpt2, Heads, KvCache};
 pub use kernels::{AutodiffKernels, Kernels};
-pub use sampling::{Generation, SamplingConfig, generate};
+pub use sampling::{Generation, Generator, SamplingConfig, generate};
 pub use tokenizer::Tokenizer;
 
 #[cfg(test)]

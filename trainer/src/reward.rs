@@ -11,7 +11,7 @@
 use burn::module::{AutodiffModule, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::activation::log_sigmoid;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use crate::kernels::{AutodiffKernels, Kernels};
 use burn::tensor::{ElementConversion, Tensor};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -92,7 +92,7 @@ pub fn tokenize_pairs(pairs: &[PreferencePair], tokenizer: &Tokenizer, max_lengt
 }
 
 /// Scores of a batch of sequences. `[batch]`
-fn sequence_scores<B: Backend>(model: &Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> Tensor<B, 1> {
+fn sequence_scores<B: Kernels>(model: &Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> Tensor<B, 1> {
     let padded = left_pad::<B>(rows, pad_id, device);
     let out = model.forward(padded.input_ids, padded.position_ids, padded.key_mask, None);
     let scores = out.scores.expect("a reward model has a score head");
@@ -101,7 +101,7 @@ fn sequence_scores<B: Backend>(model: &Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, 
 }
 
 /// Bradley–Terry loss and its parts for `pairs`. Returns `(loss [1], chosen [n], rejected [n])`.
-fn pair_loss<B: Backend>(
+fn pair_loss<B: Kernels>(
     model: &Gpt2<B>,
     pairs: &[&PairIds],
     config: &RewardConfig,
@@ -122,7 +122,7 @@ fn pair_loss<B: Backend>(
 
 /// Evaluation metrics on `pairs`: `eval/loss`, `eval/accuracy` (chosen scored higher),
 /// `eval/margin` (mean r_chosen − r_rejected), `eval/reward_mean`, `eval/reward_std`.
-pub fn evaluate<B: Backend>(model: &Gpt2<B>, pairs: &[PairIds], config: &RewardConfig, pad_id: u32, device: &B::Device) -> Stats {
+pub fn evaluate<B: Kernels>(model: &Gpt2<B>, pairs: &[PairIds], config: &RewardConfig, pad_id: u32, device: &B::Device) -> Stats {
     let (mut loss_sum, mut chosen_all, mut rejected_all) = (0.0, Vec::new(), Vec::new());
     let refs: Vec<&PairIds> = pairs.iter().collect();
     for chunk in refs.chunks(config.batch_size.max(1)) {
@@ -148,7 +148,7 @@ pub fn evaluate<B: Backend>(model: &Gpt2<B>, pairs: &[PairIds], config: &RewardC
 
 /// Trains `model` (which must have a score head) on `train`, evaluating on `eval`. Returns the
 /// trained model and every evaluation.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffKernels>(
     mut model: Gpt2<B>,
     train: &[PairIds],
     eval: &[PairIds],
@@ -212,7 +212,7 @@ pub fn train<B: AutodiffBackend>(
 
 /// Rescales the score head so that `rows` score with mean 0 and std 1. Returns `(mean, std)`
 /// before the change.
-pub fn normalize<B: Backend>(model: &mut Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, batch_size: usize, device: &B::Device) -> (f64, f64) {
+pub fn normalize<B: Kernels>(model: &mut Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, batch_size: usize, device: &B::Device) -> (f64, f64) {
     let mut scores = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(batch_size.max(1)) {
         scores.extend(sequence_scores(model, chunk, pad_id, device).into_data().iter::<f32>().map(f64::from));

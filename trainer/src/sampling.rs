@@ -8,7 +8,7 @@
 //! `Backend::seed`, and a host RNG makes a seed give the same tokens on every backend).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData, TensorPrimitive};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
@@ -71,8 +71,81 @@ pub struct Generation {
     pub logprobs: Vec<Vec<f32>>,
 }
 
-/// Generates continuations of `prompts` (token ids). `eos_id` is the end-of-text token that
-/// finishes a row (with `stop_at_eos`) and pads the batch.
+/// A model ready to generate: the model and its LM head laid out for decoding
+/// ([`Kernels::decoding_lm_head`], a `[n_embd, vocab]` copy on the CPU). Build one per set of
+/// weights and reuse it: the layout costs one pass over `wte`.
+#[derive(Clone)]
+pub struct Generator<B: Backend> {
+    pub model: Gpt2<B>,
+    /// `[n_embd, vocab]`
+    lm_head: Tensor<B, 2>,
+}
+
+impl<B: Kernels> Generator<B> {
+    pub fn new(model: Gpt2<B>) -> Self {
+        let wte = model.transformer.wte.weight.val().into_primitive().tensor();
+        let lm_head = Tensor::from_primitive(TensorPrimitive::Float(B::decoding_lm_head(wte)));
+        Self { model, lm_head }
+    }
+
+    /// Generates continuations of `prompts` (token ids). `eos_id` is the end-of-text token that
+    /// finishes a row (with `stop_at_eos`) and pads the batch.
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        eos_id: u32,
+        config: &SamplingConfig,
+        device: &B::Device,
+    ) -> Result<Generation, InputError> {
+        let model = &self.model;
+        config.validate()?;
+        let max_prompt = model.n_positions().saturating_sub(config.max_new_tokens);
+        validate("prompt", prompts, model.vocab_size(), max_prompt)?;
+        let batch = prompts.len();
+        let padded = left_pad::<B>(prompts, eos_id, device);
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let mut cache = KvCache::new(model.transformer.h.len());
+        let mut key_mask = padded.key_mask;
+        let mut positions: Vec<i64> = padded.lengths.iter().map(|&l| l as i64).collect();
+
+        let out = model.forward(padded.input_ids, padded.position_ids, key_mask.clone(), Some(&mut cache));
+        let mut logits = self.last_logits(out.hidden);
+        let mut done = vec![false; batch];
+        let mut generation = Generation { completion_ids: vec![Vec::new(); batch], logprobs: vec![Vec::new(); batch] };
+        for step in 0..config.max_new_tokens {
+            let uniform: Vec<f32> = (0..batch).map(|_| rng.random::<f32>()).collect();
+            let (tokens, logprobs) = B::sample(logits.into_primitive().tensor(), &uniform, config);
+            for row in 0..batch {
+                if done[row] {
+                    continue;
+                }
+                generation.completion_ids[row].push(tokens[row]);
+                generation.logprobs[row].push(logprobs[row]);
+                done[row] = config.stop_at_eos && tokens[row] == eos_id;
+            }
+            if step + 1 == config.max_new_tokens || done.iter().all(|&d| d) {
+                break;
+            }
+            // Finished rows keep decoding end-of-text as padding; their outputs are not recorded.
+            let next: Vec<i64> = (0..batch).map(|row| if done[row] { eos_id } else { tokens[row] } as i64).collect();
+            let next = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [batch, 1]), device);
+            let position = Tensor::<B, 2, Int>::from_data(TensorData::new(positions.clone(), [batch, 1]), device);
+            key_mask = Tensor::cat(vec![key_mask, Tensor::<B, 2, Bool>::full([batch, 1], true, device)], 1);
+            let out = model.forward(next, position, key_mask.clone(), Some(&mut cache));
+            positions.iter_mut().for_each(|p| *p += 1);
+            logits = self.last_logits(out.hidden);
+        }
+        Ok(generation)
+    }
+
+    /// LM logits at the last position only. `hidden`: `[batch, seq, n_embd]` -> `[batch, vocab]`
+    fn last_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [batch, seq, n_embd] = hidden.dims();
+        hidden.narrow(1, seq - 1, 1).reshape([batch, n_embd]).matmul(self.lm_head.clone())
+    }
+}
+
+/// [`Generator::generate`] for a model used once (the decoding layout is built for this call).
 pub fn generate<B: Kernels>(
     model: &Gpt2<B>,
     prompts: &[Vec<u32>],
@@ -80,52 +153,7 @@ pub fn generate<B: Kernels>(
     config: &SamplingConfig,
     device: &B::Device,
 ) -> Result<Generation, InputError> {
-    config.validate()?;
-    let max_prompt = model.n_positions().saturating_sub(config.max_new_tokens);
-    validate("prompt", prompts, model.vocab_size(), max_prompt)?;
-    let batch = prompts.len();
-    let padded = left_pad::<B>(prompts, eos_id, device);
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut cache = KvCache::new(model.transformer.h.len());
-    let mut key_mask = padded.key_mask;
-    let mut positions: Vec<i64> = padded.lengths.iter().map(|&l| l as i64).collect();
-
-    let out = model.forward(padded.input_ids, padded.position_ids, key_mask.clone(), Some(&mut cache));
-    let mut logits = last_logits(model, out.hidden);
-    let mut done = vec![false; batch];
-    let mut generation = Generation { completion_ids: vec![Vec::new(); batch], logprobs: vec![Vec::new(); batch] };
-    for step in 0..config.max_new_tokens {
-        let uniform: Vec<f32> = (0..batch).map(|_| rng.random::<f32>()).collect();
-        let (tokens, logprobs) = B::sample(logits.into_primitive().tensor(), &uniform, config);
-        for row in 0..batch {
-            if done[row] {
-                continue;
-            }
-            generation.completion_ids[row].push(tokens[row]);
-            generation.logprobs[row].push(logprobs[row]);
-            done[row] = config.stop_at_eos && tokens[row] == eos_id;
-        }
-        if step + 1 == config.max_new_tokens || done.iter().all(|&d| d) {
-            break;
-        }
-        // Finished rows keep decoding end-of-text as padding; their outputs are not recorded.
-        let next: Vec<i64> = (0..batch).map(|row| if done[row] { eos_id } else { tokens[row] } as i64).collect();
-        let next = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [batch, 1]), device);
-        let position = Tensor::<B, 2, Int>::from_data(TensorData::new(positions.clone(), [batch, 1]), device);
-        key_mask = Tensor::cat(vec![key_mask, Tensor::<B, 2, Bool>::full([batch, 1], true, device)], 1);
-        let out = model.forward(next, position, key_mask.clone(), Some(&mut cache));
-        positions.iter_mut().for_each(|p| *p += 1);
-        logits = last_logits(model, out.hidden);
-    }
-    Ok(generation)
-}
-
-/// LM logits at the last position only. `hidden`: `[batch, seq, n_embd]` -> `[batch, vocab]`
-fn last_logits<B: Backend>(model: &Gpt2<B>, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
-    let [batch, seq, _] = hidden.dims();
-    let logits = model.transformer.lm_logits(hidden.narrow(1, seq - 1, 1)); // [batch, 1, vocab]
-    let vocab = logits.dims()[2];
-    logits.reshape([batch, vocab])
+    Generator::new(model.clone()).generate(prompts, eos_id, config, device)
 }
 
 /// Picks one token per row (see [`Kernels::sample`]).

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::Optimizer;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
+use crate::kernels::AutodiffKernels;
 use burn_store::ModuleSnapshot;
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +60,7 @@ fn read_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
 
 /// Writes `dir` (which must not exist): the model as an HF directory, the optimizer state and
 /// the trainer state.
-pub fn save_checkpoint<B: AutodiffBackend>(
+pub fn save_checkpoint<B: AutodiffKernels>(
     dir: &Path,
     model: &Gpt2<B>,
     config: &Gpt2Config,
@@ -75,7 +76,7 @@ pub fn save_checkpoint<B: AutodiffBackend>(
 }
 
 /// Writes `optim`'s state into `dir`, keyed by module path.
-pub fn save_optimizer<B: AutodiffBackend>(dir: &Path, model: &Gpt2<B>, optim: &AdamWOptimizer<Gpt2<B>, B>) -> Result<(), CheckpointError> {
+pub fn save_optimizer<B: AutodiffKernels>(dir: &Path, model: &Gpt2<B>, optim: &AdamWOptimizer<Gpt2<B>, B>) -> Result<(), CheckpointError> {
     let ids: BTreeMap<String, u64> = param_paths(model).into_iter().map(|(p, id)| (p, id.val())).collect();
     let path = dir.join(OPTIMIZER_PARAMS_FILE);
     std::fs::write(&path, serde_json::to_string(&ids).expect("ids serialise")).map_err(|e| write_error(&path, e))?;
@@ -84,7 +85,7 @@ pub fn save_optimizer<B: AutodiffBackend>(dir: &Path, model: &Gpt2<B>, optim: &A
 }
 
 /// Reads optimizer state written by [`save_optimizer`] into `optim`, re-keyed for `model`.
-pub fn load_optimizer<B: AutodiffBackend>(
+pub fn load_optimizer<B: AutodiffKernels>(
     dir: &Path,
     model: &Gpt2<B>,
     optim: AdamWOptimizer<Gpt2<B>, B>,
@@ -119,7 +120,7 @@ pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Loads a checkpoint's model, optimizer state and trainer state.
-pub fn load_checkpoint<B: AutodiffBackend>(
+pub fn load_checkpoint<B: AutodiffKernels>(
     dir: &Path,
     mut optim: AdamWOptimizer<Gpt2<B>, B>,
     device: &B::Device,

@@ -11,7 +11,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::tensor::ops::FloatTensor;
 
-use super::{Kernels, LmHeadOutput};
+use super::{AdamWMoments, AdamWStep, Kernels, LmHeadOutput};
 use crate::sampling::SamplingConfig;
 
 /// The backward step of [`Kernels::lm_head_forward`].
@@ -45,7 +45,37 @@ fn untracked<B: Kernels, C: CheckpointStrategy>(tensor: FloatTensor<B>) -> Float
     FloatTensor::<Autodiff<B, C>>::new(tensor)
 }
 
+/// The backward step of [`Kernels::tanh_gelu`]; its state is the input.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl<B: Kernels> Backward<B, 1> for GeluBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [input] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = input {
+            grads.register::<B>(node.id, B::tanh_gelu_backward(ops.state, grad));
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn tanh_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GeluBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::tanh_gelu(x.primitive.clone());
+                prep.finish(x.primitive, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::tanh_gelu(x.primitive)),
+        }
+    }
+
+    fn tanh_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        untracked::<B, C>(B::tanh_gelu_backward(x.primitive, grad.primitive))
+    }
+
     fn lm_head_forward(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -78,6 +108,26 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         let (d_hidden, d_weight) =
             B::lm_head_backward(hidden.primitive, weight.primitive, targets, temperature, lse.primitive, grad.primitive);
         (untracked::<B, C>(d_hidden), untracked::<B, C>(d_weight))
+    }
+
+    /// Optimizers step on the inner backend; this is here for completeness and runs there.
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moments: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        step: &AdamWStep,
+    ) -> AdamWMoments<Self> {
+        let moments = moments.map(|(m, v)| (m.primitive, v.primitive));
+        let out = B::adamw_step(param.primitive, grad.primitive, moments, step);
+        AdamWMoments {
+            param: untracked::<B, C>(out.param),
+            moment_1: untracked::<B, C>(out.moment_1),
+            moment_2: untracked::<B, C>(out.moment_2),
+        }
+    }
+
+    fn decoding_lm_head(weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        untracked::<B, C>(B::decoding_lm_head(weight.primitive))
     }
 
     fn sample(logits: FloatTensor<Self>, uniform: &[f32], config: &SamplingConfig) -> (Vec<u32>, Vec<f32>) {
