@@ -11,6 +11,7 @@ mod export;
 mod generate;
 mod logging;
 mod models;
+mod parity;
 mod ppo;
 mod progress;
 mod report;
@@ -78,6 +79,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Learner, reward server and N workers as child processes on 127.0.0.1.
     Run(runtime::RunArgs),
+    /// Numerical parity with transformers and TRL on the committed fixtures, on any device.
+    Parity(parity::ParityArgs),
     /// Benchmarks that print tables (numbers are measured, never asserted).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -110,6 +113,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => runtime::worker(args),
         Command::RewardServer(args) => runtime::reward_server(args),
         Command::Run(args) => runtime::run(args),
+        Command::Parity(args) => parity::run(args),
         Command::Bench(command) => bench::run(command),
     }
 }

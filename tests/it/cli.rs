@@ -110,9 +110,39 @@ fn a_hub_name_fails_fast_offline_and_says_what_to_do() {
 #[test]
 fn bench_generate_prints_a_table() {
     let stdout = rlhf_ok(&["bench", "generate", "--config", "nano", "--batch", "1,2", "--prompt-len", "4", "--new-tokens", "3", "--runs", "1"]);
-    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| nano")).collect();
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| rlhf (cpu) | nano |")).collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     assert!(stdout.contains("tokens/s"));
+}
+
+#[test]
+fn parity_checks_run_from_the_binary() {
+    let fixtures = super::root().join("trainer/fixtures");
+    let stdout = rlhf_ok(&["parity", "--fixtures", path_str(&fixtures), "--device", "cpu"]);
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| gpt2: ") || l.starts_with("| ppo step: ")).collect();
+    assert!(rows.len() >= 20, "{stdout}");
+    assert!(rows.iter().all(|r| r.ends_with("| ok |")), "{stdout}");
+    let err = rlhf_err(&["parity", "--fixtures", "/nonexistent/fixtures"]);
+    assert!(err.contains("/nonexistent/fixtures/gpt2/reference.safetensors"), "{err}");
+}
+
+#[test]
+fn bench_ppo_prints_the_split_of_an_iteration() {
+    let stdout = rlhf_ok(&[
+        "bench", "ppo", "--layers", "1", "--width", "32", "--heads", "2", "--batch", "6", "--mini-batch", "4",
+        "--epochs", "2", "--query-tokens", "2..5", "--new-tokens", "3", "--no-eos-stop", "--iterations", "1",
+    ]);
+    let header = stdout.lines().find(|l| l.contains("samples/s")).expect("a header");
+    for column in ["generate s", "old+ref logprobs s", "optimise s", "iteration s"] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row: Vec<&str> = stdout.lines().find(|l| l.starts_with("| rlhf (cpu) | 1x32x2 |")).expect("a row").split('|').collect();
+    // | impl | size | batch | mini-batch | epochs | response tokens | samples/s | ...
+    assert_eq!(row[3].trim(), "6");
+    assert_eq!(row[6].trim(), "3.0", "--no-eos-stop keeps every response at --new-tokens");
+    assert!(row[7].trim().parse::<f64>().unwrap() > 0.0, "samples/s: {stdout}");
+    let err = rlhf_err(&["bench", "ppo", "--query-tokens", "8..2"]);
+    assert!(err.contains("--query-tokens"), "{err}");
 }
 
 #[test]

@@ -14,6 +14,7 @@ pub mod hf;
 pub mod hub;
 pub mod kernels;
 pub mod optim;
+pub mod parity;
 pub mod ppo;
 pub mod ppo_local;
 pub mod ppo_update;
@@ -34,8 +35,6 @@ pub use tokenizer::Tokenizer;
 
 #[cfg(test)]
 mod learning_tests;
-#[cfg(test)]
-mod parity;
 #[cfg(test)]
 mod ppo_parity;
 #[cfg(test)]

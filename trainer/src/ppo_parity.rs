@@ -104,50 +104,9 @@ fn adaptive_kl_controller_matches_trl() {
 /// mini-batch's losses before any parameter update (`make_trl_fixtures.py::model_step`).
 #[test]
 fn first_ppo_step_statistics_match_trl_on_a_tiny_gpt2() {
-    use crate::hf;
-    use crate::ppo_update::{PpoConfig, PpoTrainer, Rollout};
-    use burn::backend::Autodiff;
-
-    type A = Autodiff<Flex>;
-    let device = Default::default();
-    let (_, policy) = hf::load::<A>(&fixtures().join("trl/policy"), &device).unwrap();
-    assert!(policy.v_head.is_some(), "value_head.safetensors was not loaded");
-    let (_, reference) = hf::load::<Flex>(&fixtures().join("trl/reference"), &device).unwrap();
-    let r = Reference::load(&fixtures().join("trl/ppo_step.safetensors"));
-    let rows = |name: &str, lengths: &str| -> Vec<Vec<u32>> {
-        let (shape, ids) = r.get(name);
-        let (_, lengths) = r.get(lengths);
-        lengths
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| ids[i * shape[1]..i * shape[1] + n as usize].iter().map(|&t| t as u32).collect())
-            .collect()
-    };
-    let (queries, responses) = (rows("queries", "query_lengths"), rows("responses", "response_lengths"));
-    let scores = r.get("scores").1;
-    let rollouts: Vec<Rollout> = (0..queries.len())
-        .map(|i| Rollout {
-            query: queries[i].clone(),
-            response: responses[i].clone(),
-            logprobs: vec![0.0; responses[i].len()], // recomputed, as TRL does
-            score: scores[i] as f32,
-        })
-        .collect();
-    let mut config = PpoConfig { ppo_epochs: 1, mini_batch_size: 4, ..Default::default() };
-    config.optim.learning_rate = 1e-4;
-    let mut trainer = PpoTrainer::<A>::new(policy, None, reference, config, 0, &device).unwrap();
-    let stats = trainer.step(&rollouts, 1).unwrap();
-    for key in [
-        "objective/kl", "objective/kl_coef", "objective/entropy", "ppo/mean_non_score_reward", "ppo/mean_scores",
-        "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/entropy", "ppo/policy/approxkl",
-        "ppo/policy/policykl", "ppo/policy/clipfrac", "ppo/policy/advantages_mean", "ppo/returns/mean",
-        "ppo/returns/var", "ppo/val/vpred", "ppo/val/error", "ppo/val/clipfrac", "ppo/val/mean", "ppo/val/var",
-        "ppo/val/var_explained", "tokens/responses_len_mean",
-    ] {
-        let want = r.get(key).1[0];
-        let got = stats[key];
-        eprintln!("parity: step {key} |diff| = {:e}", (got - want).abs());
-        assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{key}: got {got}, TRL {want}");
+    let (checks, trainer) = crate::parity::ppo_step::<burn::backend::Autodiff<Flex>>(&fixtures(), &Default::default()).unwrap();
+    for check in checks {
+        crate::parity::tests::assert_passes(check);
     }
     // The update moved the policy, and the adaptive controller moved beta towards the target.
     assert_eq!(trainer.optimizer_steps, 1);

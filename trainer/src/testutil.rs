@@ -5,34 +5,23 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use crate::parity::ReferenceFile;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// A safetensors file of reference values.
-pub struct Reference {
-    bytes: Vec<u8>,
-}
+/// A safetensors file of reference values ([`crate::parity::ReferenceFile`], panicking).
+pub struct Reference(ReferenceFile);
 
 impl Reference {
     pub fn load(path: &Path) -> Self {
-        Self { bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
+        Self(ReferenceFile::load(path).unwrap())
     }
 
     /// A tensor as (shape, values as f64).
     pub fn get(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
-        let tensors = SafeTensors::deserialize(&self.bytes).unwrap();
-        let view = tensors.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let data = view.data();
-        let values = match view.dtype() {
-            Dtype::F32 => data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            Dtype::F64 => data.chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::I64 => data.chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            other => panic!("{name}: unexpected dtype {other:?}"),
-        };
-        (view.shape().to_vec(), values)
+        self.0.get(name).unwrap()
     }
 
     /// A float tensor of rank `D` on `B`'s default device.
@@ -46,7 +35,7 @@ impl Reference {
 /// Largest absolute difference; panics on length mismatch.
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    crate::parity::max_abs_diff(a, b)
 }
 
 /// A tensor's values as f64.
