@@ -435,6 +435,32 @@ mod tests {
     }
 
     #[test]
+    fn fused_cpu_results_do_not_depend_on_the_thread_count() {
+        let (hidden, weight, targets) = (random([N, D], 1.0, 12), random([VOCAB, D], 1.0, 13), targets(N, VOCAB, 14));
+        let grad = random([N, 1], 1.0, 15).reshape([N]);
+        let prim = |t: &Tensor<B, 2>| t.clone().into_primitive().tensor();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let out = cpu::lm_head_forward(prim(&hidden), prim(&weight), &targets, 0.9, true);
+                let grads = cpu::lm_head_backward(
+                    prim(&hidden),
+                    prim(&weight),
+                    &targets,
+                    0.9,
+                    out.lse.clone(),
+                    grad.clone().into_primitive().tensor(),
+                );
+                (values::<1>(out.logprobs), values::<1>(out.entropy.unwrap()), values::<2>(grads.0), values::<2>(grads.1))
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 5] {
+            assert!(run(threads) == one, "{threads} threads gave different bits than 1");
+        }
+    }
+
+    #[test]
     fn the_fused_backward_matches_autodiff_of_log_softmax() {
         type A = Autodiff<B>;
         let (hidden, weight, targets) = (random([N, D], 1.0, 4), random([VOCAB, D], 1.0, 5), targets(N, VOCAB, 6));

@@ -3,8 +3,9 @@
 //! - **LM-head log-probs** run over the vocabulary in chunks of `vocab_chunk(n)` rows of `wte`:
 //!   one `gemm` call writes a `[n, chunk]` block of logits that stays in cache, then one pass per
 //!   row folds it into a running max, `Σ exp` (and `Σ exp · z` for the entropy), the way
-//!   flash-attention folds keys. Chunks are spread over rayon's threads and their partial sums
-//!   merged at the end. The backward pass recomputes each block and turns it into
+//!   flash-attention folds keys. Chunks are spread over rayon's threads and their statistics
+//!   merged in vocabulary order, so results do not depend on the thread count or on scheduling.
+//!   The backward pass recomputes each block and turns it into
 //!   `dz = g · (onehot − p)` in place, then two more `gemm` calls add `dz · w` into the hidden
 //!   gradient and write `dzᵀ · h` into the chunk's own rows of the weight gradient.
 //! - **Sampling** is one pass per row: max, `exp` into a scratch row, then the inverse-CDF walk
@@ -50,6 +51,9 @@ fn vector(tensor: &FlexTensor) -> Cow<'_, [f32]> {
 fn tensor(values: Vec<f32>, shape: impl AsRef<[usize]>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.as_ref().to_vec()))
 }
+
+/// Vocabulary chunks per task of the backward pass (and per partial hidden gradient).
+const BACKWARD_GROUP: usize = 4;
 
 /// Vocabulary rows per chunk: a `[n, chunk]` block of about 1 MiB, at least 256 and at most 4096
 /// rows, a multiple of 16.
@@ -276,23 +280,27 @@ pub fn lm_head_forward(
     assert!(targets.iter().all(|&t| (t as usize) < vocab), "target outside the vocabulary");
     let scale = 1.0 / temperature;
     let chunk = vocab_chunk(n);
+    // One set of row statistics per chunk, merged in vocabulary order: the result does not
+    // depend on how rayon spreads the chunks over threads.
     let stats = w
         .par_chunks(chunk * d)
         .enumerate()
-        .fold(
-            || (RowStats::new(n), vec![0.0f32; n * chunk]),
-            |(mut stats, mut block), (c, w_rows)| {
+        .map_init(
+            || vec![0.0f32; n * chunk],
+            |block, (c, w_rows)| {
                 let width = w_rows.len() / d;
                 let z = &mut block[..n * width];
                 logits_block(&h, w_rows, n, d, scale, z);
+                let mut stats = RowStats::new(n);
                 for (i, row) in z.chunks_exact(width).enumerate() {
                     stats.fold(i, row, c * chunk, targets[i] as usize, with_entropy);
                 }
-                (stats, block)
+                stats
             },
         )
-        .map(|(stats, _)| stats)
-        .reduce_with(RowStats::merge)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .reduce(RowStats::merge)
         .unwrap_or_else(|| RowStats::new(n));
     let lse: Vec<f32> = (0..n).map(|i| (stats.max[i] as f64 + (stats.sum[i] as f64).ln()) as f32).collect();
     let logprobs: Vec<f32> = (0..n).map(|i| stats.target[i] - lse[i]).collect();
@@ -316,38 +324,43 @@ pub fn lm_head_backward(
     let scale = 1.0 / temperature;
     let chunk = vocab_chunk(n);
     let mut d_weight = vec![0.0f32; vocab * d];
-    let d_hidden = d_weight
-        .par_chunks_mut(chunk * d)
-        .zip(w.par_chunks(chunk * d))
+    // Chunks go in groups of BACKWARD_GROUP; each group adds into its own hidden gradient, and
+    // the groups' gradients are summed in vocabulary order (deterministic, whatever the threads).
+    let group = BACKWARD_GROUP * chunk * d;
+    let partials: Vec<Vec<f32>> = d_weight
+        .par_chunks_mut(group)
+        .zip(w.par_chunks(group))
         .enumerate()
-        .fold(
-            || (vec![0.0f32; n * d], vec![0.0f32; n * chunk]),
-            |(mut d_hidden, mut block), (c, (d_w_rows, w_rows))| {
-                let (v0, width) = (c * chunk, w_rows.len() / d);
-                let dz = &mut block[..n * width];
-                logits_block(&h, w_rows, n, d, scale, dz);
-                // dz · T = g · (onehot − p), with p = exp(z − lse).
-                for (i, row) in dz.chunks_exact_mut(width).enumerate() {
-                    row_exp_in_place(row, 1.0, lse[i], -grad[i]);
-                    let target = targets[i] as usize;
-                    if (v0..v0 + width).contains(&target) {
-                        row[target - v0] += grad[i];
+        .map_init(
+            || vec![0.0f32; n * chunk],
+            |block, (g, (d_w_group, w_group))| {
+                let mut d_hidden = vec![0.0f32; n * d];
+                for (k, (d_w_rows, w_rows)) in d_w_group.chunks_mut(chunk * d).zip(w_group.chunks(chunk * d)).enumerate() {
+                    let (v0, width) = ((g * BACKWARD_GROUP + k) * chunk, w_rows.len() / d);
+                    let dz = &mut block[..n * width];
+                    logits_block(&h, w_rows, n, d, scale, dz);
+                    // dz · T = g · (onehot − p), with p = exp(z − lse).
+                    for (i, row) in dz.chunks_exact_mut(width).enumerate() {
+                        row_exp_in_place(row, 1.0, lse[i], -grad[i]);
+                        let target = targets[i] as usize;
+                        if (v0..v0 + width).contains(&target) {
+                            row[target - v0] += grad[i];
+                        }
                     }
+                    let row_major = |cols: usize| (cols as isize, 1);
+                    // d_hidden[n, d] += dz[n, width] · w_rows[width, d] / T
+                    gemm([n, d, width], &mut d_hidden, row_major(d), true, dz, row_major(width), w_rows, row_major(d), scale);
+                    // d_weight[width, d] = dzᵀ[width, n] · h[n, d] / T
+                    gemm([width, d, n], d_w_rows, row_major(d), false, dz, (1, width as isize), &h, row_major(d), scale);
                 }
-                let row_major = |cols: usize| (cols as isize, 1);
-                // d_hidden[n, d] += dz[n, width] · w_rows[width, d] / T
-                gemm([n, d, width], &mut d_hidden, row_major(d), true, dz, row_major(width), w_rows, row_major(d), scale);
-                // d_weight[width, d] = dzᵀ[width, n] · h[n, d] / T
-                gemm([width, d, n], d_w_rows, row_major(d), false, dz, (1, width as isize), &h, row_major(d), scale);
-                (d_hidden, block)
+                d_hidden
             },
         )
-        .map(|(d_hidden, _)| d_hidden)
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0.0; n * d]);
+        .collect();
+    let mut d_hidden = vec![0.0f32; n * d];
+    for partial in &partials {
+        d_hidden.iter_mut().zip(partial).for_each(|(x, y)| *x += y);
+    }
     (tensor(d_hidden, &[n, d]), tensor(d_weight, &[vocab, d]))
 }
 
