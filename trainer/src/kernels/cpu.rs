@@ -79,7 +79,7 @@ fn exp(x: f32) -> f32 {
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let p = p * r2 + r + 1.0;
     // 2^n from the bits of t: its low mantissa bits hold n + 2^22.
     let n_bits = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
@@ -306,8 +306,8 @@ pub fn lm_head_forward(
     let logprobs: Vec<f32> = (0..n).map(|i| stats.target[i] - lse[i]).collect();
     let entropy = with_entropy
         .then(|| (0..n).map(|i| stats.sum[i].ln() - stats.dot[i] / stats.sum[i]).collect::<Vec<f32>>())
-        .map(|e| tensor(e, &[n]));
-    LmHeadOutput { logprobs: tensor(logprobs, &[n]), lse: tensor(lse, &[n]), entropy }
+        .map(|e| tensor(e, [n]));
+    LmHeadOutput { logprobs: tensor(logprobs, [n]), lse: tensor(lse, [n]), entropy }
 }
 
 pub fn lm_head_backward(
@@ -361,7 +361,7 @@ pub fn lm_head_backward(
     for partial in &partials {
         d_hidden.iter_mut().zip(partial).for_each(|(x, y)| *x += y);
     }
-    (tensor(d_hidden, &[n, d]), tensor(d_weight, &[vocab, d]))
+    (tensor(d_hidden, [n, d]), tensor(d_weight, [vocab, d]))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -522,7 +522,7 @@ pub fn transpose(matrix_in: FlexTensor) -> FlexTensor {
             }
         }
     });
-    tensor(output, &[cols, rows])
+    tensor(output, [cols, rows])
 }
 
 // ---------------------------------------------------------------------------------------------
