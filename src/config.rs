@@ -2,6 +2,7 @@
 //! The result is deserialised once into the command's serde struct (`deny_unknown_fields`), so
 //! a misspelt key is an error naming it.
 
+use rlhf_trainer::validate::Validate;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
@@ -10,7 +11,7 @@ use serde::de::DeserializeOwned;
 use toml::Value;
 
 /// Builds `T` from its defaults, the file, the flags and the `--set` overrides.
-pub fn resolve<T: Serialize + DeserializeOwned + Default>(
+pub fn resolve<T: Serialize + DeserializeOwned + Default + Validate>(
     file: Option<&Path>,
     flags: Vec<(&str, Value)>,
     sets: &[String],
@@ -32,7 +33,9 @@ pub fn resolve<T: Serialize + DeserializeOwned + Default>(
         set(&mut value, key.trim(), parse_value(raw.trim()))?;
         T::deserialize(value.clone()).map_err(|e| anyhow!("--set {assignment}: {e}"))?;
     }
-    T::deserialize(value).map_err(|e| anyhow!("invalid config: {e}"))
+    let config = T::deserialize(value).map_err(|e| anyhow!("invalid config: {e}"))?;
+    config.validate().map_err(|e| anyhow!("invalid config: {e}"))?;
+    Ok(config)
 }
 
 /// A TOML value (`0.1`, `true`, `[1, 2]`, `{ fixed = { value = 0.1 } }`), else a bare string.
@@ -114,7 +117,7 @@ pub struct TrainFlags {
 impl TrainFlags {
     /// Resolves a config whose fields include `epochs`, `batch_size`, `optim.learning_rate` and
     /// `max_length`.
-    pub fn resolve<T: Serialize + DeserializeOwned + Default>(&self) -> anyhow::Result<T> {
+    pub fn resolve<T: Serialize + DeserializeOwned + Default + Validate>(&self) -> anyhow::Result<T> {
         let integer = |v: usize| Value::Integer(v as i64);
         let flags = [
             ("epochs", self.epochs.map(integer)),

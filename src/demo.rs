@@ -24,7 +24,8 @@ use rlhf_trainer::ppo_local::LocalConfig;
 use rlhf_trainer::ppo_update::PpoConfig;
 use rlhf_trainer::reward::RewardConfig;
 use rlhf_trainer::sft::SftConfig;
-use rlhf_trainer::SamplingConfig;
+use rlhf_trainer::validate::{Checked, InvalidSetting, at_least_one, section};
+use rlhf_trainer::{Gpt2Config, SamplingConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, ConfigArgs};
@@ -119,6 +120,27 @@ pub struct DemoConfig {
     pub runtime: RuntimeConfig,
     pub eval: EvalConfig,
 }
+
+impl DemoConfig {
+    pub fn validate(&self) -> Checked {
+        at_least_one("corpus.train_reviews", self.corpus.train_reviews)?;
+        at_least_one("corpus.test_reviews", self.corpus.test_reviews)?;
+        if self.vocab_size < 260 {
+            return Err(InvalidSetting::new("vocab_size", "at least 260 (the 256 bytes and special tokens)", self.vocab_size));
+        }
+        if Gpt2Config::preset(&self.preset).is_err() {
+            return Err(InvalidSetting::new("preset", &format!("one of {}", rlhf_trainer::config::PRESETS.join(", ")), &self.preset));
+        }
+        section("sft", self.sft.validate())?;
+        section("reward", self.reward.validate())?;
+        section("ppo", self.ppo.validate())?;
+        section("runtime", self.runtime.validate())?;
+        at_least_one("eval.n_prompts", self.eval.n_prompts)?;
+        at_least_one("eval.max_new_tokens", self.eval.max_new_tokens)
+    }
+}
+
+rlhf_trainer::impl_validate!(DemoConfig);
 
 impl Default for DemoConfig {
     fn default() -> Self {

@@ -66,6 +66,7 @@ pub fn load_model<B: Backend>(name: &str, device: &B::Device) -> anyhow::Result<
     let dir = hub::resolve(name)?;
     let (config, model) = hf::load::<B>(&dir, device).with_context(|| format!("loading model {}", dir.display()))?;
     let tokenizer = Tokenizer::load(&dir)?;
+    crate::models::check_vocabularies(&dir, &tokenizer, config.vocab_size)?;
     Ok((dir, config, model, tokenizer))
 }
 

@@ -29,9 +29,7 @@ impl ModelSource {
                 let dir = hub::resolve(name)?;
                 let (config, model) = hf::load_as::<B>(&dir, heads, device).with_context(|| format!("loading model {}", dir.display()))?;
                 let tokenizer = Tokenizer::load(self.tokenizer.as_deref().unwrap_or(&dir))?;
-                if tokenizer.vocab_size() > config.vocab_size {
-                    bail!("the tokenizer has {} tokens but the model only {}", tokenizer.vocab_size(), config.vocab_size);
-                }
+                check_vocabularies(&dir, &tokenizer, config.vocab_size)?;
                 Ok((config, model, tokenizer))
             }
             (None, Some(preset)) => {
@@ -72,6 +70,22 @@ pub struct PolicySetup<B: rlhf_trainer::AutodiffKernels> {
     pub prompts: Vec<Vec<u32>>,
 }
 
+/// A tokenizer must not produce ids the model cannot embed; a smaller one (a padded model
+/// vocabulary) is allowed, with a warning, since sampled ids past it cannot be decoded.
+pub fn check_vocabularies(dir: &std::path::Path, tokenizer: &Tokenizer, model_vocab: usize) -> anyhow::Result<()> {
+    let tokens = tokenizer.vocab_size();
+    anyhow::ensure!(
+        tokens <= model_vocab,
+        "{}: the tokenizer has {tokens} tokens but the model's vocabulary has {model_vocab} (vocab_size in config.json); \
+         they must come from the same model",
+        dir.display()
+    );
+    if tokens < model_vocab {
+        tracing::warn!(dir = %dir.display(), tokens, model_vocab, "the tokenizer is smaller than the model's vocabulary");
+    }
+    Ok(())
+}
+
 pub fn load_policy<B: rlhf_trainer::AutodiffKernels>(
     model: &str,
     heads: Heads,
@@ -84,6 +98,7 @@ pub fn load_policy<B: rlhf_trainer::AutodiffKernels>(
     let (model_config, policy) = hf::load_as::<B>(&dir, heads, device).with_context(|| format!("loading policy {}", dir.display()))?;
     let (_, reference) = hf::load_as::<B::InnerBackend>(&dir, Heads::Lm, device)?;
     let tokenizer = Tokenizer::load(&dir)?;
+    check_vocabularies(&dir, &tokenizer, model_config.vocab_size)?;
     let texts = load_prompt_texts(&data_path(prompts, "train")?, OnMalformed::Error)?.rows;
     let prompts_ids = rl_prompts(&texts, &tokenizer, prompt_config)?;
     anyhow::ensure!(

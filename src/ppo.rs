@@ -96,6 +96,7 @@ fn train<B: AutodiffKernels>(args: &PpoArgs, local: &LocalConfig, device: &B::De
     let policy_heads = if args.critic == Critic::Shared { Heads::LmValue } else { Heads::Lm };
     let setup = load_policy::<B>(&args.model, policy_heads, &args.prompts, &local.prompts, device)?;
     let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;
+    local.validate_for_model(model_config.n_positions).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let critic = match (args.critic, &args.reward_model) {
         (Critic::Shared, _) => None,
         (Critic::RewardModel, Some(name)) => {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use toml::Value;
 use tracing::Instrument;
 use rlhf_actors::LearnerConfig;
+use rlhf_trainer::validate::{Checked, InvalidSetting, at_least_one, finite_positive};
 use rlhf_actors::coordinator::CoordinatorArgs;
 use rlhf_reward_server::BatchConfig;
 use rlhf_trainer::ppo_update::PpoTrainer;
@@ -64,6 +65,19 @@ pub struct WorkerConfig {
     pub timeout_s: f64,
     /// Fault injection for tests: hold each lease this long before rolling it out.
     pub hold_lease_ms: u64,
+}
+
+impl WorkerConfig {
+    pub fn validate(&self) -> Checked {
+        if self.learner.is_empty() {
+            return Err(InvalidSetting::new("learner", "the learner's address (--learner)", "nothing"));
+        }
+        if self.reward.is_empty() {
+            return Err(InvalidSetting::new("reward", "at least one reward server address (--reward)", "none"));
+        }
+        finite_positive("patience_s", self.patience_s)?;
+        finite_positive("timeout_s", self.timeout_s)
+    }
 }
 
 impl Default for WorkerConfig {
@@ -115,6 +129,22 @@ pub struct RewardServerConfig {
     pub max_batch: usize,
     pub max_wait_ms: u64,
 }
+
+impl RewardServerConfig {
+    pub fn validate(&self) -> Checked {
+        match (&self.model, &self.lexicon, &self.tokenizer) {
+            (Some(_), Some(_), _) => return Err(InvalidSetting::new("model", "either model or lexicon, not both", "both")),
+            (None, None, _) => return Err(InvalidSetting::new("model", "a reward-model directory (or set lexicon)", "neither")),
+            (None, Some(_), None) => {
+                return Err(InvalidSetting::new("tokenizer", "the policy's tokenizer, to read a lexicon's token ids", "nothing"));
+            }
+            _ => {}
+        }
+        at_least_one("max_batch", self.max_batch)
+    }
+}
+
+rlhf_trainer::impl_validate!(WorkerConfig, RewardServerConfig);
 
 impl Default for RewardServerConfig {
     fn default() -> Self {
@@ -205,7 +235,12 @@ async fn shutdown_signal() {
 
 pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
     let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
-    learner_config.validate().map_err(|e| anyhow::anyhow!("invalid learner config: {e}"))?;
+    // The policy's context, when the model is a local directory (else checked once loaded).
+    let config_json = std::path::Path::new(&learner_config.model).join("config.json");
+    if config_json.is_file() {
+        let model_config = rlhf_trainer::Gpt2Config::load(&config_json)?;
+        learner_config.train.validate_for_model(model_config.n_positions).map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
+    }
     if args.check {
         print!("{}", toml::to_string_pretty(&learner_config)?);
         return Ok(());
@@ -236,6 +271,7 @@ fn run_learner<B: AutodiffKernels>(mut learner_config: LearnerConfig, listen: So
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let setup = load_policy::<B>(&learner_config.model, Heads::LmValue, &learner_config.prompts, &learner_config.train.prompts, &device)?;
     let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;
+    learner_config.train.validate_for_model(model_config.n_positions).map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
     config::write(&learner_config, &out.join("learner_config.toml"))?;
     let mut trainer = PpoTrainer::<B>::new(policy, None, reference, learner_config.train.ppo.clone(), tokenizer.eos_id(), &device)?;
     let checkpoints = out.join("checkpoints");
@@ -321,8 +357,6 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         flags.push(("hold_lease_ms", Value::Integer(v as i64)));
     }
     let worker_config: WorkerConfig = config::resolve(args.config.config.as_deref(), flags, &args.config.sets)?;
-    anyhow::ensure!(!worker_config.learner.is_empty(), "worker: set the learner's address (--learner or `learner` in the config)");
-    anyhow::ensure!(!worker_config.reward.is_empty(), "worker: set at least one reward server (--reward or `reward` in the config)");
     if args.check {
         print!("{}", toml::to_string_pretty(&worker_config)?);
         return Ok(());
@@ -376,12 +410,6 @@ pub fn reward_server(args: RewardServerArgs) -> anyhow::Result<()> {
         flags.push(("max_wait_ms", Value::Integer(v as i64)));
     }
     let server_config: RewardServerConfig = config::resolve(args.config.config.as_deref(), flags, &args.config.sets)?;
-    match (&server_config.model, &server_config.lexicon, &server_config.tokenizer) {
-        (Some(_), Some(_), _) => bail!("reward server: set either model or lexicon, not both"),
-        (None, None, _) => bail!("reward server: set model (a reward-model directory) or lexicon"),
-        (None, Some(_), None) => bail!("reward server: a lexicon needs tokenizer (the policy's tokenizer)"),
-        _ => {}
-    }
     if args.check {
         print!("{}", toml::to_string_pretty(&server_config)?);
         return Ok(());
@@ -461,7 +489,6 @@ fn spawn_server(name: &str, args: &[String]) -> anyhow::Result<(ChildGuard, Stri
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
-    learner_config.validate().map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let device = args.device.to_string();
     let mut learner_args = vec!["learner".to_string(), "--device".into(), device.clone()];
     if let Some(file) = &args.config.config {

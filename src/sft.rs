@@ -53,9 +53,11 @@ pub fn tokenize_texts(texts: &[String], tokenizer: &Tokenizer, max_length: usize
     texts
         .iter()
         .map(|t| {
-            let mut ids = tokenizer.encode(&clean_review(t))?;
-            ids.push(tokenizer.eos_id());
-            ids.truncate(max_length.max(2));
+            // Only the first max_length tokens are kept: never tokenise more of a long text.
+            let mut ids = tokenizer.encode_prefix(&clean_review(t), max_length)?;
+            if ids.len() < max_length {
+                ids.push(tokenizer.eos_id());
+            }
             Ok(ids)
         })
         .collect()

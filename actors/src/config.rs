@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use rlhf_trainer::ppo_local::LocalConfig;
+use rlhf_trainer::validate::{Checked, InvalidSetting, at_least_one, finite_positive, section};
 use serde::{Deserialize, Serialize};
 
 /// Where rewards come from (the reward server's source; `rlhf run` starts it from this).
@@ -64,22 +65,53 @@ pub struct LearnerConfig {
     pub runtime: RuntimeConfig,
 }
 
-impl LearnerConfig {
-    /// Checks what serde cannot.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.model.is_empty() {
-            return Err("model: a policy directory is required".into());
-        }
-        if self.prompts.as_os_str().is_empty() || self.out.as_os_str().is_empty() {
-            return Err("prompts and out are required".into());
-        }
-        if self.train.batch_size == 0 || self.train.iterations == 0 {
-            return Err("train.batch_size and train.iterations must be positive".into());
+impl RuntimeConfig {
+    /// Checks every setting (see [`rlhf_trainer::validate`]).
+    pub fn validate(&self) -> Checked {
+        finite_positive("lease_timeout_s", self.lease_timeout_s)?;
+        finite_positive("heartbeat_timeout_s", self.heartbeat_timeout_s)?;
+        at_least_one("heartbeat_interval_ms", self.heartbeat_interval_ms as usize)?;
+        if self.heartbeat_interval_ms as f64 >= self.heartbeat_timeout_s * 1000.0 {
+            return Err(InvalidSetting::new(
+                "heartbeat_interval_ms",
+                &format!("less than heartbeat_timeout_s ({} s)", self.heartbeat_timeout_s),
+                self.heartbeat_interval_ms,
+            ));
         }
         Ok(())
+    }
+}
+
+impl RewardSource {
+    pub fn validate(&self) -> Checked {
+        match (&self.model, &self.lexicon) {
+            (Some(_), Some(_)) => Err(InvalidSetting::new("model", "either model or lexicon, not both", "both")),
+            (None, None) => Err(InvalidSetting::new("model", "a reward-model directory (or set lexicon)", "neither")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl LearnerConfig {
+    /// Checks every setting (see [`rlhf_trainer::validate`]), sections included.
+    pub fn validate(&self) -> Checked {
+        if self.model.is_empty() {
+            return Err(InvalidSetting::new("model", "a policy directory (or hub id)", "nothing"));
+        }
+        if self.prompts.as_os_str().is_empty() {
+            return Err(InvalidSetting::new("prompts", "a dataset path (or hub id)", "nothing"));
+        }
+        if self.out.as_os_str().is_empty() {
+            return Err(InvalidSetting::new("out", "a run directory", "nothing"));
+        }
+        section("reward", self.reward.validate())?;
+        section("train", self.train.validate())?;
+        section("runtime", self.runtime.validate())
     }
 
     pub fn lease_size(&self) -> usize {
         if self.runtime.lease_size == 0 { self.train.batch_size } else { self.runtime.lease_size.min(self.train.batch_size) }
     }
 }
+
+rlhf_trainer::impl_validate!(RuntimeConfig, RewardSource, LearnerConfig);

@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::validate::{Checked, InvalidSetting, at_least_one};
 use crate::error::TokenizerError;
 use crate::tokenizer::Tokenizer;
 
@@ -105,47 +106,114 @@ fn malformed(path: &Path, line: usize, field: &str, expected: &str) -> DataError
     DataError::Malformed { path: path.to_path_buf(), line, field: field.to_string(), expected: expected.to_string() }
 }
 
+/// The most bytes one row (a JSONL or text line, a CSV field, a review file) may hold. Longer
+/// rows are malformed (skippable with `--skip-malformed`) and are never held in memory whole:
+/// tokenising a 50 MB line would take gigabytes.
+pub const MAX_ROW_BYTES: usize = 1 << 20;
+
+fn too_long(path: &Path, line: usize, field: &str) -> DataError {
+    malformed(path, line, field, &format!("at most {MAX_ROW_BYTES} bytes (MAX_ROW_BYTES)"))
+}
+
+/// Calls `each(line_number, line)` for every non-empty line of `path` (split on '\n' only:
+/// review texts may hold other Unicode line separators). A line over [`MAX_ROW_BYTES`] is read
+/// past, not kept, and passed as `Err(length)`.
+fn for_each_line(path: &Path, mut each: impl FnMut(usize, Result<&str, usize>) -> Result<(), DataError>) -> Result<(), DataError> {
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).map_err(io_error(path))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut buffer = Vec::new();
+    let mut number = 0;
+    loop {
+        buffer.clear();
+        number += 1;
+        let read = reader.by_ref().take(MAX_ROW_BYTES as u64 + 1).read_until(b'\n', &mut buffer).map_err(io_error(path))?;
+        if read == 0 {
+            return Ok(());
+        }
+        if buffer.len() > MAX_ROW_BYTES && buffer.last() != Some(&b'\n') {
+            // Skip the rest of the line without keeping it.
+            let mut length = buffer.len();
+            loop {
+                let chunk = reader.fill_buf().map_err(io_error(path))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                match chunk.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        length += end;
+                        reader.consume(end + 1);
+                        break;
+                    }
+                    None => {
+                        let n = chunk.len();
+                        length += n;
+                        reader.consume(n);
+                    }
+                }
+            }
+            each(number, Err(length))?;
+            continue;
+        }
+        let line = String::from_utf8_lossy(&buffer);
+        let line = line.trim_end_matches(['\n', '\r']);
+        if !line.trim().is_empty() {
+            each(number, Ok(line))?;
+        }
+    }
+}
+
 /// Parses each non-empty line of a JSONL file with `parse`, honouring `on_malformed`.
 fn read_jsonl<T>(
     path: &Path,
     on_malformed: OnMalformed,
     mut parse: impl FnMut(&Value, usize) -> Result<T, DataError>,
 ) -> Result<Loaded<T>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
     let mut loaded = Loaded::new();
-    // Split on '\n' only: review texts may hold other Unicode line separators.
-    for (index, line) in text.split('\n').enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row = serde_json::from_str::<Value>(line)
-            .map_err(|e| malformed(path, index + 1, "line", &format!("a JSON object ({e})")))
-            .and_then(|value| parse(&value, index + 1));
-        loaded.push(row, on_malformed)?;
-    }
+    for_each_line(path, |number, line| {
+        let row = match line {
+            Err(_) => Err(too_long(path, number, "line")),
+            Ok(line) => serde_json::from_str::<Value>(line)
+                .map_err(|e| malformed(path, number, "line", &format!("a JSON object ({e})")))
+                .and_then(|value| parse(&value, number)),
+        };
+        loaded.push(row, on_malformed)
+    })?;
     loaded.finish(path)
+}
+
+/// A string field with some non-whitespace text (a preference pair's two sides).
+fn non_empty_field(value: &Value, field: &str, path: &Path, line: usize) -> Result<String, DataError> {
+    let text = string_field(value, field, path, line)?;
+    if text.trim().is_empty() {
+        return Err(malformed(path, line, field, "a non-empty string"));
+    }
+    Ok(text)
 }
 
 fn string_field(value: &Value, field: &str, path: &Path, line: usize) -> Result<String, DataError> {
     value.get(field).and_then(Value::as_str).map(str::to_string).ok_or_else(|| malformed(path, line, field, "a string"))
 }
 
+/// What a sentiment label may be.
+const LABEL_EXPECTED: &str = "a sentiment label: 0 or 1, or neg/pos";
+
 fn label_field(value: &Value, field: &str, path: &Path, line: usize) -> Result<i64, DataError> {
     let label = match value.get(field) {
-        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::Number(n)) => n.as_i64().filter(|l| matches!(l, 0 | 1)),
         Some(Value::Bool(b)) => Some(*b as i64),
         Some(Value::String(s)) => parse_label(s),
         _ => None,
     };
-    label.ok_or_else(|| malformed(path, line, field, "an integer label or pos/neg"))
+    label.ok_or_else(|| malformed(path, line, field, LABEL_EXPECTED))
 }
 
-/// Labels written as text: an integer, or pos/positive/neg/negative.
+/// Labels written as text: 0 or 1, or pos/positive/neg/negative.
 fn parse_label(text: &str) -> Option<i64> {
     match text.trim().to_ascii_lowercase().as_str() {
-        "pos" | "positive" => Some(1),
-        "neg" | "negative" => Some(0),
-        other => other.parse().ok(),
+        "pos" | "positive" | "1" => Some(1),
+        "neg" | "negative" | "0" => Some(0),
+        _ => None,
     }
 }
 
@@ -159,13 +227,12 @@ pub fn load_text(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextEx
 /// `.txt` files with one example per line. Labels read as 0.
 pub fn load_unlabelled(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
     if path.extension().is_some_and(|e| e == "txt") {
-        let text = std::fs::read_to_string(path).map_err(io_error(path))?;
-        let rows: Vec<TextExample> =
-            text.split('\n').filter(|l| !l.trim().is_empty()).map(|l| TextExample { text: l.to_string(), label: 0 }).collect();
-        if rows.is_empty() {
-            return Err(DataError::Empty { path: path.to_path_buf() });
-        }
-        return Ok(Loaded { rows, skipped: 0 });
+        let mut loaded = Loaded::new();
+        for_each_line(path, |number, line| {
+            let row = line.map(|l| TextExample { text: l.to_string(), label: 0 }).map_err(|_| too_long(path, number, "line"));
+            loaded.push(row, on_malformed)
+        })?;
+        return loaded.finish(path);
     }
     load_text_fields(path, "text", None, on_malformed)
 }
@@ -209,14 +276,17 @@ fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_ma
         let row = record
             .map_err(|e| malformed(path, line, "record", &format!("a CSV record ({e})")))
             .and_then(|r| {
-                let text = r.get(text_col).ok_or_else(|| malformed(path, line, text_field, "a value"))?.to_string();
+                let text = r.get(text_col).ok_or_else(|| malformed(path, line, text_field, "a value"))?;
+                if text.len() > MAX_ROW_BYTES {
+                    return Err(too_long(path, line, text_field));
+                }
                 let label = match (label_col, label_field_name) {
-                    (Some(col), Some(name)) => r
-                        .get(col)
-                        .and_then(parse_label)
-                        .ok_or_else(|| malformed(path, line, name, "an integer label or pos/neg"))?,
+                    (Some(col), Some(name)) => {
+                        r.get(col).and_then(parse_label).ok_or_else(|| malformed(path, line, name, LABEL_EXPECTED))?
+                    }
                     _ => 0,
                 };
+                let text = text.to_string();
                 Ok(TextExample { text, label })
             });
         loaded.push(row, on_malformed)?;
@@ -242,12 +312,18 @@ fn load_parquet(path: &Path, text_field: &str, label_field_name: Option<&str>, o
     for (index, row) in rows.enumerate() {
         let line = index + 1;
         let row = row.map_err(|e| malformed(path, line, "row", &format!("a readable row ({e})"))).and_then(|row| {
-            let text = row.get_string(text_col).map_err(|_| malformed(path, line, text_field, "a string"))?.clone();
+            let text = row.get_string(text_col).map_err(|_| malformed(path, line, text_field, "a string"))?;
+            if text.len() > MAX_ROW_BYTES {
+                return Err(too_long(path, line, text_field));
+            }
+            let text = text.clone();
             let label = match (label_col, label_field_name) {
                 (Some(col), Some(name)) => row
                     .get_long(col)
                     .or_else(|_| row.get_int(col).map(i64::from))
-                    .map_err(|_| malformed(path, line, name, "an integer label"))?,
+                    .ok()
+                    .filter(|l| matches!(l, 0 | 1))
+                    .ok_or_else(|| malformed(path, line, name, LABEL_EXPECTED))?,
                 _ => 0,
             };
             Ok(TextExample { text, label })
@@ -273,6 +349,10 @@ fn load_aclimdb(dir: &Path) -> Result<Loaded<TextExample>, DataError> {
             .collect();
         files.sort();
         for file in files {
+            let size = std::fs::metadata(&file).map_err(io_error(&file))?.len();
+            if size > MAX_ROW_BYTES as u64 {
+                return Err(too_long(&file, 1, "review"));
+            }
             let text = std::fs::read_to_string(&file).map_err(io_error(&file))?;
             rows.push(TextExample { text, label });
         }
@@ -287,8 +367,8 @@ fn load_aclimdb(dir: &Path) -> Result<Loaded<TextExample>, DataError> {
 /// prefix of `chosen` and `rejected` (cut back to a whitespace boundary), as TRL's implicit prompt.
 pub fn load_preferences(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<PreferencePair>, DataError> {
     read_jsonl(path, on_malformed, |v, line| {
-        let chosen = string_field(v, "chosen", path, line)?;
-        let rejected = string_field(v, "rejected", path, line)?;
+        let chosen = non_empty_field(v, "chosen", path, line)?;
+        let rejected = non_empty_field(v, "rejected", path, line)?;
         match v.get("prompt") {
             Some(Value::String(prompt)) => Ok(PreferencePair { prompt: prompt.clone(), chosen, rejected }),
             Some(_) => Err(malformed(path, line, "prompt", "a string")),
@@ -365,10 +445,7 @@ pub fn sentiment_pairs(
     let cut = |text: &str| -> Result<String, DataError> {
         match truncation {
             PairTruncation::Whole => Ok(clean_review(text)),
-            PairTruncation::Tokens(n) => {
-                let ids = tokenizer.encode(&clean_review(text))?;
-                Ok(tokenizer.decode(&ids[..ids.len().min(n)])?)
-            }
+            PairTruncation::Tokens(n) => Ok(tokenizer.decode(&tokenizer.encode_prefix(&clean_review(text), n)?)?),
         }
     };
     preferred
@@ -395,6 +472,19 @@ pub struct PromptConfig {
     pub seed: u64,
     #[serde(default)]
     pub whole: bool,
+}
+
+impl PromptConfig {
+    pub fn validate(&self) -> Checked {
+        at_least_one("max_tokens", self.max_tokens)?;
+        if !self.whole {
+            at_least_one("min_tokens", self.min_tokens)?;
+            if self.min_tokens > self.max_tokens {
+                return Err(InvalidSetting::new("min_tokens", &format!("at most max_tokens ({})", self.max_tokens), self.min_tokens));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for PromptConfig {
@@ -443,7 +533,9 @@ pub fn rl_prompts(examples: &[TextExample], tokenizer: &Tokenizer, config: &Prom
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut prompts = Vec::new();
     for example in examples.iter().filter(|e| e.text.chars().count() > config.min_chars) {
-        let ids = tokenizer.encode(&clean_review(&example.text))?;
+        let text = clean_review(&example.text);
+        // Review prompts are a review's first tokens: never tokenise more than those.
+        let ids = if config.whole { tokenizer.encode(&text)? } else { tokenizer.encode_prefix(&text, config.max_tokens.max(config.min_tokens))? };
         if config.whole {
             let keep = if config.max_tokens == 0 { ids.len() } else { config.max_tokens.min(ids.len()) };
             if keep > 0 {
@@ -487,6 +579,41 @@ mod tests {
         assert!(err.contains("bad.jsonl:2: text: expected a string"), "{err}");
         let loaded = load_text(&path, OnMalformed::Skip).unwrap();
         assert_eq!((loaded.rows.len(), loaded.skipped), (1, 2));
+    }
+
+    #[test]
+    fn labels_other_than_0_and_1_and_empty_pair_sides_are_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.jsonl");
+        std::fs::write(&path, "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"odd\", \"label\": 2}\n").unwrap();
+        let err = load_text(&path, OnMalformed::Error).unwrap_err().to_string();
+        assert!(err.contains("labels.jsonl:2: label: expected a sentiment label: 0 or 1"), "{err}");
+        let csv = dir.path().join("labels.csv");
+        std::fs::write(&csv, "text,label\nfine,0\nodd,-1\n").unwrap();
+        let err = load_text(&csv, OnMalformed::Error).unwrap_err().to_string();
+        assert!(err.contains("labels.csv:3: label"), "{err}");
+        let prefs = dir.path().join("prefs.jsonl");
+        std::fs::write(&prefs, "{\"prompt\": \"p\", \"chosen\": \"  \", \"rejected\": \"no\"}\n").unwrap();
+        let err = load_preferences(&prefs, OnMalformed::Error).unwrap_err().to_string();
+        assert!(err.contains("prefs.jsonl:1: chosen: expected a non-empty string"), "{err}");
+    }
+
+    #[test]
+    fn a_row_over_the_size_cap_is_malformed_and_never_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.jsonl");
+        let huge = "x".repeat(MAX_ROW_BYTES + 10);
+        let text = format!("{{\"text\": \"ok\", \"label\": 1}}\n{{\"text\": \"{huge}\", \"label\": 0}}\n{{\"text\": \"ok too\", \"label\": 0}}\n");
+        std::fs::write(&path, text).unwrap();
+        let err = load_text(&path, OnMalformed::Error).unwrap_err().to_string();
+        assert!(err.contains("huge.jsonl:2: line: expected at most 1048576 bytes"), "{err}");
+        let loaded = load_text(&path, OnMalformed::Skip).unwrap();
+        assert_eq!(loaded.rows.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(), vec!["ok", "ok too"]);
+        assert_eq!(loaded.skipped, 1);
+        let txt = dir.path().join("huge.txt");
+        std::fs::write(&txt, format!("first\n{huge}\nlast")).unwrap();
+        let loaded = load_unlabelled(&txt, OnMalformed::Skip).unwrap();
+        assert_eq!(loaded.rows.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(), vec!["first", "last"]);
     }
 
     #[test]

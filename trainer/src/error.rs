@@ -31,6 +31,8 @@ pub enum CheckpointError {
         describe_mismatch(missing, unexpected, misshaped)
     )]
     Mismatch { path: PathBuf, missing: Vec<String>, unexpected: Vec<String>, misshaped: Vec<String> },
+    #[error("refusing to write {path}: tensors [{}] hold NaN or infinite values", tensors.join(", "))]
+    NonFinite { path: PathBuf, tensors: Vec<String> },
     #[error("{path} is a {found} checkpoint but a {expected} is needed")]
     WrongKind { path: PathBuf, expected: String, found: String },
     #[error(transparent)]
@@ -85,6 +87,21 @@ pub enum HubError {
     Disabled { name: String },
 }
 
+/// A training loop that cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(
+        "{skipped} optimizer steps in a row had a non-finite loss or gradient (the last at step {step}): stopping \
+         (max_skipped_steps). Skipped steps changed nothing, and checkpoints already written are intact; \
+         lower the learning rate or check the data"
+    )]
+    Diverged { step: usize, skipped: usize },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
 /// Bad input to generation or scoring.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
@@ -96,4 +113,10 @@ pub enum InputError {
     TooLong { field: &'static str, len: usize, n_positions: usize },
     #[error("{field} must be {expected}, got {got}")]
     Invalid { field: &'static str, expected: &'static str, got: String },
+    #[error("max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's context of {n_positions} positions")]
+    NoRoomForPrompt { max_new_tokens: usize, n_positions: usize },
+    #[error("a prompt of {len} tokens plus max_new_tokens {max_new_tokens} exceeds the model's context of {n_positions} positions")]
+    PromptTooLong { len: usize, max_new_tokens: usize, n_positions: usize },
+    #[error(transparent)]
+    Setting(#[from] crate::validate::InvalidSetting),
 }

@@ -126,6 +126,10 @@ fn load_weights<B: Backend>(
     } else {
         return Err(CheckpointError::NoWeights { dir: dir.to_path_buf() });
     };
+    let bad = non_finite_tensors(&model);
+    if !bad.is_empty() {
+        tracing::warn!(path = %path.display(), tensors = %bad.join(", "), "the checkpoint holds NaN or infinite weights; its outputs will be garbage");
+    }
     // The value head lives in its own file (checked below). A score head the checkpoint does not
     // declare is newly initialised: the caller asked for one on top of an LM.
     let value_head_file = dir.join(VALUE_HEAD_FILE);
@@ -237,12 +241,29 @@ fn write_error(path: &Path, error: impl std::fmt::Display) -> CheckpointError {
     CheckpointError::Write { path: path.to_path_buf(), message: error.to_string() }
 }
 
+/// The parameters of `model` holding a NaN or an infinity, by checkpoint name.
+pub fn non_finite_tensors<B: Backend>(model: &Gpt2<B>) -> Vec<String> {
+    model
+        .collect(None, None, false)
+        .into_iter()
+        .filter(|snapshot| {
+            snapshot.to_data().map(|data| data.iter::<f32>().any(|v| !v.is_finite())).unwrap_or(false)
+        })
+        .map(|snapshot| snapshot.full_path())
+        .collect()
+}
+
 fn write_dir<B: Backend>(
     model: &Gpt2<B>,
     config: &Gpt2Config,
     tokenizer: &Tokenizer,
     dir: &Path,
 ) -> Result<(), CheckpointError> {
+    // A model with NaN or infinite weights is never written: it could only produce garbage.
+    let bad = non_finite_tensors(model);
+    if !bad.is_empty() {
+        return Err(CheckpointError::NonFinite { path: dir.to_path_buf(), tensors: bad });
+    }
     let architecture = match model.heads() {
         Heads::Score { .. } => "GPT2ForSequenceClassification",
         Heads::Lm | Heads::LmValue => "GPT2LMHeadModel",

@@ -166,3 +166,63 @@ fn a_ppo_step_is_deterministic() {
     assert_eq!(strip(&b1), strip(&b2));
     assert_eq!(w1, w2);
 }
+
+/// A model with one infinite weight: every loss is NaN.
+fn poisoned(device: &burn::backend::flex::FlexDevice) -> crate::Gpt2<A> {
+    use burn::module::Param;
+    use burn::tensor::Tensor;
+    let mut model = config_model(device);
+    let bias = model.transformer.h[0].mlp.c_fc.bias.take().unwrap();
+    let mut values = crate::testutil::values(bias.val());
+    values[0] = f64::INFINITY;
+    let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
+    let n = values.len();
+    model.transformer.h[0].mlp.c_fc.bias = Some(Param::from_tensor(Tensor::from_data(burn::tensor::TensorData::new(values, [n]), device)));
+    model
+}
+
+#[test]
+fn non_finite_steps_change_nothing_and_too_many_stop_training() {
+    let device = Default::default();
+    let rows: Vec<Vec<u32>> = (0..8u32).map(|i| (0..6).map(|j| (i + j) % 8 + 1).collect()).collect();
+    let config = SftConfig { epochs: 3, batch_size: 2, max_skipped_steps: 3, ..Default::default() };
+    let model = poisoned(&device);
+    let before = crate::testutil::values(model.valid().transformer.wte.weight.val());
+    let mut checkpoints = 0;
+    let err = sft::train(model, config.optim.adamw(), &rows, &[], &config, 0, 0, &device, &mut |_| {}, &mut |_, _, _, _| {
+        checkpoints += 1;
+        Ok(())
+    })
+    .err()
+    .expect("training stops");
+    assert!(err.to_string().contains("3 optimizer steps in a row had a non-finite loss"), "{err}");
+    assert_eq!(checkpoints, 0, "nothing is checkpointed after a skipped step");
+
+    // A skipped step leaves the weights as they were: compare after exactly the allowed skips.
+    let config = SftConfig { epochs: 1, batch_size: 4, max_skipped_steps: 10, ..Default::default() };
+    let outcome = sft::train(poisoned(&device), config.optim.adamw(), &rows, &[], &config, 0, 0, &device, &mut |_| {}, &mut |_, _, _, _| Ok(()))
+        .unwrap();
+    assert_eq!(crate::testutil::values(outcome.model.valid().transformer.wte.weight.val()), before);
+
+    // And such a model is never written.
+    let tokenizer = crate::Tokenizer::load(&crate::testutil::fixtures().join("gpt2/lm")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = crate::hf::export(&poisoned(&device).valid(), &tiny_config(), &tokenizer, &dir.path().join("out")).unwrap_err();
+    assert!(err.to_string().contains("transformer.h.0.mlp.c_fc.bias"), "{err}");
+    assert!(!dir.path().join("out").exists(), "no partial output");
+}
+
+#[test]
+fn ppo_stops_after_too_many_non_finite_mini_batches() {
+    let device = Default::default();
+    let config = PpoConfig { mini_batch_size: 2, ppo_epochs: 2, max_skipped_steps: 3, ..Default::default() };
+    let policy = poisoned(&device).with_value_head(0);
+    let reference = tiny_config().init::<Flex>(Heads::Lm, &device);
+    let mut trainer = PpoTrainer::<A>::new(policy, None, reference, config, 0, &device).unwrap();
+    let rollouts: Vec<crate::ppo_update::Rollout> = (0..4u32)
+        .map(|i| crate::ppo_update::Rollout { query: vec![1, 2 + i], response: vec![3, 4], logprobs: vec![-1.0, -1.0], score: 1.0 })
+        .collect();
+    let err = trainer.step(&rollouts, 8).unwrap_err().to_string();
+    assert!(err.contains("3 optimizer steps in a row"), "{err}");
+    assert_eq!(trainer.optimizer_steps, 0);
+}

@@ -25,6 +25,7 @@ pub mod train;
 pub mod sampling;
 pub mod scoring;
 pub mod tokenizer;
+pub mod validate;
 pub mod wire;
 
 pub use config::Gpt2Config;

@@ -8,6 +8,7 @@ use crate::kernels::AutodiffKernels;
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
 use crate::kernels::{AdamWStep, Kernels};
+use crate::validate::{Checked, finite_at_least, finite_positive, in_range};
 use serde::{Deserialize, Serialize};
 
 /// Learning-rate shape over training.
@@ -103,6 +104,16 @@ impl OptimConfig {
             epsilon: self.eps as f32,
             weight_decay: self.weight_decay as f32,
         })
+    }
+
+    /// Checks every setting (see [`crate::validate`]).
+    pub fn validate(&self) -> Checked {
+        finite_at_least("learning_rate", self.learning_rate, 0.0)?;
+        finite_at_least("weight_decay", self.weight_decay, 0.0)?;
+        in_range("beta1", self.beta1, 0.0, 1.0)?;
+        in_range("beta2", self.beta2, 0.0, 1.0)?;
+        finite_positive("eps", self.eps)?;
+        finite_at_least("max_grad_norm", self.max_grad_norm, 0.0)
     }
 
     /// Learning rate at optimizer step `step` (0-based) of `total_steps`: linear warm-up, then

@@ -47,6 +47,8 @@ pub enum ParityError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    Train(#[from] crate::error::TrainError),
 }
 
 /// A safetensors file of reference values.

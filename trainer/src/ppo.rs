@@ -11,6 +11,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::validate::{Checked, finite_at_least, finite_positive, section};
+
 /// Variance floor inside the whitening `rsqrt`, as in TRL.
 const WHITEN_EPS: f64 = 1e-8;
 
@@ -103,6 +105,16 @@ pub enum MissingEos {
     Penalty(f32),
     /// Replace the score with a constant (N+ implementation details: −1).
     Replace(f32),
+}
+
+impl MissingEos {
+    pub fn validate(&self) -> Checked {
+        match self {
+            Self::Keep => Ok(()),
+            Self::Penalty(p) => finite_at_least("penalty", *p as f64, f64::MIN),
+            Self::Replace(v) => finite_at_least("replace", *v as f64, f64::MIN),
+        }
+    }
 }
 
 /// Applies the missing-end-of-text rule. `scores`: `[batch]`; `has_eos`: `[batch]` (1 or 0).
@@ -293,6 +305,18 @@ pub enum KlController {
 }
 
 impl KlController {
+    /// Checks the coefficient and, for the adaptive controller, its target and horizon.
+    pub fn validate(&self) -> Checked {
+        match self {
+            Self::Fixed { value } => section("fixed", finite_at_least("value", *value, 0.0)),
+            Self::Adaptive { value, target, horizon } => section("adaptive", {
+                finite_at_least("value", *value, 0.0)
+                    .and_then(|()| finite_positive("target", *target))
+                    .and_then(|()| finite_positive("horizon", *horizon))
+            }),
+        }
+    }
+
     pub fn value(&self) -> f64 {
         match self {
             Self::Fixed { value } | Self::Adaptive { value, .. } => *value,

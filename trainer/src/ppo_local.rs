@@ -9,6 +9,7 @@ use crate::kernels::AutodiffKernels;
 use serde::{Deserialize, Serialize};
 
 use crate::data::PromptConfig;
+use crate::validate::{Checked, InvalidSetting, at_least_one, section};
 use crate::ppo_update::{PpoConfig, PpoTrainer, Rollout, Stats};
 use crate::sampling::{SamplingConfig, generate};
 use crate::scorer::{ScoreError, Scorer};
@@ -39,6 +40,35 @@ impl Default for LocalConfig {
 }
 
 impl LocalConfig {
+    /// Checks every setting (see [`crate::validate`]), sections included.
+    pub fn validate(&self) -> Checked {
+        at_least_one("iterations", self.iterations)?;
+        at_least_one("batch_size", self.batch_size)?;
+        if self.ppo.mini_batch_size > self.batch_size {
+            return Err(InvalidSetting::new(
+                "ppo.mini_batch_size",
+                &format!("at most batch_size ({})", self.batch_size),
+                self.ppo.mini_batch_size,
+            ));
+        }
+        section("sampling", self.sampling.validate())?;
+        section("ppo", self.ppo.validate())?;
+        section("prompts", self.prompts.validate())
+    }
+
+    /// Checks that prompts and responses fit the policy's context.
+    pub fn validate_for_model(&self, n_positions: usize) -> Checked {
+        let longest = self.prompts.max_tokens + self.sampling.max_new_tokens;
+        if !self.prompts.whole && longest > n_positions {
+            return Err(InvalidSetting::new(
+                "sampling.max_new_tokens",
+                &format!("at most {} (the model's {n_positions} positions minus prompts.max_tokens {})", n_positions.saturating_sub(self.prompts.max_tokens), self.prompts.max_tokens),
+                self.sampling.max_new_tokens,
+            ));
+        }
+        Ok(())
+    }
+
     /// Optimizer steps over the whole run (for the learning-rate schedule).
     pub fn total_optimizer_steps(&self) -> usize {
         self.iterations * self.ppo.ppo_epochs * self.batch_size.div_ceil(self.ppo.mini_batch_size.max(1))
@@ -52,6 +82,8 @@ pub enum LocalError {
     Input(#[from] crate::error::InputError),
     #[error(transparent)]
     Score(#[from] ScoreError),
+    #[error(transparent)]
+    Train(#[from] crate::error::TrainError),
 }
 
 /// One iteration's rollouts and statistics.

@@ -25,7 +25,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{Padded, left_pad, select_rows, validate};
-use crate::error::InputError;
+use crate::error::{InputError, TrainError};
 use crate::gpt2::{Gpt2, Gpt2Output};
 use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
 use crate::ppo::{
@@ -33,6 +33,7 @@ use crate::ppo::{
     masked_var, policy_loss, shape_rewards, value_loss,
 };
 use crate::kernels::{AutodiffKernels, Kernels};
+use crate::validate::{Checked, InvalidSetting, at_least_one, finite_at_least, finite_positive, in_closed_range, section};
 
 /// One scored rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +83,9 @@ pub struct PpoConfig {
     /// Clip scores to ±this after scaling (0: off).
     pub score_clip: f64,
     pub seed: u64,
+    /// Stop with an error after this many consecutive mini-batches skipped for a non-finite
+    /// loss or gradient (a skipped step changes neither the weights nor the optimizer state).
+    pub max_skipped_steps: usize,
 }
 
 impl Default for PpoConfig {
@@ -106,7 +110,30 @@ impl Default for PpoConfig {
             score_norm: false,
             score_clip: 0.0,
             seed: 0,
+            max_skipped_steps: 10,
         }
+    }
+}
+
+impl PpoConfig {
+    /// Checks every setting (see [`crate::validate`]).
+    pub fn validate(&self) -> Checked {
+        section("optim", self.optim.validate())?;
+        at_least_one("ppo_epochs", self.ppo_epochs)?;
+        at_least_one("mini_batch_size", self.mini_batch_size)?;
+        in_closed_range("gamma", self.gamma, 0.0, 1.0)?;
+        in_closed_range("lam", self.lam, 0.0, 1.0)?;
+        finite_positive("cliprange", self.cliprange)?;
+        finite_positive("cliprange_value", self.cliprange_value)?;
+        finite_at_least("vf_coef", self.vf_coef, 0.0)?;
+        section("kl", self.kl.validate())?;
+        if self.ratio_threshold.is_nan() || self.ratio_threshold <= 0.0 {
+            return Err(InvalidSetting::new("ratio_threshold", "a number > 0 (inf: never skip)", self.ratio_threshold));
+        }
+        finite_positive("temperature", self.temperature as f64)?;
+        section("missing_eos", self.missing_eos.validate())?;
+        finite_at_least("score_clip", self.score_clip, 0.0)?;
+        at_least_one("max_skipped_steps", self.max_skipped_steps)
     }
 }
 
@@ -132,6 +159,8 @@ pub struct PpoTrainer<B: AutodiffKernels> {
     eos_id: u32,
     rng: StdRng,
     device: B::Device,
+    /// Mini-batches skipped in a row for a non-finite loss or gradient, across steps.
+    skipped_in_a_row: usize,
 }
 
 /// Rollouts on the device, in the two layouts the step needs.
@@ -255,6 +284,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
             critic_optim,
             eos_id,
             device: device.clone(),
+            skipped_in_a_row: 0,
         })
     }
 
@@ -284,7 +314,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
     }
 
     /// One PPO step (see the module docs); `total_steps` sizes the learning-rate schedule.
-    pub fn step(&mut self, rollouts: &[Rollout], total_optimizer_steps: usize) -> Result<Stats, InputError> {
+    pub fn step(&mut self, rollouts: &[Rollout], total_optimizer_steps: usize) -> Result<Stats, TrainError> {
         self.validate(rollouts)?;
         let started = Instant::now();
         let n = rollouts.len();
@@ -388,7 +418,8 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                 let ratio_mean = scalar(pg.ratio_mean.clone().detach());
                 let total = scalar(loss.clone().detach());
                 let skip_ratio = ratio_mean > self.config.ratio_threshold;
-                let skip_nonfinite = !total.is_finite();
+                let lr = self.config.optim.lr_at(self.optimizer_steps, total_optimizer_steps);
+                let skip_nonfinite = !total.is_finite() || !lr.is_finite();
                 let zero = if skip_ratio || skip_nonfinite { 0.0 } else { 1.0 };
                 let record = [
                     ("loss/policy", scalar(pg.loss.clone().detach()) * zero),
@@ -416,15 +447,27 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                     skipped_ratio += 1;
                     continue;
                 }
-                if skip_nonfinite {
-                    tracing::warn!(loss = total, "non-finite PPO loss: mini-batch skipped");
+                let max_norm = self.config.optim.max_grad_norm;
+                let gradients = (!skip_nonfinite)
+                    .then(|| {
+                        let mut grads = loss.backward();
+                        let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
+                        let norm = clip_grad_norm(&self.policy, &mut policy_grads, max_norm);
+                        (grads, policy_grads, norm)
+                    })
+                    .filter(|(_, _, norm)| norm.is_finite());
+                let Some((mut grads, policy_grads, grad_norm)) = gradients else {
+                    // Nothing moves: the weights and the optimizer state stay as they were.
                     skipped_nonfinite += 1;
+                    self.skipped_in_a_row += 1;
+                    tracing::warn!(loss = total, skipped_in_a_row = self.skipped_in_a_row, "non-finite PPO loss or gradient: mini-batch skipped");
+                    if self.skipped_in_a_row >= self.config.max_skipped_steps {
+                        return Err(TrainError::Diverged { step: self.optimizer_steps, skipped: self.skipped_in_a_row });
+                    }
                     continue;
-                }
-                let lr = self.config.optim.lr_at(self.optimizer_steps, total_optimizer_steps);
-                let mut grads = loss.backward();
-                let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
-                grad_norms.push(clip_grad_norm(&self.policy, &mut policy_grads, self.config.optim.max_grad_norm));
+                };
+                self.skipped_in_a_row = 0;
+                grad_norms.push(grad_norm);
                 // burn's optimizer takes the module by value; cloning shares the tensors.
                 self.policy = self.policy_optim.step(lr, self.policy.clone(), policy_grads);
                 if let (Some(critic), Some(optim)) = (self.critic.take(), self.critic_optim.as_mut()) {

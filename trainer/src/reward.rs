@@ -12,6 +12,7 @@ use burn::module::{AutodiffModule, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::activation::log_sigmoid;
 use crate::kernels::{AutodiffKernels, Kernels};
+use crate::validate::{Checked, InvalidSetting, at_least_one, finite_at_least, section};
 use burn::tensor::{ElementConversion, Tensor};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{left_pad, validate};
 use crate::data::PreferencePair;
-use crate::error::{InputError, TokenizerError};
+use crate::error::{InputError, TokenizerError, TrainError};
 use crate::gpt2::Gpt2;
 use crate::optim::{OptimConfig, clip_grad_norm};
 use crate::ppo_update::Stats;
@@ -43,6 +44,9 @@ pub struct RewardConfig {
     /// Evaluate every this many optimizer steps (0: at the end of each epoch).
     pub eval_every: usize,
     pub seed: u64,
+    /// Stop with an error after this many consecutive optimizer steps skipped for a non-finite
+    /// loss or gradient (a skipped step changes neither the weights nor the optimizer state).
+    pub max_skipped_steps: usize,
 }
 
 impl Default for RewardConfig {
@@ -56,7 +60,23 @@ impl Default for RewardConfig {
             center_rewards_coefficient: 0.0,
             eval_every: 0,
             seed: 0,
+            max_skipped_steps: 10,
         }
+    }
+}
+
+impl RewardConfig {
+    /// Checks every setting (see [`crate::validate`]).
+    pub fn validate(&self) -> Checked {
+        section("optim", self.optim.validate())?;
+        at_least_one("epochs", self.epochs)?;
+        at_least_one("batch_size", self.batch_size)?;
+        if self.max_length < 2 {
+            return Err(InvalidSetting::new("max_length", "at least 2", self.max_length));
+        }
+        finite_at_least("margin", self.margin, 0.0)?;
+        finite_at_least("center_rewards_coefficient", self.center_rewards_coefficient, 0.0)?;
+        at_least_one("max_skipped_steps", self.max_skipped_steps)
     }
 }
 
@@ -156,9 +176,9 @@ pub fn train<B: AutodiffKernels>(
     pad_id: u32,
     device: &B::Device,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(Gpt2<B>, Vec<Stats>), InputError> {
+) -> Result<(Gpt2<B>, Vec<Stats>), TrainError> {
     if model.score.is_none() {
-        return Err(InputError::Invalid { field: "model", expected: "a score head (a reward model)", got: "an LM".into() });
+        return Err(InputError::Invalid { field: "model", expected: "a score head (a reward model)", got: "an LM".into() }.into());
     }
     for (field, set) in [("train pairs", train), ("eval pairs", eval)] {
         let rows: Vec<Vec<u32>> = set.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
@@ -167,7 +187,7 @@ pub fn train<B: AutodiffKernels>(
         }
     }
     if train.is_empty() {
-        return Err(InputError::Empty { field: "train pairs" });
+        return Err(InputError::Empty { field: "train pairs" }.into());
     }
     let batch_size = config.batch_size.max(1);
     let steps_per_epoch = train.len().div_ceil(batch_size);
@@ -176,6 +196,7 @@ pub fn train<B: AutodiffKernels>(
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut evals = Vec::new();
     let mut step = 0;
+    let mut skipped_in_a_row = 0;
     for _ in 0..config.epochs {
         let mut order: Vec<&PairIds> = train.iter().collect();
         order.shuffle(&mut rng);
@@ -184,12 +205,18 @@ pub fn train<B: AutodiffKernels>(
             let loss_value = loss.clone().into_scalar().elem::<f64>();
             let accuracy = chosen.clone().greater(rejected).float().mean().into_scalar().elem::<f64>();
             let lr = config.optim.lr_at(step, total);
-            if loss_value.is_finite() {
-                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-                clip_grad_norm(&model, &mut grads, config.optim.max_grad_norm);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            let grad_norm = clip_grad_norm(&model, &mut grads, config.optim.max_grad_norm);
+            if loss_value.is_finite() && grad_norm.is_finite() && lr.is_finite() {
                 model = optim.step(lr, model, grads);
+                skipped_in_a_row = 0;
             } else {
-                tracing::warn!(step, "non-finite reward-model loss: batch skipped");
+                // Nothing moves: the weights and the optimizer state stay as they were.
+                skipped_in_a_row += 1;
+                tracing::warn!(step, loss = loss_value, grad_norm, skipped_in_a_row, "non-finite reward-model loss or gradient: batch skipped");
+                if skipped_in_a_row >= config.max_skipped_steps {
+                    return Err(TrainError::Diverged { step, skipped: skipped_in_a_row });
+                }
             }
             step += 1;
             let mut metrics = Stats::from([

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{left_pad, validate};
 use crate::error::InputError;
+use crate::validate::{Checked, InvalidSetting, at_least_one, finite_positive};
 use crate::gpt2::{Gpt2, KvCache};
 use crate::kernels::Kernels;
 
@@ -41,23 +42,25 @@ impl Default for SamplingConfig {
 }
 
 impl SamplingConfig {
-    pub fn validate(&self) -> Result<(), InputError> {
-        if self.max_new_tokens == 0 {
-            return Err(InputError::Invalid { field: "max_new_tokens", expected: "at least 1", got: "0".into() });
+    /// Checks every setting (see [`crate::validate`]); the model's context is checked against
+    /// the prompts when generating.
+    pub fn validate(&self) -> Checked {
+        at_least_one("max_new_tokens", self.max_new_tokens)?;
+        if self.max_new_tokens > MAX_NEW_TOKENS {
+            return Err(InvalidSetting::new("max_new_tokens", &format!("at most {MAX_NEW_TOKENS} (GPT-2's largest context)"), self.max_new_tokens));
         }
-        if !self.greedy && !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(InputError::Invalid {
-                field: "temperature",
-                expected: "a positive number",
-                got: self.temperature.to_string(),
-            });
+        if !self.greedy {
+            finite_positive("temperature", self.temperature as f64)?;
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(InputError::Invalid { field: "top_p", expected: "in (0, 1]", got: self.top_p.to_string() });
+            return Err(InvalidSetting::new("top_p", "a number in (0, 1]", self.top_p));
         }
         Ok(())
     }
 }
+
+/// No GPT-2-family model has a longer context than this.
+pub const MAX_NEW_TOKENS: usize = 1024;
 
 /// Generated continuations, one per prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,8 +102,14 @@ impl<B: Kernels> Generator<B> {
     ) -> Result<Generation, InputError> {
         let model = &self.model;
         config.validate()?;
-        let max_prompt = model.n_positions().saturating_sub(config.max_new_tokens);
-        validate("prompt", prompts, model.vocab_size(), max_prompt)?;
+        let n_positions = model.n_positions();
+        if config.max_new_tokens >= n_positions {
+            return Err(InputError::NoRoomForPrompt { max_new_tokens: config.max_new_tokens, n_positions });
+        }
+        validate("prompt", prompts, model.vocab_size(), n_positions)?;
+        if let Some(len) = prompts.iter().map(Vec::len).find(|&len| len + config.max_new_tokens > n_positions) {
+            return Err(InputError::PromptTooLong { len, max_new_tokens: config.max_new_tokens, n_positions });
+        }
         let batch = prompts.len();
         let padded = left_pad::<B>(prompts, eos_id, device);
         let mut rng = StdRng::seed_from_u64(config.seed);
@@ -187,6 +196,26 @@ mod tests {
     }
 
     #[test]
+    fn sampling_settings_are_validated() {
+        let ok = SamplingConfig::default();
+        assert!(ok.validate().is_ok());
+        let cases = [
+            (SamplingConfig { top_p: 2.0, ..ok.clone() }, "top_p"),
+            (SamplingConfig { top_p: 0.0, ..ok.clone() }, "top_p"),
+            (SamplingConfig { temperature: 0.0, ..ok.clone() }, "temperature"),
+            (SamplingConfig { temperature: f32::NAN, ..ok.clone() }, "temperature"),
+            (SamplingConfig { max_new_tokens: 0, ..ok.clone() }, "max_new_tokens"),
+            (SamplingConfig { max_new_tokens: 10_000, ..ok.clone() }, "max_new_tokens"),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+        // Greedy decoding ignores the temperature.
+        assert!(SamplingConfig { greedy: true, temperature: 0.0, ..ok }.validate().is_ok());
+    }
+
+    #[test]
     fn inverse_cdf_picks_the_token_whose_interval_holds_the_draw() {
         // probabilities 0.1, 0.2, 0.7 -> cdf 0.1, 0.3, 1.0
         let row: &[f32] = &[0.1f32.ln(), 0.2f32.ln(), 0.7f32.ln()];
@@ -249,8 +278,13 @@ mod tests {
         assert_eq!(out.logprobs[0].len(), 1);
         let err = generate(&model, &[vec![1, 999]], 0, &greedy, &device).unwrap_err().to_string();
         assert!(err.contains("999") && err.contains("prompt"), "{err}");
+        // The model's context is 64: 60 prompt tokens + 6 new ones do not fit, and the message
+        // says so with the real numbers.
         let err = generate(&model, &[vec![1; 60]], 0, &greedy, &device).unwrap_err().to_string();
-        assert!(err.contains("n_positions"), "{err}");
+        assert!(err.contains("prompt of 60 tokens plus max_new_tokens 6 exceeds the model's context of 64"), "{err}");
+        let too_many = SamplingConfig { max_new_tokens: 64, ..greedy.clone() };
+        let err = generate(&model, &[vec![1]], 0, &too_many, &device).unwrap_err().to_string();
+        assert!(err.contains("max_new_tokens (64) leaves no room for a prompt in the model's context of 64"), "{err}");
         assert!(generate(&model, &[vec![]], 0, &greedy, &device).is_err());
     }
 }

@@ -11,11 +11,12 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{left_pad, next_token_rows, select_rows, validate};
-use crate::error::{CheckpointError, InputError};
+use crate::error::{CheckpointError, InputError, TrainError};
 use crate::gpt2::Gpt2;
 use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
 use crate::ppo_update::Stats;
 use crate::kernels::{AutodiffKernels, Kernels};
+use crate::validate::{Checked, InvalidSetting, at_least_one, section};
 use crate::train::Progress;
 
 /// SFT settings.
@@ -34,6 +35,9 @@ pub struct SftConfig {
     /// Checkpoint every this many optimizer steps (0: at the end of each epoch).
     pub checkpoint_every: usize,
     pub seed: u64,
+    /// Stop with an error after this many consecutive optimizer steps skipped for a non-finite
+    /// loss or gradient (a skipped step changes neither the weights nor the optimizer state).
+    pub max_skipped_steps: usize,
 }
 
 impl Default for SftConfig {
@@ -52,7 +56,22 @@ impl Default for SftConfig {
             eval_every: 0,
             checkpoint_every: 0,
             seed: 0,
+            max_skipped_steps: 10,
         }
+    }
+}
+
+impl SftConfig {
+    /// Checks every setting (see [`crate::validate`]).
+    pub fn validate(&self) -> Checked {
+        section("optim", self.optim.validate())?;
+        at_least_one("epochs", self.epochs)?;
+        at_least_one("batch_size", self.batch_size)?;
+        at_least_one("grad_accum", self.grad_accum)?;
+        if self.max_length < 2 {
+            return Err(InvalidSetting::new("max_length", "at least 2 (one token predicts the next)", self.max_length));
+        }
+        at_least_one("max_skipped_steps", self.max_skipped_steps)
     }
 }
 
@@ -112,7 +131,7 @@ pub fn train<B: AutodiffKernels>(
     device: &B::Device,
     progress: &mut dyn FnMut(Progress),
     checkpoint: &mut dyn FnMut(&Gpt2<B>, &AdamWOptimizer<Gpt2<B>, B>, usize, usize) -> Result<(), CheckpointError>,
-) -> Result<SftOutcome<B>, CheckpointError> {
+) -> Result<SftOutcome<B>, TrainError> {
     if train_rows.is_empty() {
         return Err(InputError::Empty { field: "training texts" }.into());
     }
@@ -127,6 +146,7 @@ pub fn train<B: AutodiffKernels>(
     let total = steps_per_epoch * config.epochs;
     let mut evals = Vec::new();
     let mut step = start_step;
+    let mut skipped_in_a_row = 0;
     for epoch in 0..config.epochs {
         let batches = length_buckets(&lengths, config.batch_size, config.seed, epoch);
         for (group_index, group) in batches.chunks(accum).enumerate() {
@@ -147,10 +167,16 @@ pub fn train<B: AutodiffKernels>(
             let grad_norm = clip_grad_norm(&model, &mut grads, config.optim.max_grad_norm);
             let lr = config.optim.lr_at(step, total);
             let train_loss = loss_sum / tokens.max(1) as f64;
-            if train_loss.is_finite() && grad_norm.is_finite() {
+            if train_loss.is_finite() && grad_norm.is_finite() && lr.is_finite() {
                 model = optim.step(lr, model, grads);
+                skipped_in_a_row = 0;
             } else {
-                tracing::warn!(step, "non-finite SFT loss or gradient: step skipped");
+                // Nothing moves: the weights and the optimizer state stay as they were.
+                skipped_in_a_row += 1;
+                tracing::warn!(step, loss = train_loss, grad_norm, skipped_in_a_row, "non-finite SFT loss or gradient: step skipped");
+                if skipped_in_a_row >= config.max_skipped_steps {
+                    return Err(TrainError::Diverged { step, skipped: skipped_in_a_row });
+                }
             }
             step += 1;
             let mut metrics = Stats::from([

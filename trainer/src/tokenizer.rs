@@ -29,6 +29,16 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// The byte index of the first whitespace character at or after byte `from` (on a character
+/// boundary), if any.
+fn whitespace_at_or_after(text: &str, from: usize) -> Option<usize> {
+    if from >= text.len() {
+        return None;
+    }
+    let start = (from..text.len()).find(|&i| text.is_char_boundary(i))?;
+    text[start..].char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, _)| start + i)
+}
+
 impl Tokenizer {
     /// Loads from a directory (`tokenizer.json`, or `vocab.json` + `merges.txt`) or from a
     /// `tokenizer.json` file.
@@ -88,6 +98,27 @@ impl Tokenizer {
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::Codec { action: "encode", message: e.to_string() })
+    }
+
+    /// The first `max_tokens` ids of `text`, exactly as `encode(text)` would start, without
+    /// tokenising all of a long text: it encodes growing prefixes of the text cut just before a
+    /// whitespace character (a byte-level BPE's pre-tokens never cross one, so every token before
+    /// the cut is the same as in the whole text) until one yields more than `max_tokens` ids.
+    pub fn encode_prefix(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>, TokenizerError> {
+        let mut budget = max_tokens.max(1) * 8;
+        loop {
+            let Some(cut) = whitespace_at_or_after(text, budget) else {
+                let mut ids = self.encode(text)?;
+                ids.truncate(max_tokens);
+                return Ok(ids);
+            };
+            let mut ids = self.encode(&text[..cut])?;
+            if ids.len() > max_tokens {
+                ids.truncate(max_tokens);
+                return Ok(ids);
+            }
+            budget = cut * 2;
+        }
     }
 
     /// Ids to text, keeping special tokens (so an end-of-text is visible).
@@ -167,6 +198,13 @@ mod tests {
         assert_eq!(tokenizer.eos_id(), 50256);
         assert_eq!(tokenizer.pad_id(), 50256);
         assert_eq!(tokenizer.decode(&tokenizer.encode("naïve 🎬 café").unwrap()).unwrap(), "naïve 🎬 café");
+        // A prefix of a long text is exactly the start of the whole text's ids.
+        let long = "It was a  dark and stormy night; the rain fell in torrents, except at occasional intervals. ".repeat(200)
+            + &"x".repeat(5000);
+        let whole = tokenizer.encode(&long).unwrap();
+        for n in [1, 7, 32, 100, 1000, whole.len(), whole.len() + 5] {
+            assert_eq!(tokenizer.encode_prefix(&long, n).unwrap(), whole[..n.min(whole.len())], "first {n} ids");
+        }
     }
 
     #[test]
