@@ -30,4 +30,17 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    // A panic anywhere (an actor's handler, a blocking task) is logged at error level with its
+    // message and place, in the chosen format, before the process goes down.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), %location, "panicked: {message}");
+    }));
 }

@@ -31,6 +31,7 @@ use crate::config::LearnerConfig;
 use crate::membership::{Membership, MembershipArgs, MembershipMsg, RunSettings};
 use crate::ppo_learner::{PpoLearner, PpoLearnerArgs, PpoLearnerMsg, Updated};
 use crate::publisher::{Publisher, PublisherMsg};
+use crate::validation::{LeaseClaim, RolloutLimits, check_submission};
 use crate::weights::WeightSnapshot;
 
 /// Registered names of the children the gRPC service talks to.
@@ -101,12 +102,16 @@ struct WorkerInfo {
 
 struct LeaseInfo {
     worker_id: u64,
+    /// The policy version the lease was issued for (what its rollouts must be generated with).
+    policy_version: u64,
     prompts: Vec<u64>,
     deadline: Instant,
 }
 
 pub struct State<B: AutodiffKernels> {
     config: LearnerConfig,
+    /// What a submitted rollout may hold.
+    limits: RolloutLimits,
     prompts: Vec<Vec<u32>>,
     sampling_seed: u64,
     learner: Option<ActorRef<PpoLearnerMsg>>,
@@ -200,6 +205,7 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
         let start_version = args.start_version;
+        let model_limits = (args.trainer.policy.vocab_size(), args.trainer.policy.n_positions());
         let runtime = &args.config.runtime;
         let weights = WeightSnapshot::of(&args.trainer.policy.valid(), start_version, runtime.weights_dtype)?;
         let cell = myself.get_cell();
@@ -230,7 +236,13 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
         let (learner, _) = Actor::spawn_linked(Some("ppo-learner".into()), PpoLearner::<B>::default(), learner_args, cell).await?;
         myself.send_interval(Duration::from_millis(200), || CoordinatorMsg::Tick);
         let sampling_seed = args.config.train.sampling.seed;
+        let limits = RolloutLimits {
+            vocab_size: model_limits.0,
+            n_positions: model_limits.1,
+            max_new_tokens: args.config.train.sampling.max_new_tokens,
+        };
         let mut state = State {
+            limits,
             config: args.config,
             prompts: args.prompts,
             sampling_seed,
@@ -258,7 +270,33 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
         Ok(state)
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        crate::logged("coordinator", handle_message(myself, message, state).await)
+    }
+
+    /// Supervision policy: the run cannot go on without any child (membership, publisher, PPO
+    /// learner), so a child's failure stops the coordinator (and the process exits with an error).
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(who, error) => {
+                let name = who.get_name().unwrap_or_default();
+                tracing::error!(actor = %name, %error, "a learner actor failed; stopping the run");
+                state.learner = None;
+                myself.stop(Some(format!("{name} failed: {error}")));
+            }
+            SupervisionEvent::ActorTerminated(who, _, reason) if !state.done => {
+                let name = who.get_name().unwrap_or_default();
+                tracing::error!(actor = %name, ?reason, "a learner actor stopped before the run ended");
+                state.learner = None;
+                myself.stop(Some(format!("{name} stopped")));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn handle_message<B: AutodiffKernels>(_myself: ActorRef<CoordinatorMsg>, message: CoordinatorMsg, state: &mut State<B>) -> Result<(), ActorProcessingErr> {
         match message {
             CoordinatorMsg::WorkerJoined { worker_id, name, reply } => {
                 state.totals.workers_joined += 1;
@@ -307,27 +345,6 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
         Ok(())
     }
 
-    /// Supervision policy: the run cannot go on without any child (membership, publisher, PPO
-    /// learner), so a child's failure stops the coordinator (and the process exits with an error).
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        match event {
-            SupervisionEvent::ActorFailed(who, error) => {
-                let name = who.get_name().unwrap_or_default();
-                tracing::error!(actor = %name, %error, "a learner actor failed; stopping the run");
-                state.learner = None;
-                myself.stop(Some(format!("{name} failed: {error}")));
-            }
-            SupervisionEvent::ActorTerminated(who, _, reason) if !state.done => {
-                let name = who.get_name().unwrap_or_default();
-                tracing::error!(actor = %name, ?reason, "a learner actor stopped before the run ended");
-                state.learner = None;
-                myself.stop(Some(format!("{name} stopped")));
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
 
 fn lease<B: AutodiffKernels>(state: &mut State<B>, worker_id: u64) -> Result<pb::LeasePromptsResponse, Status> {
     use pb::lease_prompts_response::Reply;
@@ -352,7 +369,7 @@ fn lease<B: AutodiffKernels>(state: &mut State<B>, worker_id: u64) -> Result<pb:
     state.totals.leases_issued += 1;
     let deadline = Instant::now() + Duration::from_secs_f64(state.config.runtime.lease_timeout_s);
     let wire_prompts = prompts.iter().map(|&i| pb::Prompt { prompt_index: i, ids: state.prompt(i) }).collect();
-    state.leases.insert(lease_id, LeaseInfo { worker_id, prompts, deadline });
+    state.leases.insert(lease_id, LeaseInfo { worker_id, policy_version: state.version, prompts, deadline });
     let deadline_ms = (state.config.runtime.lease_timeout_s * 1000.0) as u64;
     Ok(pb::LeasePromptsResponse {
         reply: Some(Reply::Lease(pb::Lease { lease_id, policy_version: state.version, prompts: wire_prompts, seed, deadline_ms })),
@@ -366,34 +383,28 @@ fn submit<B: AutodiffKernels>(state: &mut State<B>, request: pb::SubmitRolloutsR
             request.lease_id
         )));
     };
-    if lease.worker_id != request.worker_id {
-        return Err(Status::failed_precondition(format!("lease {} belongs to another worker", request.lease_id)));
-    }
-    let expected: BTreeSet<u64> = lease.prompts.iter().copied().collect();
-    let got: BTreeSet<u64> = request.rollouts.iter().map(|r| r.prompt_index).collect();
-    if expected != got || request.rollouts.len() != expected.len() {
-        return Err(Status::invalid_argument(format!("lease {}: rollouts must cover exactly its prompts", request.lease_id)));
+    let claim = LeaseClaim {
+        lease_id: request.lease_id,
+        worker_id: lease.worker_id,
+        policy_version: lease.policy_version,
+        prompts: &lease.prompts,
+    };
+    // Every field, before anything is accepted. The lease stays valid: the worker may submit
+    // again, or the lease expires and its prompts are re-issued.
+    if let Err(status) = check_submission(&request, &claim, &state.limits, |i| state.prompt(i)) {
+        tracing::warn!(worker_id = request.worker_id, lease_id = request.lease_id, error = %status.message(), "submission refused");
+        return Err(status);
     }
     let lag = state.config.runtime.max_policy_lag;
-    for r in &request.rollouts {
-        if r.policy_version > state.version || state.version - r.policy_version > lag {
-            // Too stale to train on: drop it and roll the prompts out again with fresh weights.
-            let message = format!(
-                "rollout {} was generated with policy version {}, but the learner is at {} (max_policy_lag {lag})",
-                r.rollout_id, r.policy_version, state.version
-            );
-            state.reissue(request.lease_id, "rollouts too stale");
-            return Err(Status::failed_precondition(message));
-        }
-        if r.response.is_empty() || r.logprobs.len() != r.response.len() || !r.score.is_finite() {
-            return Err(Status::invalid_argument(format!(
-                "rollout {}: needs a non-empty response, one log-prob per token and a finite score",
-                r.rollout_id
-            )));
-        }
-        if r.query != state.prompt(r.prompt_index) {
-            return Err(Status::invalid_argument(format!("rollout {}: query differs from prompt {}", r.rollout_id, r.prompt_index)));
-        }
+    let version = lease.policy_version;
+    if version > state.version || state.version - version > lag {
+        // Too stale to train on: drop it and roll the prompts out again with fresh weights.
+        let message = format!(
+            "lease {} was rolled out with policy version {version}, but the learner is at {} (max_policy_lag {lag})",
+            request.lease_id, state.version
+        );
+        state.reissue(request.lease_id, "rollouts too stale");
+        return Err(Status::failed_precondition(message));
     }
     state.leases.remove(&request.lease_id);
     let n = request.rollouts.len() as u32;

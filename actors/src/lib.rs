@@ -11,6 +11,7 @@ pub mod membership;
 pub mod ppo_learner;
 pub mod publisher;
 pub mod service;
+pub mod validation;
 pub mod weights;
 
 use std::time::Duration;
@@ -21,6 +22,15 @@ use rlhf_proto::v1::learner_server::LearnerServer;
 
 pub use config::LearnerConfig;
 pub use coordinator::{Coordinator, CoordinatorArgs};
+
+/// Logs a message handler's error at `error` level, naming the actor, before ractor stops the
+/// actor: a supervisor hears of a child's failure, but a root actor's error would vanish with it.
+pub(crate) fn logged(actor: &str, result: Result<(), ractor::ActorProcessingErr>) -> Result<(), ractor::ActorProcessingErr> {
+    if let Err(error) = &result {
+        tracing::error!(actor, %error, "actor failed");
+    }
+    result
+}
 
 /// Largest gRPC message accepted or sent (rollout batches; weights travel in 1 MiB chunks).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

@@ -69,7 +69,12 @@ impl Actor for Membership {
         })
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        crate::logged("membership", handle_message(myself, message, state).await)
+    }
+}
+
+async fn handle_message(_myself: ActorRef<MembershipMsg>, message: MembershipMsg, state: &mut MembershipState) -> Result<(), ActorProcessingErr> {
         match message {
             MembershipMsg::Join { name, reply } => {
                 let worker_id = state.next_worker_id;
@@ -125,4 +130,4 @@ impl Actor for Membership {
         }
         Ok(())
     }
-}
+

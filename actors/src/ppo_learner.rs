@@ -82,6 +82,11 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        crate::logged("ppo-learner", handle_message(myself, message, state).await)
+    }
+}
+
+async fn handle_message<B: AutodiffKernels>(myself: ActorRef<PpoLearnerMsg>, message: PpoLearnerMsg, state: &mut PpoLearnerState<B>) -> Result<(), ActorProcessingErr> {
         match message {
             PpoLearnerMsg::Update { rollouts, next_version } => {
                 let mut trainer = state.trainer.take().ok_or("an update is already running")?;
@@ -126,4 +131,4 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
         }
         Ok(())
     }
-}
+

@@ -323,3 +323,110 @@ fn a_reward_model_with_another_tokenizer_scores_text() {
     let metrics = lines(&tmp.path().join("out/metrics.jsonl"));
     assert!(metrics[0]["env/reward_mean"].as_f64().unwrap().is_finite());
 }
+
+/// A client written from the `.proto` files alone, playing a hostile worker.
+mod hostile {
+    use rlhf_proto::v1 as pb;
+    use rlhf_proto::v1::learner_client::LearnerClient;
+    use tonic::transport::Channel;
+
+    pub async fn client(addr: &str) -> LearnerClient<Channel> {
+        LearnerClient::connect(format!("http://{addr}")).await.expect("the learner accepts connections")
+    }
+
+    /// Joins and waits for a lease.
+    pub async fn join_and_lease(learner: &mut LearnerClient<Channel>) -> (u64, pb::Lease) {
+        let worker_id = learner.join(pb::JoinRequest { name: "hostile".into() }).await.unwrap().into_inner().worker_id;
+        loop {
+            let reply = learner.lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: 0 }).await.unwrap().into_inner();
+            match reply.reply {
+                Some(pb::lease_prompts_response::Reply::Lease(lease)) => return (worker_id, lease),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Well-formed rollouts for `lease` (what an honest worker would send).
+    pub fn honest(worker_id: u64, lease: &pb::Lease) -> pb::SubmitRolloutsRequest {
+        let rollouts = lease
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pb::Rollout {
+                rollout_id: 1000 + i as u64,
+                worker_id,
+                lease_id: lease.lease_id,
+                policy_version: lease.policy_version,
+                prompt_index: p.prompt_index,
+                query: p.ids.clone(),
+                response: vec![5, 6, 7],
+                logprobs: vec![-1.0, -2.0, -0.5],
+                score: 0.25,
+            })
+            .collect();
+        pb::SubmitRolloutsRequest { worker_id, lease_id: lease.lease_id, rollouts, score_seconds: 0.01 }
+    }
+}
+
+#[test]
+fn a_hostile_worker_is_refused_field_by_field_and_the_run_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 2, 8, 4, "lease_timeout_s = 2.0\n");
+    let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refusals: Vec<(String, String)> = runtime.block_on(async {
+        let mut client = hostile::client(&addr).await;
+        let (worker_id, lease) = hostile::join_and_lease(&mut client).await;
+        let honest = hostile::honest(worker_id, &lease);
+        type Edit = Box<dyn Fn(&mut rlhf_proto::v1::SubmitRolloutsRequest)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            ("response[0]: expected a token id below 384", Box::new(|r| r.rollouts[0].response[0] = 384)),
+            ("response[1]: expected a token id below 384", Box::new(|r| r.rollouts[1].response[1] = u32::MAX)),
+            ("logprobs[0]: expected a finite log-probability ≤ 0, got 3", Box::new(|r| r.rollouts[0].logprobs[0] = 3.0)),
+            ("logprobs[2]: expected a finite log-probability ≤ 0, got -inf", Box::new(|r| r.rollouts[2].logprobs[2] = f32::NEG_INFINITY)),
+            ("response: expected 1 to 8 tokens (max_new_tokens), got 100000 tokens", Box::new(|r| {
+                r.rollouts[0].response = vec![1; 100_000];
+                r.rollouts[0].logprobs = vec![-1.0; 100_000];
+            })),
+            ("logprobs: expected one per response token", Box::new(|r| r.rollouts[1].logprobs.pop().map(|_| ()).unwrap_or(()))),
+            ("score: expected a finite number, got NaN", Box::new(|r| r.rollouts[3].score = f32::NAN)),
+            ("policy_version: expected the lease's version", Box::new(|r| r.rollouts[0].policy_version += 7)),
+            ("rollouts must cover exactly its 4 prompts", Box::new(|r| r.rollouts[1].prompt_index = 999_999)),
+            ("rollouts must cover exactly its 4 prompts", Box::new(|r| {
+                let first = r.rollouts[0].clone();
+                r.rollouts[1] = first;
+            })),
+            ("query: expected the ids of prompt", Box::new(|r| r.rollouts[2].query.push(1))),
+            ("worker_id: expected the submitting worker's id", Box::new(|r| r.rollouts[0].worker_id += 1)),
+        ];
+        let mut refusals = Vec::new();
+        for (expected, edit) in cases {
+            let mut request = honest.clone();
+            edit(&mut request);
+            let status = client.submit_rollouts(request).await.expect_err(expected);
+            refusals.push((expected.to_string(), format!("{:?}: {}", status.code(), status.message())));
+            // The learner keeps serving.
+            client.heartbeat(rlhf_proto::v1::HeartbeatRequest { worker_id }).await.expect("the learner is still up");
+        }
+        // Another worker's lease is not ours to fill.
+        let mut stolen = honest.clone();
+        stolen.worker_id += 100;
+        let status = client.submit_rollouts(stolen).await.unwrap_err();
+        refusals.push(("FailedPrecondition".into(), format!("{:?}: {}", status.code(), status.message())));
+        refusals
+    });
+    for (expected, got) in &refusals {
+        let code = if expected == "FailedPrecondition" { "FailedPrecondition" } else { "InvalidArgument" };
+        assert!(got.starts_with(code) && got.contains(expected.trim_start_matches("FailedPrecondition")), "expected {code} with {expected:?}, got {got}");
+    }
+    // The hostile worker's lease expires and is re-issued; an honest worker finishes the run.
+    let lexicon = assets().join("imdb-lexicon");
+    let (_reward, reward) =
+        start(tmp.path(), "reward", &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))], true);
+    let (_worker, _) = start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &reward, "--name", "honest"], false);
+    let status = learner.wait(Duration::from_secs(120));
+    let log = learner.log();
+    assert!(status.success(), "learner failed:\n{log}");
+    assert!(log.contains("submission refused"), "{log}");
+    assert_accounted_once(&tmp.path().join("out"), 2, 8);
+}
