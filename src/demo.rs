@@ -262,8 +262,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(demo.corpus.train_reviews >= 20 && demo.corpus.test_reviews >= 10, "corpus: need at least 20 train and 10 test reviews");
     let started = Instant::now();
     let out = &args.out;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // The demo's directory is its own run directory (stages are reused, so never refused); each
+    // stage's command locks the stage's directory in turn.
+    let _run_dir = rlhf_trainer::rundir::RunDir::open(out, rlhf_trainer::rundir::Existing::Resume)?;
     config::write(&demo, &out.join("demo_config.toml"))?;
+    // Stage configs live beside the stages: a stage's directory is its command's --out, empty
+    // when the command starts.
+    let configs = out.join("configs");
+    std::fs::create_dir_all(&configs).with_context(|| format!("cannot create {}", configs.display()))?;
     let device = args.device.to_string();
     let target = args.target.name();
     eprintln!("rlhf demo: target {target}, {} workers, output in {}", args.workers, out.display());
@@ -294,7 +300,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 3. SFT of a fresh tiny GPT-2 on the reviews.
     let sft = Stage::new(out.join("sft"), &(&demo.preset, &demo.sft), &[&tokenizer])?;
     sft.run(3, "supervised fine-tuning", args.fresh, |dir| {
-        let config_file = dir.join("demo_sft.toml");
+        let config_file = configs.join("sft.toml");
         config::write(&demo.sft, &config_file)?;
         #[rustfmt::skip]
         let command = [
@@ -308,7 +314,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 4. A reward model from the SFT model: positive reviews preferred over negative ones.
     let reward = Stage::new(out.join("reward-model"), &demo.reward, &[&sft])?;
     reward.run(4, "reward model", args.fresh, |dir| {
-        let config_file = dir.join("demo_reward.toml");
+        let config_file = configs.join("reward.toml");
         config::write(&demo.reward, &config_file)?;
         #[rustfmt::skip]
         let command = [
@@ -336,8 +342,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         runtime: demo.runtime.clone(),
     };
     let ppo = Stage::new(learner_config.out.clone(), &(&learner_config, args.workers), &[&sft, &reward])?;
-    ppo.run(5, &format!("PPO towards {target} reviews ({} iterations, {} workers)", demo.ppo.iterations, args.workers), args.fresh, |dir| {
-        let config_file = dir.join("demo_learner.toml");
+    ppo.run(5, &format!("PPO towards {target} reviews ({} iterations, {} workers)", demo.ppo.iterations, args.workers), args.fresh, |_dir| {
+        let config_file = configs.join(format!("learner-{target}.toml"));
         config::write(&learner_config, &config_file)?;
         #[rustfmt::skip]
         let command = ["run", "--config", &path(&config_file), "--workers", &args.workers.to_string(), "--device", &device];

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use clap::Args;
+use rlhf_trainer::rundir::{Existing, RunDir};
 use rlhf_trainer::{Gpt2, Gpt2Config, Heads, Kernels, Tokenizer, hf, hub};
 
 #[derive(Args, Clone)]
@@ -52,12 +53,18 @@ pub fn data_path(arg: &std::path::Path, split: &str) -> anyhow::Result<std::path
     Ok(hub::resolve_dataset(&arg.to_string_lossy(), split)?)
 }
 
-/// Makes a run directory; an existing one must be resumed explicitly.
-pub fn run_dir(out: &std::path::Path, resume: bool) -> anyhow::Result<()> {
-    if out.join("config.json").exists() && !resume {
-        bail!("{} already holds a model; pass --resume to continue it, or choose another --out", out.display());
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))
+/// Opens and locks a command's run directory (see [`rlhf_trainer::rundir`]): one that already
+/// holds a run must be resumed (`--resume`) or cleared (`--overwrite`).
+pub fn run_dir(out: &std::path::Path, resume: bool, overwrite: bool) -> anyhow::Result<RunDir> {
+    anyhow::ensure!(!(resume && overwrite), "--resume and --overwrite exclude each other");
+    let existing = if resume {
+        Existing::Resume
+    } else if overwrite {
+        Existing::Overwrite
+    } else {
+        Existing::Refuse
+    };
+    Ok(RunDir::open(out, existing)?)
 }
 
 /// A PPO run's starting point: the policy (with `heads`), its frozen reference, its tokenizer

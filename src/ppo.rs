@@ -53,6 +53,9 @@ pub struct PpoArgs {
     /// Run directory: metrics.jsonl, ppo_config.toml and the trained policy.
     #[arg(long)]
     out: PathBuf,
+    /// Clear --out first if it already holds a run (otherwise such a directory is refused).
+    #[arg(long)]
+    overwrite: bool,
     /// Config fields: iterations, batch_size, sampling.*, ppo.*, prompts.*.
     #[command(flatten)]
     config: config::ConfigArgs,
@@ -89,10 +92,7 @@ pub fn run(args: PpoArgs) -> anyhow::Result<()> {
 }
 
 fn train<B: AutodiffKernels>(args: &PpoArgs, local: &LocalConfig, device: &B::Device) -> anyhow::Result<()> {
-    if args.out.join("config.json").exists() {
-        bail!("{} already holds a model; choose another --out", args.out.display());
-    }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let _run_dir = crate::models::run_dir(&args.out, false, args.overwrite)?;
     let policy_heads = if args.critic == Critic::Shared { Heads::LmValue } else { Heads::Lm };
     let setup = load_policy::<B>(&args.model, policy_heads, &args.prompts, &local.prompts, device)?;
     let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;

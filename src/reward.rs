@@ -74,6 +74,9 @@ pub struct TrainArgs {
     /// Run directory: the reward model (a Hugging Face directory), metrics.jsonl, eval_results.json.
     #[arg(long)]
     out: PathBuf,
+    /// Clear --out first if it already holds a run (otherwise such a directory is refused).
+    #[arg(long)]
+    overwrite: bool,
     #[command(flatten)]
     flags: config::TrainFlags,
     #[arg(long, default_value = "cpu")]
@@ -119,7 +122,7 @@ fn load_pairs(args: &TrainArgs, path: &std::path::Path, tokenizer: &rlhf_trainer
 }
 
 fn train<B: AutodiffKernels>(args: &TrainArgs, reward_config: &RewardConfig, device: &B::Device) -> anyhow::Result<()> {
-    run_dir(&args.out, false)?;
+    let _run_dir = run_dir(&args.out, false, args.overwrite)?;
     let (model_config, model, tokenizer) = args.source.load::<B>(Heads::Score { num_labels: 1 }, device)?;
     let mut pairs = load_pairs(args, &data_path(&args.data, "train")?, &tokenizer)?;
     let mut eval_pairs = match &args.eval_data {

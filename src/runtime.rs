@@ -41,8 +41,11 @@ pub struct LearnerArgs {
     #[arg(long)]
     check: bool,
     /// Continue from the newest checkpoint in `out/checkpoints/`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Clear `out` first if it already holds a run (otherwise such a directory is refused).
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     #[arg(long, default_value = "cpu")]
@@ -197,8 +200,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// Continue the learner from its newest checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Clear the learner's `out` first if it already holds a run.
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -245,7 +251,7 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&learner_config)?);
         return Ok(());
     }
-    with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(learner_config, args.listen, args.resume, device))
+    with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(learner_config, args.listen, args.resume, args.overwrite, device))
 }
 
 /// The newest `version-N` checkpoint under `dir`.
@@ -260,7 +266,13 @@ fn latest_learner_checkpoint(dir: &std::path::Path) -> Option<(u64, PathBuf)> {
         .max_by_key(|(version, _)| *version)
 }
 
-fn run_learner<B: AutodiffKernels>(mut learner_config: LearnerConfig, listen: SocketAddr, resume: bool, device: B::Device) -> anyhow::Result<()> {
+fn run_learner<B: AutodiffKernels>(
+    mut learner_config: LearnerConfig,
+    listen: SocketAddr,
+    resume: bool,
+    overwrite: bool,
+    device: B::Device,
+) -> anyhow::Result<()> {
     let train = &mut learner_config.train;
     train.ppo.temperature = if train.sampling.greedy { 1.0 } else { train.sampling.temperature };
     if learner_config.runtime.max_policy_lag > 0 {
@@ -268,7 +280,7 @@ fn run_learner<B: AutodiffKernels>(mut learner_config: LearnerConfig, listen: So
         train.ppo.old_logprobs = rlhf_trainer::ppo_update::OldLogprobs::Behaviour;
     }
     let out = learner_config.out.clone();
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let _run_dir = crate::models::run_dir(&out, resume, overwrite)?;
     let setup = load_policy::<B>(&learner_config.model, Heads::LmValue, &learner_config.prompts, &learner_config.train.prompts, &device)?;
     let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;
     learner_config.train.validate_for_model(model_config.n_positions).map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
@@ -284,6 +296,18 @@ fn run_learner<B: AutodiffKernels>(mut learner_config: LearnerConfig, listen: So
             state.version
         }
     };
+    if resume {
+        // Records of iterations after the checkpoint belong to the attempt that was cut short:
+        // drop them, so the files read as one run (their prompts are rolled out again).
+        let batch = learner_config.train.batch_size as u64;
+        let metrics = rlhf_trainer::rundir::truncate_records(&out.join("metrics.jsonl"), |r| r["step"].as_u64().is_some_and(|s| s <= start_version))?;
+        let rollouts = rlhf_trainer::rundir::truncate_records(&out.join("rollouts.jsonl"), |r| {
+            r["prompt_index"].as_u64().is_some_and(|i| i / batch < start_version)
+        })?;
+        if metrics + rollouts > 0 {
+            tracing::info!(metrics, rollouts, policy_version = start_version, "dropped records written after the checkpoint");
+        }
+    }
     let (checkpoint_config, checkpoint_tokenizer) = (model_config.clone(), tokenizer.clone());
     let mut metrics = MetricsFile::create(&out.join("metrics.jsonl"))?;
     let lineage_path = out.join("rollouts.jsonl");
@@ -499,6 +523,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if args.resume {
         learner_args.push("--resume".into());
+    }
+    if args.overwrite {
+        learner_args.push("--overwrite".into());
     }
     let (mut learner, learner_addr) = spawn_server("learner", &learner_args)?;
     let mut reward_args = vec!["reward-server".to_string(), "--device".into(), device.clone()];

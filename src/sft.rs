@@ -40,8 +40,11 @@ pub struct SftArgs {
     #[arg(long)]
     out: PathBuf,
     /// Continue from the newest checkpoint in --out.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Clear --out first if it already holds a run (otherwise such a directory is refused).
+    #[arg(long)]
+    overwrite: bool,
     #[command(flatten)]
     flags: config::TrainFlags,
     #[arg(long, default_value = "cpu")]
@@ -69,7 +72,7 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 }
 
 fn train<B: AutodiffKernels>(args: &SftArgs, sft_config: &SftConfig, device: &B::Device) -> anyhow::Result<()> {
-    run_dir(&args.out, args.resume)?;
+    let _run_dir = run_dir(&args.out, args.resume, args.overwrite)?;
     let on_malformed = if args.skip_malformed { OnMalformed::Skip } else { OnMalformed::Error };
     let mut texts: Vec<String> = load_sft_texts(&data_path(&args.data, "train")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect();
     if let Some(n) = args.max_examples {
@@ -85,6 +88,18 @@ fn train<B: AutodiffKernels>(args: &SftArgs, sft_config: &SftConfig, device: &B:
 
     let checkpoints = args.out.join("checkpoints");
     let resume_from = if args.resume { latest_checkpoint(&checkpoints) } else { None };
+    // Records past the checkpoint belong to the attempt that was cut short: drop them, so the
+    // files read as one run.
+    let covered = match &resume_from {
+        Some(dir) => rlhf_trainer::train::read_trainer_state(dir)?.step,
+        None => 0,
+    };
+    if args.resume {
+        let dropped = rlhf_trainer::rundir::truncate_records(&args.out.join("metrics.jsonl"), |r| r["step"].as_u64().is_some_and(|s| s as usize <= covered))?;
+        if dropped > 0 {
+            tracing::info!(dropped, step = covered, "dropped metrics written after the checkpoint");
+        }
+    }
     let (model_config, model, optim, tokenizer, start_step) = match &resume_from {
         Some(dir) => {
             let (model_config, model, optim, state) = load_checkpoint::<B>(dir, sft_config.optim.adamw(), device)?;

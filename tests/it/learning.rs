@@ -100,19 +100,17 @@ fn local_ppo_with_a_separate_critic_from_the_reward_model() {
 fn sft_writes_a_model_metrics_and_checkpoints_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sft");
-    let args = |resume: bool| {
+    let args = |flag: Option<&'static str>| {
         let mut args = vec![
             "sft", "--model", path_str(&fixture("lm")).to_string().leak(), "--data",
             path_str(&assets().join("imdb-sentiment/test.jsonl")).to_string().leak(), "--max-examples", "96",
             "--epochs", "2", "--batch-size", "16", "--learning-rate", "3e-3", "--max-length", "32",
             "--set", "checkpoint_every=3", "--out", path_str(&out).to_string().leak(),
         ];
-        if resume {
-            args.push("--resume");
-        }
+        args.extend(flag);
         args
     };
-    rlhf_ok(&args(false));
+    rlhf_ok(&args(None));
     let records = metrics(&out);
     let loss = |r: &serde_json::Value| r["train/loss"].as_f64().unwrap();
     assert!(loss(records.last().unwrap()) < loss(&records[0]), "training loss did not fall");
@@ -120,9 +118,21 @@ fn sft_writes_a_model_metrics_and_checkpoints_and_resumes() {
     assert!(out.join("checkpoints/step-3/optimizer_params.json").is_file());
     assert!(out.join("config.json").is_file() && out.join("sft_config.toml").is_file());
     // A second run without --resume refuses to overwrite; with it, it picks up the last checkpoint.
-    let err = rlhf_err(&args(false));
-    assert!(err.contains("--resume"), "{err}");
-    rlhf_ok(&args(true));
+    let err = rlhf_err(&args(None));
+    assert!(err.contains("already holds a run") && err.contains("--resume") && err.contains("--overwrite"), "{err}");
+    // As if the first run had died after step 12 with its last checkpoint at step 6: a resumed
+    // run continues from step 6, and its metrics read as one run (no step twice).
+    let steps = |out: &std::path::Path| metrics(out).iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>();
+    let total = steps(&out).len() as u64;
+    assert!(total >= 9, "{:?}", steps(&out));
+    for late in (7..=total).filter(|s| s % 3 == 0) {
+        std::fs::remove_dir_all(out.join(format!("checkpoints/step-{late}"))).unwrap();
+    }
+    rlhf_ok(&args(Some("--resume")));
+    assert_eq!(steps(&out), (1..=total).collect::<Vec<_>>(), "records duplicated after --resume");
+    // --overwrite starts over.
+    rlhf_ok(&args(Some("--overwrite")));
+    assert_eq!(steps(&out), (1..=total).collect::<Vec<_>>());
 }
 
 #[test]

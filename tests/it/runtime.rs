@@ -289,18 +289,36 @@ fn with_a_policy_lag_workers_roll_out_ahead_within_the_bound() {
 #[test]
 fn a_learner_resumes_from_its_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = config(tmp.path(), 2, 8, 0, "checkpoint_every = 2\n");
+    // Three iterations with a checkpoint at version 2: as if the learner died after iteration
+    // 3, whose records are then written but not covered by a checkpoint.
+    let config = config(tmp.path(), 3, 8, 0, "checkpoint_every = 2\n");
     run_to_end(tmp.path(), "first", &config, "1", &[]);
     let out = tmp.path().join("out");
     assert!(out.join("checkpoints/version-2/ppo_state.json").is_file());
     assert!(out.join("checkpoints/version-2/value_head.safetensors").is_file());
+    // Without --resume or --overwrite the directory is refused.
+    let err = super::rlhf_err(&["learner", "--config", path_str(&config)]);
+    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
     // Two more iterations from version 2.
     let second = run_to_end(tmp.path(), "second", &config, "1", &["--resume", "--set", "train.iterations=4"]);
     assert!(second.log().contains("resuming"), "{}", second.log());
     let steps: Vec<u64> = lines(&out.join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
-    assert_eq!(steps, vec![1, 2, 3, 4]);
-    let indices: BTreeSet<u64> = lines(&out.join("rollouts.jsonl")).iter().map(|r| r["prompt_index"].as_u64().unwrap()).collect();
-    assert_eq!(indices, (0..32).collect(), "the resumed run continues the prompt stream");
+    assert_eq!(steps, vec![1, 2, 3, 4], "records of the cut-short iteration 3 were kept");
+    let indices: Vec<u64> = lines(&out.join("rollouts.jsonl")).iter().map(|r| r["prompt_index"].as_u64().unwrap()).collect();
+    assert_eq!(indices.len(), 32, "a prompt is in the lineage twice");
+    assert_eq!(indices.into_iter().collect::<BTreeSet<u64>>(), (0..32).collect(), "the resumed run continues the prompt stream");
+}
+
+#[test]
+fn a_second_learner_on_the_same_run_directory_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 2, 8, 0, "");
+    // No worker: the first learner waits for rollouts, holding its directory.
+    let (_first, _) = start(tmp.path(), "first", &["learner", "--config", path_str(&config)], true);
+    let started = Instant::now();
+    let err = super::rlhf_err(&["learner", "--config", path_str(&config), "--resume"]);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(err.contains("is in use by another rlhf process (pid ") && err.contains(" on "), "{err}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub mod ppo;
 pub mod ppo_local;
 pub mod ppo_update;
 pub mod reward;
+pub mod rundir;
 pub mod scorer;
 pub mod sft;
 pub mod train;

@@ -119,6 +119,13 @@ pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
         .map(|(_, path)| path)
 }
 
+/// Reads a checkpoint's `trainer_state.json`.
+pub fn read_trainer_state(dir: &Path) -> Result<TrainerState, CheckpointError> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| read_error(&path, e))
+}
+
 /// Loads a checkpoint's model, optimizer state and trainer state.
 pub fn load_checkpoint<B: AutodiffKernels>(
     dir: &Path,
@@ -126,9 +133,7 @@ pub fn load_checkpoint<B: AutodiffKernels>(
     device: &B::Device,
 ) -> Result<(Gpt2Config, Gpt2<B>, AdamWOptimizer<Gpt2<B>, B>, TrainerState), CheckpointError> {
     let (config, model) = hf::load::<B>(dir, device)?;
-    let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| read_error(&path, e))?;
+    let state = read_trainer_state(dir)?;
     optim = load_optimizer(dir, &model, optim, device)?;
     Ok((config, model, optim, state))
 }
