@@ -11,11 +11,7 @@ use serde::de::DeserializeOwned;
 use toml::Value;
 
 /// Builds `T` from its defaults, the file, the flags and the `--set` overrides.
-pub fn resolve<T: Serialize + DeserializeOwned + Default + Validate>(
-    file: Option<&Path>,
-    flags: Vec<(&str, Value)>,
-    sets: &[String],
-) -> anyhow::Result<T> {
+pub fn resolve<T: Serialize + DeserializeOwned + Default + Validate>(file: Option<&Path>, flags: Vec<(&str, Value)>, sets: &[String]) -> anyhow::Result<T> {
     let mut value = Value::try_from(T::default()).context("serialising the default config")?;
     if let Some(file) = file {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read config {}", file.display()))?;
@@ -40,10 +36,7 @@ pub fn resolve<T: Serialize + DeserializeOwned + Default + Validate>(
 
 /// A TOML value (`0.1`, `true`, `[1, 2]`, `{ fixed = { value = 0.1 } }`), else a bare string.
 fn parse_value(raw: &str) -> Value {
-    toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| Value::String(raw.to_string()))
+    toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| Value::String(raw.to_string()))
 }
 
 /// Merges `overrides` into `base`, table by table. A one-key table meeting a one-key table with
@@ -51,9 +44,7 @@ fn parse_value(raw: &str) -> Value {
 /// `kl.adaptive`): it is replaced, not merged.
 fn merge(base: &mut Value, overrides: Value) {
     match (base, overrides) {
-        (Value::Table(base), Value::Table(overrides))
-            if base.len() == 1 && overrides.len() == 1 && base.keys().ne(overrides.keys()) =>
-        {
+        (Value::Table(base), Value::Table(overrides)) if base.len() == 1 && overrides.len() == 1 && base.keys().ne(overrides.keys()) => {
             *base = overrides;
         }
         (Value::Table(base), Value::Table(overrides)) => {

@@ -173,16 +173,7 @@ impl Default for DemoConfig {
             prompts: PromptConfig { min_chars: 0, min_tokens: 2, max_tokens: 6, seed: 0, whole: false },
         };
         let runtime = RuntimeConfig { checkpoint_every: 10, ..Default::default() };
-        Self {
-            corpus: CorpusConfig::default(),
-            vocab_size: 1024,
-            preset: "tiny".into(),
-            sft,
-            reward,
-            ppo,
-            runtime,
-            eval: EvalConfig::default(),
-        }
+        Self { corpus: CorpusConfig::default(), vocab_size: 1024, preset: "tiny".into(), sft, reward, ppo, runtime, eval: EvalConfig::default() }
     }
 }
 
@@ -333,11 +324,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         model: path(&sft.dir),
         prompts: train_data.clone(),
         out: out.join(format!("ppo-{target}")),
-        reward: rlhf_actors::config::RewardSource {
-            model: Some(path(&reward.dir)),
-            negate: args.target == Target::Negative,
-            ..Default::default()
-        },
+        reward: rlhf_actors::config::RewardSource { model: Some(path(&reward.dir)), negate: args.target == Target::Negative, ..Default::default() },
         train: demo.ppo.clone(),
         runtime: demo.runtime.clone(),
     };
@@ -355,11 +342,33 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     eval.run(6, "evaluation and report", args.fresh, |dir| {
         let e = &demo.eval;
         let mut command: Vec<String> = [
-            "eval", "--policy", &format!("sft={}", path(&sft.dir)), "--policy", &format!("{target}={}", path(&ppo.dir)),
-            "--reference", &path(&sft.dir), "--prompts", &path(&test_data), "--min-chars", "0",
-            "--reward-model", &path(&reward.dir), "--n-prompts", &e.n_prompts.to_string(), "--best-of", &e.best_of.to_string(),
-            "--max-new-tokens", &e.max_new_tokens.to_string(), "--samples", &e.samples.to_string(), "--seed", &e.seed.to_string(),
-            "--out", &path(&dir.join("eval.json")), "--device", &device,
+            "eval",
+            "--policy",
+            &format!("sft={}", path(&sft.dir)),
+            "--policy",
+            &format!("{target}={}", path(&ppo.dir)),
+            "--reference",
+            &path(&sft.dir),
+            "--prompts",
+            &path(&test_data),
+            "--min-chars",
+            "0",
+            "--reward-model",
+            &path(&reward.dir),
+            "--n-prompts",
+            &e.n_prompts.to_string(),
+            "--best-of",
+            &e.best_of.to_string(),
+            "--max-new-tokens",
+            &e.max_new_tokens.to_string(),
+            "--samples",
+            &e.samples.to_string(),
+            "--seed",
+            &e.seed.to_string(),
+            "--out",
+            &path(&dir.join("eval.json")),
+            "--device",
+            &device,
         ]
         .map(String::from)
         .to_vec();

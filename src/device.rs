@@ -20,11 +20,7 @@ impl std::str::FromStr for Device {
         match s {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| format!("expected cpu, cuda or cuda:N, got {s:?}")),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Self::Cuda).ok_or_else(|| format!("expected cpu, cuda or cuda:N, got {s:?}")),
         }
     }
 }
@@ -59,7 +55,9 @@ macro_rules! with_backend {
                 $body
             }
             #[cfg(not(feature = "cuda"))]
-            $crate::device::Device::Cuda(_) => unreachable!("check() refuses cuda without the feature"),
+            $crate::device::Device::Cuda(_) => {
+                unreachable!("check() refuses cuda without the feature")
+            }
         }
     }};
 }
@@ -88,15 +86,13 @@ fn cuda_device_count() -> anyhow::Result<usize> {
     // SAFETY: loading the CUDA driver library runs no initialisers beyond the driver's own, and
     // the two symbols have these C signatures in every CUDA version (cuda.h).
     unsafe {
-        let lib = libloading::Library::new("libcuda.so.1")
-            .context("cannot load libcuda.so.1 (is the NVIDIA driver installed?)")?;
+        let lib = libloading::Library::new("libcuda.so.1").context("cannot load libcuda.so.1 (is the NVIDIA driver installed?)")?;
         let init: libloading::Symbol<CuInit> = lib.get(b"cuInit\0").context("libcuda.so.1 has no cuInit")?;
         let status = init(0);
         if status != 0 {
             bail!("cuInit failed with CUDA error {status}");
         }
-        let get_count: libloading::Symbol<CuDeviceGetCount> =
-            lib.get(b"cuDeviceGetCount\0").context("libcuda.so.1 has no cuDeviceGetCount")?;
+        let get_count: libloading::Symbol<CuDeviceGetCount> = lib.get(b"cuDeviceGetCount\0").context("libcuda.so.1 has no cuDeviceGetCount")?;
         let mut count = 0i32;
         let status = get_count(&mut count);
         if status != 0 {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use rlhf_trainer::Kernels;
 use clap::Args;
+use rlhf_trainer::Kernels;
 use rlhf_trainer::data::{OnMalformed, PromptConfig, load_prompt_texts, rl_prompts};
 use rlhf_trainer::{Generator, Gpt2, SamplingConfig, scoring};
 use serde_json::{Value, json};
@@ -113,10 +113,14 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
     }
     let scorer_name = scorer.name();
     let texts = load_prompt_texts(&data_path(&args.prompts, "test")?, OnMalformed::Error)?.rows;
-    let mut prompts = rl_prompts(&texts, &tokenizer, &match args.whole_prompts {
-        Some(max_tokens) => PromptConfig { min_chars: args.min_chars, max_tokens, whole: true, ..Default::default() },
-        None => PromptConfig { seed: args.seed, min_chars: args.min_chars, ..Default::default() },
-    })?;
+    let mut prompts = rl_prompts(
+        &texts,
+        &tokenizer,
+        &match args.whole_prompts {
+            Some(max_tokens) => PromptConfig { min_chars: args.min_chars, max_tokens, whole: true, ..Default::default() },
+            None => PromptConfig { seed: args.seed, min_chars: args.min_chars, ..Default::default() },
+        },
+    )?;
     prompts.truncate(args.n_prompts);
     anyhow::ensure!(!prompts.is_empty(), "no prompts from {}", args.prompts.display());
     let sampling = SamplingConfig { max_new_tokens: args.max_new_tokens, seed: args.seed, ..Default::default() };
@@ -129,12 +133,7 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         // k1 KL to the reference on the sampled tokens, summed per response.
         let full: Vec<Vec<u32>> = prompts.iter().zip(&out.completion_ids).map(|(p, c)| [p.as_slice(), c].concat()).collect();
         let reference_logprobs = scoring::score(&reference, &full, tokenizer.pad_id(), 1.0, true, device)?.logprobs;
-        let kl = out
-            .logprobs
-            .iter()
-            .zip(&reference_logprobs)
-            .map(|(lp, rl)| lp.iter().zip(&rl[rl.len() - lp.len()..]).map(|(a, b)| a - b).sum())
-            .collect();
+        let kl = out.logprobs.iter().zip(&reference_logprobs).map(|(lp, rl)| lp.iter().zip(&rl[rl.len() - lp.len()..]).map(|(a, b)| a - b).sum()).collect();
         let texts = out.completion_ids.iter().map(|c| tokenizer.decode(c)).collect::<Result<_, _>>()?;
         runs.push(PolicyRun { name: name.clone(), completions: out.completion_ids, texts, scores, kl });
     }
@@ -161,7 +160,22 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         let (a, b) = (&runs[0], &runs[1]);
         let prompt_texts: Vec<String> = prompts.iter().map(|p| tokenizer.decode(p)).collect::<Result<_, _>>()?;
         let (wins, judge) = match args.judge.as_str() {
-            "reward" => (a.scores.iter().zip(&b.scores).map(|(x, y)| if x > y { 1.0 } else if x < y { 0.0 } else { 0.5 }).collect::<Vec<f64>>(), scorer_name.clone()),
+            "reward" => (
+                a.scores
+                    .iter()
+                    .zip(&b.scores)
+                    .map(|(x, y)| {
+                        if x > y {
+                            1.0
+                        } else if x < y {
+                            0.0
+                        } else {
+                            0.5
+                        }
+                    })
+                    .collect::<Vec<f64>>(),
+                scorer_name.clone(),
+            ),
             command if command.starts_with("command:") => {
                 let program = &command["command:".len()..];
                 let verdicts = (0..prompts.len())
@@ -194,12 +208,8 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
 
 /// Runs an external judge: JSON {"prompt", "a", "b"} on stdin; `a`, `b` or `tie` on stdout.
 fn judge_with_command(program: &str, prompt: &str, a: &str, b: &str) -> anyhow::Result<f64> {
-    let mut child = Command::new("sh")
-        .args(["-c", program])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting judge {program:?}"))?;
+    let mut child =
+        Command::new("sh").args(["-c", program]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().with_context(|| format!("starting judge {program:?}"))?;
     let input = json!({"prompt": prompt, "a": a, "b": b}).to_string();
     // A judge may answer without reading its input; a closed pipe is not an error then.
     if let Err(e) = child.stdin.take().expect("piped").write_all(input.as_bytes()) {

@@ -108,11 +108,7 @@ pub fn load_policy<B: rlhf_trainer::AutodiffKernels>(
     check_vocabularies(&dir, &tokenizer, model_config.vocab_size)?;
     let texts = load_prompt_texts(&data_path(prompts, "train")?, OnMalformed::Error)?.rows;
     let prompts_ids = rl_prompts(&texts, &tokenizer, prompt_config)?;
-    anyhow::ensure!(
-        !prompts_ids.is_empty(),
-        "{} gave no prompts (texts must be longer than prompts.min_chars)",
-        prompts.display()
-    );
+    anyhow::ensure!(!prompts_ids.is_empty(), "{} gave no prompts (texts must be longer than prompts.min_chars)", prompts.display());
     Ok(PolicySetup { model_config, policy, reference, tokenizer, prompts: prompts_ids })
 }
 

@@ -31,19 +31,12 @@ impl MetricsFile {
 /// A bar that shows the step count and a few named metrics.
 pub fn bar(total: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
+    bar.set_style(ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
     bar.set_prefix(what.to_string());
     bar
 }
 
 /// `key=value` pairs for the bar's message.
 pub fn summary(stats: &Stats, keys: &[&str]) -> String {
-    keys.iter()
-        .filter_map(|k| stats.get(*k).map(|v| format!("{k}={v:.4}")))
-        .collect::<Vec<_>>()
-        .join(" ")
+    keys.iter().filter_map(|k| stats.get(*k).map(|v| format!("{k}={v:.4}"))).collect::<Vec<_>>().join(" ")
 }

@@ -285,10 +285,7 @@ fn ppo_figures(records: &[Record]) -> Vec<Figure<'static>> {
         (
             "Losses",
             "loss.png",
-            vec![
-                ("policy loss", vec![line(records, "ppo/loss/policy", BLUE)], vec![]),
-                ("value loss", vec![line(records, "ppo/loss/value", ORANGE)], vec![]),
-            ],
+            vec![("policy loss", vec![line(records, "ppo/loss/policy", BLUE)], vec![]), ("value loss", vec![line(records, "ppo/loss/value", ORANGE)], vec![])],
         ),
         (
             "Entropy of the policy and the fraction of clipped ratios",
@@ -474,12 +471,7 @@ fn eval_section(html: &mut String, eval: &Value) {
             let _ = write!(html, "<tr><td>{}</td>", escape(sample["prompt"].as_str().unwrap_or("")));
             for name in &order {
                 let s = &sample[name.as_str()];
-                let _ = write!(
-                    html,
-                    "<td>{}<br><small>reward {}</small></td>",
-                    escape(s["response"].as_str().unwrap_or("")),
-                    number(s.get("reward"))
-                );
+                let _ = write!(html, "<td>{}<br><small>reward {}</small></td>", escape(s["response"].as_str().unwrap_or("")), number(s.get("reward")));
             }
             html.push_str("</tr>");
         }

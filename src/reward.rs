@@ -6,11 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use rlhf_trainer::AutodiffKernels;
 use clap::{Args, Subcommand, ValueEnum};
-use rlhf_trainer::data::{
-    OnMalformed, PairTruncation, PreferencePair, load_comparisons, load_preferences, load_text, sentiment_pairs,
-};
+use rlhf_trainer::AutodiffKernels;
+use rlhf_trainer::data::{OnMalformed, PairTruncation, PreferencePair, load_comparisons, load_preferences, load_text, sentiment_pairs};
 use rlhf_trainer::reward::{RewardConfig, normalize, tokenize_pairs};
 use rlhf_trainer::{Heads, hf, reward, scoring};
 

@@ -46,7 +46,15 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { lease_size: 0, lease_timeout_s: 120.0, heartbeat_timeout_s: 10.0, heartbeat_interval_ms: 1000, max_policy_lag: 0, weights_dtype: Default::default(), checkpoint_every: 0 }
+        Self {
+            lease_size: 0,
+            lease_timeout_s: 120.0,
+            heartbeat_timeout_s: 10.0,
+            heartbeat_interval_ms: 1000,
+            max_policy_lag: 0,
+            weights_dtype: Default::default(),
+            checkpoint_every: 0,
+        }
     }
 }
 

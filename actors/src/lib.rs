@@ -16,9 +16,9 @@ pub mod weights;
 
 use std::time::Duration;
 
-use rlhf_trainer::AutodiffKernels;
 use ractor::{Actor, ActorRef};
 use rlhf_proto::v1::learner_server::LearnerServer;
+use rlhf_trainer::AutodiffKernels;
 
 pub use config::LearnerConfig;
 pub use coordinator::{Coordinator, CoordinatorArgs};

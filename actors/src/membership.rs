@@ -13,10 +13,19 @@ use tonic::Status;
 use crate::coordinator::CoordinatorMsg;
 
 pub enum MembershipMsg {
-    Join { name: String, reply: RpcReplyPort<pb::JoinResponse> },
-    Heartbeat { worker_id: u64, reply: RpcReplyPort<Result<pb::HeartbeatResponse, Status>> },
+    Join {
+        name: String,
+        reply: RpcReplyPort<pb::JoinResponse>,
+    },
+    Heartbeat {
+        worker_id: u64,
+        reply: RpcReplyPort<Result<pb::HeartbeatResponse, Status>>,
+    },
     /// A new policy version was published (or the run ended).
-    Progress { version: u64, done: bool },
+    Progress {
+        version: u64,
+        done: bool,
+    },
     /// Expire silent workers (sent by a timer).
     Tick,
 }
@@ -75,59 +84,52 @@ impl Actor for Membership {
 }
 
 async fn handle_message(_myself: ActorRef<MembershipMsg>, message: MembershipMsg, state: &mut MembershipState) -> Result<(), ActorProcessingErr> {
-        match message {
-            MembershipMsg::Join { name, reply } => {
-                let worker_id = state.next_worker_id;
-                state.next_worker_id += 1;
-                // The coordinator must know the worker before the worker asks it for a lease.
-                let known = state
-                    .coordinator
-                    .call(|reply| CoordinatorMsg::WorkerJoined { worker_id, name: name.clone(), reply }, Some(Duration::from_secs(10)))
-                    .await?;
-                if !matches!(known, CallResult::Success(())) {
-                    return Err("the coordinator did not register the worker".into());
+    match message {
+        MembershipMsg::Join { name, reply } => {
+            let worker_id = state.next_worker_id;
+            state.next_worker_id += 1;
+            // The coordinator must know the worker before the worker asks it for a lease.
+            let known =
+                state.coordinator.call(|reply| CoordinatorMsg::WorkerJoined { worker_id, name: name.clone(), reply }, Some(Duration::from_secs(10))).await?;
+            if !matches!(known, CallResult::Success(())) {
+                return Err("the coordinator did not register the worker".into());
+            }
+            tracing::info!(worker_id, worker = %name, "worker joined");
+            state.workers.insert(worker_id, (name, Instant::now()));
+            let settings = &state.settings;
+            let _ = reply.send(pb::JoinResponse {
+                worker_id,
+                sampling_json: settings.sampling_json.clone(),
+                eos_id: settings.eos_id,
+                heartbeat_interval_ms: settings.heartbeat_interval_ms,
+                model_config_json: settings.model_config_json.clone(),
+                tokenizer_json: settings.tokenizer_json.clone(),
+            });
+        }
+        MembershipMsg::Heartbeat { worker_id, reply } => {
+            let result = match state.workers.get_mut(&worker_id) {
+                Some((_, last_seen)) => {
+                    *last_seen = Instant::now();
+                    Ok(pb::HeartbeatResponse { policy_version: state.version, done: state.done })
                 }
-                tracing::info!(worker_id, worker = %name, "worker joined");
-                state.workers.insert(worker_id, (name, Instant::now()));
-                let settings = &state.settings;
-                let _ = reply.send(pb::JoinResponse {
-                    worker_id,
-                    sampling_json: settings.sampling_json.clone(),
-                    eos_id: settings.eos_id,
-                    heartbeat_interval_ms: settings.heartbeat_interval_ms,
-                    model_config_json: settings.model_config_json.clone(),
-                    tokenizer_json: settings.tokenizer_json.clone(),
-                });
-            }
-            MembershipMsg::Heartbeat { worker_id, reply } => {
-                let result = match state.workers.get_mut(&worker_id) {
-                    Some((_, last_seen)) => {
-                        *last_seen = Instant::now();
-                        Ok(pb::HeartbeatResponse { policy_version: state.version, done: state.done })
-                    }
-                    None => Err(Status::not_found(format!("worker {worker_id} is unknown or expired; join again"))),
-                };
-                let _ = reply.send(result);
-            }
-            MembershipMsg::Progress { version, done } => {
-                state.version = version;
-                state.done = done;
-            }
-            MembershipMsg::Tick => {
-                let now = Instant::now();
-                let silent: Vec<u64> = state
-                    .workers
-                    .iter()
-                    .filter(|(_, (_, seen))| now.duration_since(*seen) > state.heartbeat_timeout)
-                    .map(|(&id, _)| id)
-                    .collect();
-                for worker_id in silent {
-                    let (name, _) = state.workers.remove(&worker_id).expect("listed above");
-                    tracing::warn!(worker_id, worker = %name, "worker expired (no heartbeat)");
-                    state.coordinator.send_message(CoordinatorMsg::WorkerExpired { worker_id })?;
-                }
+                None => Err(Status::not_found(format!("worker {worker_id} is unknown or expired; join again"))),
+            };
+            let _ = reply.send(result);
+        }
+        MembershipMsg::Progress { version, done } => {
+            state.version = version;
+            state.done = done;
+        }
+        MembershipMsg::Tick => {
+            let now = Instant::now();
+            let silent: Vec<u64> =
+                state.workers.iter().filter(|(_, (_, seen))| now.duration_since(*seen) > state.heartbeat_timeout).map(|(&id, _)| id).collect();
+            for worker_id in silent {
+                let (name, _) = state.workers.remove(&worker_id).expect("listed above");
+                tracing::warn!(worker_id, worker = %name, "worker expired (no heartbeat)");
+                state.coordinator.send_message(CoordinatorMsg::WorkerExpired { worker_id })?;
             }
         }
-        Ok(())
     }
-
+    Ok(())
+}

@@ -29,10 +29,7 @@ impl Actor for Publisher {
                 let result = if version == current.version {
                     Ok(current.clone())
                 } else {
-                    Err(Status::failed_precondition(format!(
-                        "policy version {version} is not available; the current version is {}",
-                        current.version
-                    )))
+                    Err(Status::failed_precondition(format!("policy version {version} is not available; the current version is {}", current.version)))
                 };
                 let _ = reply.send(result);
             }

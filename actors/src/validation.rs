@@ -32,10 +32,7 @@ pub struct LeaseClaim<'a> {
 }
 
 fn invalid(rollout: &pb::Rollout, field: &str, expected: &str, got: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!(
-        "rollout {} (prompt {}): {field}: expected {expected}, got {got}",
-        rollout.rollout_id, rollout.prompt_index
-    ))
+    Status::invalid_argument(format!("rollout {} (prompt {}): {field}: expected {expected}, got {got}", rollout.rollout_id, rollout.prompt_index))
 }
 
 /// Checks `request` against the lease it names and the run's limits; `prompt(i)` is the
@@ -155,14 +152,20 @@ mod tests {
             ("logprobs[2]: expected a finite log-probability ≤ 0, got -inf", Box::new(|r| r.logprobs[2] = f32::NEG_INFINITY)),
             ("logprobs[1]: expected a finite log-probability ≤ 0, got NaN", Box::new(|r| r.logprobs[1] = f32::NAN)),
             ("logprobs: expected one per response token (3), got 2", Box::new(|r| r.logprobs.truncate(2))),
-            ("response: expected 1 to 8 tokens (max_new_tokens), got 100000 tokens", Box::new(|r| {
-                r.response = vec![1; 100_000];
-                r.logprobs = vec![-1.0; 100_000];
-            })),
-            ("response: expected 1 to 8 tokens (max_new_tokens), got 0 tokens", Box::new(|r| {
-                r.response.clear();
-                r.logprobs.clear();
-            })),
+            (
+                "response: expected 1 to 8 tokens (max_new_tokens), got 100000 tokens",
+                Box::new(|r| {
+                    r.response = vec![1; 100_000];
+                    r.logprobs = vec![-1.0; 100_000];
+                }),
+            ),
+            (
+                "response: expected 1 to 8 tokens (max_new_tokens), got 0 tokens",
+                Box::new(|r| {
+                    r.response.clear();
+                    r.logprobs.clear();
+                }),
+            ),
             ("score: expected a finite number, got NaN", Box::new(|r| r.score = f32::NAN)),
             ("score: expected a finite number, got inf", Box::new(|r| r.score = f32::INFINITY)),
             ("policy_version: expected the lease's version 5, got 4", Box::new(|r| r.policy_version = 4)),

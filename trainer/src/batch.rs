@@ -23,12 +23,7 @@ pub struct Padded<B: Backend> {
 }
 
 /// Checks that rows are non-empty, in the vocabulary and no longer than `max_len`.
-pub fn validate(
-    field: &'static str,
-    rows: &[Vec<u32>],
-    vocab_size: usize,
-    max_len: usize,
-) -> Result<(), InputError> {
+pub fn validate(field: &'static str, rows: &[Vec<u32>], vocab_size: usize, max_len: usize) -> Result<(), InputError> {
     if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
         return Err(InputError::Empty { field });
     }

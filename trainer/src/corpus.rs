@@ -4,27 +4,64 @@
 
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use tokenizers::AddedToken;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::AddedToken;
 
 use crate::data::TextExample;
 use crate::error::TokenizerError;
 use crate::tokenizer::Tokenizer;
 
 const SUBJECTS: &[&str] = &[
-    "the film", "this movie", "the plot", "the acting", "the script", "the soundtrack", "the director",
-    "the cast", "the ending", "the cinematography", "the dialogue", "the lead actor", "the story",
+    "the film",
+    "this movie",
+    "the plot",
+    "the acting",
+    "the script",
+    "the soundtrack",
+    "the director",
+    "the cast",
+    "the ending",
+    "the cinematography",
+    "the dialogue",
+    "the lead actor",
+    "the story",
 ];
 const POSITIVE: &[&str] = &[
-    "wonderful", "brilliant", "moving", "beautiful", "excellent", "charming", "gripping", "superb",
-    "delightful", "powerful", "funny", "clever", "stunning", "memorable", "heartfelt",
+    "wonderful",
+    "brilliant",
+    "moving",
+    "beautiful",
+    "excellent",
+    "charming",
+    "gripping",
+    "superb",
+    "delightful",
+    "powerful",
+    "funny",
+    "clever",
+    "stunning",
+    "memorable",
+    "heartfelt",
 ];
 const NEGATIVE: &[&str] = &[
-    "boring", "awful", "dull", "terrible", "clumsy", "predictable", "tedious", "weak", "painful",
-    "forgettable", "messy", "lifeless", "silly", "annoying", "bland",
+    "boring",
+    "awful",
+    "dull",
+    "terrible",
+    "clumsy",
+    "predictable",
+    "tedious",
+    "weak",
+    "painful",
+    "forgettable",
+    "messy",
+    "lifeless",
+    "silly",
+    "annoying",
+    "bland",
 ];
 const POSITIVE_VERBS: &[&str] = &["loved", "enjoyed", "admired", "recommend", "treasured"];
 const NEGATIVE_VERBS: &[&str] = &["hated", "regretted", "disliked", "endured", "resented"];

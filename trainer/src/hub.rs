@@ -7,15 +7,7 @@ use crate::error::HubError;
 
 /// Files a GPT-2 directory needs; others in the repository are not downloaded.
 #[cfg(feature = "hub")]
-const WANTED: &[&str] = &[
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-];
+const WANTED: &[&str] = &["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"];
 
 /// `Some(path)` when `name` is an existing local path; an error when it was meant as a path but
 /// does not exist; `None` when it is a hub id (`name` or `owner/name`). `dots_mean_path`: a dot
@@ -25,11 +17,8 @@ fn local_path(name: &str, dots_mean_path: bool) -> Result<Option<PathBuf>, HubEr
     if path.exists() {
         return Ok(Some(path.to_path_buf()));
     }
-    let looks_like_path = name.is_empty()
-        || name.starts_with(['.', '/', '~'])
-        || name.matches('/').count() > 1
-        || name.contains('\\')
-        || (dots_mean_path && name.contains('.'));
+    let looks_like_path =
+        name.is_empty() || name.starts_with(['.', '/', '~']) || name.matches('/').count() > 1 || name.contains('\\') || (dots_mean_path && name.contains('.'));
     if looks_like_path {
         return Err(HubError::NoSuchDir { path: path.to_path_buf() });
     }

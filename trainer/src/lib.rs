@@ -20,12 +20,12 @@ pub mod ppo_local;
 pub mod ppo_update;
 pub mod reward;
 pub mod rundir;
-pub mod scorer;
-pub mod sft;
-pub mod train;
 pub mod sampling;
+pub mod scorer;
 pub mod scoring;
+pub mod sft;
 pub mod tokenizer;
+pub mod train;
 pub mod validate;
 pub mod wire;
 

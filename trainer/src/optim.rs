@@ -1,10 +1,10 @@
 //! What every training loop shares: AdamW settings, the learning-rate schedule, and clipping by
 //! the global gradient norm (PyTorch's `clip_grad_norm_`; burn's own clipping is per tensor).
 
+use crate::kernels::AutodiffKernels;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWState, AdaptiveMomentumState, GradientsParams, LearningRate, SimpleOptimizer, adaptor::OptimizerAdaptor};
 use burn::tensor::backend::AutodiffBackend;
-use crate::kernels::AutodiffKernels;
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
 use crate::kernels::{AdamWStep, Kernels};
@@ -38,16 +38,7 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self {
-            learning_rate: 5e-5,
-            weight_decay: 0.0,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            warmup_steps: 0,
-            schedule: Schedule::Constant,
-            max_grad_norm: 1.0,
-        }
+        Self { learning_rate: 5e-5, weight_decay: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, warmup_steps: 0, schedule: Schedule::Constant, max_grad_norm: 1.0 }
     }
 }
 
@@ -74,14 +65,7 @@ impl<B: Kernels> SimpleOptimizer<B> for FusedAdamW {
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
         let time = state.as_ref().map_or(1, |s| s.momentum.time + 1);
         let moments = state.map(|s| (s.momentum.moment_1.into_primitive().tensor(), s.momentum.moment_2.into_primitive().tensor()));
-        let step = AdamWStep {
-            lr,
-            beta_1: self.beta_1,
-            beta_2: self.beta_2,
-            epsilon: self.epsilon,
-            weight_decay: self.weight_decay,
-            time: time as i32,
-        };
+        let step = AdamWStep { lr, beta_1: self.beta_1, beta_2: self.beta_2, epsilon: self.epsilon, weight_decay: self.weight_decay, time: time as i32 };
         let out = B::adamw_step(tensor.into_primitive().tensor(), grad.into_primitive().tensor(), moments, &step);
         let float = |t| Tensor::<B, D>::from_primitive(TensorPrimitive::Float(t));
         let momentum = AdaptiveMomentumState::new(time, float(out.moment_1), float(out.moment_2));
@@ -143,7 +127,9 @@ struct GlobalNorm<'a, B: AutodiffKernels> {
 impl<B: AutodiffKernels> ModuleVisitor<B> for GlobalNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let id = param.id;
-        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else { return };
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else {
+            return;
+        };
         match self.scale {
             None => {
                 let sq = grad.clone().powi_scalar(2).sum();
@@ -161,11 +147,7 @@ impl<B: AutodiffKernels> ModuleVisitor<B> for GlobalNorm<'_, B> {
 
 /// Clips the global L2 norm of `module`'s gradients to `max_norm` (0: no clipping); returns the norm before
 /// clipping (logged as `grad_norm`).
-pub fn clip_grad_norm<B: AutodiffKernels, M: AutodiffModule<B>>(
-    module: &M,
-    grads: &mut GradientsParams,
-    max_norm: f64,
-) -> f64 {
+pub fn clip_grad_norm<B: AutodiffKernels, M: AutodiffModule<B>>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let mut visitor = GlobalNorm::<B> { grads, sum_sq: None, scale: None, ids: Vec::new() };
     module.visit(&mut visitor);
     let norm = visitor.sum_sq.take().map(|s| s.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0);

@@ -59,8 +59,7 @@ pub struct ReferenceFile {
 
 impl ReferenceFile {
     pub fn load(path: &Path) -> Result<Self, ParityError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| ParityError::Fixture { path: path.to_path_buf(), message: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| ParityError::Fixture { path: path.to_path_buf(), message: e.to_string() })?;
         Ok(Self { path: path.to_path_buf(), bytes })
     }
 
@@ -89,11 +88,7 @@ impl ReferenceFile {
     fn rows(&self, ids: &str, lengths: &str) -> Result<Vec<Vec<u32>>, ParityError> {
         let (shape, ids) = self.get(ids)?;
         let (_, lengths) = self.get(lengths)?;
-        Ok(lengths
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| ids[i * shape[1]..i * shape[1] + n as usize].iter().map(|&t| t as u32).collect())
-            .collect())
+        Ok(lengths.iter().enumerate().map(|(i, &n)| ids[i * shape[1]..i * shape[1] + n as usize].iter().map(|&t| t as u32).collect()).collect())
     }
 }
 

@@ -156,14 +156,7 @@ pub struct Advantages<B: Backend> {
 
 /// TRL's `compute_advantages`: GAE with `gamma` and `lam`, value 0 after the last token;
 /// `whiten_rewards` whitens rewards first without re-centring them.
-pub fn gae<B: Backend>(
-    values: Tensor<B, 2>,
-    rewards: Tensor<B, 2>,
-    mask: Tensor<B, 2>,
-    gamma: f64,
-    lam: f64,
-    whiten_rewards: bool,
-) -> Advantages<B> {
+pub fn gae<B: Backend>(values: Tensor<B, 2>, rewards: Tensor<B, 2>, mask: Tensor<B, 2>, gamma: f64, lam: f64, whiten_rewards: bool) -> Advantages<B> {
     let [batch, resp] = values.dims();
     let values = values * mask.clone();
     let mut rewards = rewards * mask.clone();
@@ -232,17 +225,8 @@ pub struct ValueLoss<B: Backend> {
 }
 
 /// Clipped value loss. `vpreds`, `old_values`, `returns`, `mask`: `[batch, resp]`.
-pub fn value_loss<B: Backend>(
-    vpreds: Tensor<B, 2>,
-    old_values: Tensor<B, 2>,
-    returns: Tensor<B, 2>,
-    mask: Tensor<B, 2>,
-    cliprange_value: f64,
-) -> ValueLoss<B> {
-    let clipped = vpreds
-        .clone()
-        .max_pair(old_values.clone() - cliprange_value)
-        .min_pair(old_values + cliprange_value);
+pub fn value_loss<B: Backend>(vpreds: Tensor<B, 2>, old_values: Tensor<B, 2>, returns: Tensor<B, 2>, mask: Tensor<B, 2>, cliprange_value: f64) -> ValueLoss<B> {
+    let clipped = vpreds.clone().max_pair(old_values.clone() - cliprange_value).min_pair(old_values + cliprange_value);
     let unclipped_error = (vpreds.clone() - returns.clone()).powi_scalar(2);
     let clipped_error = (clipped - returns).powi_scalar(2);
     ValueLoss {
@@ -310,9 +294,7 @@ impl KlController {
         match self {
             Self::Fixed { value } => section("fixed", finite_at_least("value", *value, 0.0)),
             Self::Adaptive { value, target, horizon } => section("adaptive", {
-                finite_at_least("value", *value, 0.0)
-                    .and_then(|()| finite_positive("target", *target))
-                    .and_then(|()| finite_positive("horizon", *horizon))
+                finite_at_least("value", *value, 0.0).and_then(|()| finite_positive("target", *target)).and_then(|()| finite_positive("horizon", *horizon))
             }),
         }
     }

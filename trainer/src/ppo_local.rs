@@ -4,15 +4,15 @@
 
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
 use crate::kernels::AutodiffKernels;
+use burn::module::AutodiffModule;
 use serde::{Deserialize, Serialize};
 
 use crate::data::PromptConfig;
-use crate::validate::{Checked, InvalidSetting, at_least_one, section};
 use crate::ppo_update::{PpoConfig, PpoTrainer, Rollout, Stats};
 use crate::sampling::{SamplingConfig, generate};
 use crate::scorer::{ScoreError, Scorer};
+use crate::validate::{Checked, InvalidSetting, at_least_one, section};
 
 /// Settings of a local PPO run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,11 +45,7 @@ impl LocalConfig {
         at_least_one("iterations", self.iterations)?;
         at_least_one("batch_size", self.batch_size)?;
         if self.ppo.mini_batch_size > self.batch_size {
-            return Err(InvalidSetting::new(
-                "ppo.mini_batch_size",
-                &format!("at most batch_size ({})", self.batch_size),
-                self.ppo.mini_batch_size,
-            ));
+            return Err(InvalidSetting::new("ppo.mini_batch_size", &format!("at most batch_size ({})", self.batch_size), self.ppo.mini_batch_size));
         }
         section("sampling", self.sampling.validate())?;
         section("ppo", self.ppo.validate())?;
@@ -62,7 +58,11 @@ impl LocalConfig {
         if !self.prompts.whole && longest > n_positions {
             return Err(InvalidSetting::new(
                 "sampling.max_new_tokens",
-                &format!("at most {} (the model's {n_positions} positions minus prompts.max_tokens {})", n_positions.saturating_sub(self.prompts.max_tokens), self.prompts.max_tokens),
+                &format!(
+                    "at most {} (the model's {n_positions} positions minus prompts.max_tokens {})",
+                    n_positions.saturating_sub(self.prompts.max_tokens),
+                    self.prompts.max_tokens
+                ),
                 self.sampling.max_new_tokens,
             ));
         }

@@ -8,11 +8,11 @@
 //! Stiennon et al.). GPT-2's score head has no bias, so the bias is folded exactly into `ln_f.beta`
 //! along the score direction: the directory still loads in transformers unchanged.
 
+use crate::kernels::{AutodiffKernels, Kernels};
+use crate::validate::{Checked, InvalidSetting, at_least_one, finite_at_least, section};
 use burn::module::{AutodiffModule, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::activation::log_sigmoid;
-use crate::kernels::{AutodiffKernels, Kernels};
-use crate::validate::{Checked, InvalidSetting, at_least_one, finite_at_least, section};
 use burn::tensor::{ElementConversion, Tensor};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -219,11 +219,8 @@ pub fn train<B: AutodiffKernels>(
                 }
             }
             step += 1;
-            let mut metrics = Stats::from([
-                ("train/loss".to_string(), loss_value),
-                ("train/accuracy".to_string(), accuracy),
-                ("train/learning_rate".to_string(), lr),
-            ]);
+            let mut metrics =
+                Stats::from([("train/loss".to_string(), loss_value), ("train/accuracy".to_string(), accuracy), ("train/learning_rate".to_string(), lr)]);
             let end_of_epoch = step % steps_per_epoch == 0;
             let due = if config.eval_every > 0 { step % config.eval_every == 0 || step == total } else { end_of_epoch };
             if due && !eval.is_empty() {

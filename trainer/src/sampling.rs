@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{left_pad, validate};
 use crate::error::InputError;
-use crate::validate::{Checked, InvalidSetting, at_least_one, finite_positive};
 use crate::gpt2::{Gpt2, KvCache};
 use crate::kernels::Kernels;
+use crate::validate::{Checked, InvalidSetting, at_least_one, finite_positive};
 
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,13 +93,7 @@ impl<B: Kernels> Generator<B> {
 
     /// Generates continuations of `prompts` (token ids). `eos_id` is the end-of-text token that
     /// finishes a row (with `stop_at_eos`) and pads the batch.
-    pub fn generate(
-        &self,
-        prompts: &[Vec<u32>],
-        eos_id: u32,
-        config: &SamplingConfig,
-        device: &B::Device,
-    ) -> Result<Generation, InputError> {
+    pub fn generate(&self, prompts: &[Vec<u32>], eos_id: u32, config: &SamplingConfig, device: &B::Device) -> Result<Generation, InputError> {
         let model = &self.model;
         config.validate()?;
         let n_positions = model.n_positions();
@@ -155,13 +149,7 @@ impl<B: Kernels> Generator<B> {
 }
 
 /// [`Generator::generate`] for a model used once (the decoding layout is built for this call).
-pub fn generate<B: Kernels>(
-    model: &Gpt2<B>,
-    prompts: &[Vec<u32>],
-    eos_id: u32,
-    config: &SamplingConfig,
-    device: &B::Device,
-) -> Result<Generation, InputError> {
+pub fn generate<B: Kernels>(model: &Gpt2<B>, prompts: &[Vec<u32>], eos_id: u32, config: &SamplingConfig, device: &B::Device) -> Result<Generation, InputError> {
     Generator::new(model.clone()).generate(prompts, eos_id, config, device)
 }
 
@@ -270,9 +258,7 @@ mod tests {
         // Make token 3 overwhelmingly likely everywhere by biasing... instead: find the greedy
         // first token and use it as "eos".
         let greedy = SamplingConfig { greedy: true, max_new_tokens: 6, ..Default::default() };
-        let first = generate(&model, &[vec![1, 2]], 0, &SamplingConfig { stop_at_eos: false, ..greedy.clone() }, &device)
-            .unwrap()
-            .completion_ids[0][0];
+        let first = generate(&model, &[vec![1, 2]], 0, &SamplingConfig { stop_at_eos: false, ..greedy.clone() }, &device).unwrap().completion_ids[0][0];
         let out = generate(&model, &[vec![1, 2], vec![9, 9, 9]], first, &greedy, &device).unwrap();
         assert_eq!(out.completion_ids[0], vec![first]);
         assert_eq!(out.logprobs[0].len(), 1);

@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{left_pad, next_token_rows, select_rows, validate};
 use crate::error::{CheckpointError, InputError, TrainError};
 use crate::gpt2::Gpt2;
+use crate::kernels::{AutodiffKernels, Kernels};
 use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
 use crate::ppo_update::Stats;
-use crate::kernels::{AutodiffKernels, Kernels};
-use crate::validate::{Checked, InvalidSetting, at_least_one, section};
 use crate::train::Progress;
+use crate::validate::{Checked, InvalidSetting, at_least_one, section};
 
 /// SFT settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,12 +43,7 @@ pub struct SftConfig {
 impl Default for SftConfig {
     fn default() -> Self {
         Self {
-            optim: OptimConfig {
-                learning_rate: 5e-5,
-                warmup_steps: 10,
-                schedule: crate::optim::Schedule::Cosine,
-                ..Default::default()
-            },
+            optim: OptimConfig { learning_rate: 5e-5, warmup_steps: 10, schedule: crate::optim::Schedule::Cosine, ..Default::default() },
             epochs: 1,
             batch_size: 8,
             grad_accum: 1,
@@ -186,7 +181,9 @@ pub fn train<B: AutodiffKernels>(
                 ("train/tokens".to_string(), tokens as f64),
             ]);
             let end_of_epoch = step % steps_per_epoch == 0;
-            let every = |n: usize| if n > 0 { step % n == 0 || step == total } else { end_of_epoch };
+            let every = |n: usize| {
+                if n > 0 { step % n == 0 || step == total } else { end_of_epoch }
+            };
             if every(config.eval_every) && !eval_rows.is_empty() {
                 let stats = evaluate(&model.valid(), eval_rows, config.batch_size, pad_id, device);
                 metrics.extend(stats.clone());

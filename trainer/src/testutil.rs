@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::parity::ReferenceFile;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use crate::parity::ReferenceFile;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")

@@ -94,10 +94,7 @@ impl Tokenizer {
 
     /// Text to ids, without special tokens (GPT-2 adds none).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        self.inner
-            .encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| TokenizerError::Codec { action: "encode", message: e.to_string() })
+        self.inner.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| TokenizerError::Codec { action: "encode", message: e.to_string() })
     }
 
     /// The first `max_tokens` ids of `text`, exactly as `encode(text)` would start, without
@@ -150,16 +147,13 @@ impl Tokenizer {
 }
 
 fn from_json(path: &Path) -> Result<tokenizers::Tokenizer, TokenizerError> {
-    tokenizers::Tokenizer::from_file(path)
-        .map_err(|e| TokenizerError::Load { path: path.to_path_buf(), message: e.to_string() })
+    tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// GPT-2's original file pair: a BPE model with a byte-level pre-tokenizer and decoder.
 fn from_vocab_merges(vocab: &Path, merges: &Path) -> Result<tokenizers::Tokenizer, TokenizerError> {
     let load_error = |message: String| TokenizerError::Load { path: vocab.to_path_buf(), message };
-    let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
-        .build()
-        .map_err(|e| load_error(e.to_string()))?;
+    let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy()).build().map_err(|e| load_error(e.to_string()))?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
@@ -199,8 +193,7 @@ mod tests {
         assert_eq!(tokenizer.pad_id(), 50256);
         assert_eq!(tokenizer.decode(&tokenizer.encode("naïve 🎬 café").unwrap()).unwrap(), "naïve 🎬 café");
         // A prefix of a long text is exactly the start of the whole text's ids.
-        let long = "It was a  dark and stormy night; the rain fell in torrents, except at occasional intervals. ".repeat(200)
-            + &"x".repeat(5000);
+        let long = "It was a  dark and stormy night; the rain fell in torrents, except at occasional intervals. ".repeat(200) + &"x".repeat(5000);
         let whole = tokenizer.encode(&long).unwrap();
         for n in [1, 7, 32, 100, 1000, whole.len(), whole.len() + 5] {
             assert_eq!(tokenizer.encode_prefix(&long, n).unwrap(), whole[..n.min(whole.len())], "first {n} ids");

@@ -71,38 +71,22 @@ pub fn at_least_one(field: &str, value: usize) -> Checked {
 
 /// A finite number ≥ `min`.
 pub fn finite_at_least(field: &str, value: f64, min: f64) -> Checked {
-    if value.is_finite() && value >= min {
-        Ok(())
-    } else {
-        Err(InvalidSetting::new(field, &format!("a finite number ≥ {min}"), value))
-    }
+    if value.is_finite() && value >= min { Ok(()) } else { Err(InvalidSetting::new(field, &format!("a finite number ≥ {min}"), value)) }
 }
 
 /// A finite number > 0.
 pub fn finite_positive(field: &str, value: f64) -> Checked {
-    if value.is_finite() && value > 0.0 {
-        Ok(())
-    } else {
-        Err(InvalidSetting::new(field, "a finite number > 0", value))
-    }
+    if value.is_finite() && value > 0.0 { Ok(()) } else { Err(InvalidSetting::new(field, "a finite number > 0", value)) }
 }
 
 /// A number in `[low, high)`.
 pub fn in_range(field: &str, value: f64, low: f64, high: f64) -> Checked {
-    if value >= low && value < high {
-        Ok(())
-    } else {
-        Err(InvalidSetting::new(field, &format!("a number in [{low}, {high})"), value))
-    }
+    if value >= low && value < high { Ok(()) } else { Err(InvalidSetting::new(field, &format!("a number in [{low}, {high})"), value)) }
 }
 
 /// A number in `[low, high]`.
 pub fn in_closed_range(field: &str, value: f64, low: f64, high: f64) -> Checked {
-    if value >= low && value <= high {
-        Ok(())
-    } else {
-        Err(InvalidSetting::new(field, &format!("a number in [{low}, {high}]"), value))
-    }
+    if value >= low && value <= high { Ok(()) } else { Err(InvalidSetting::new(field, &format!("a number in [{low}, {high}]"), value)) }
 }
 
 #[cfg(test)]

@@ -68,17 +68,13 @@ fn recast(bytes: &[u8], from: Dtype, to: Dtype, convert: impl Fn(&[u8]) -> Vec<u
 /// fp32 tensors to bf16 (round to nearest even).
 pub fn to_bf16(bytes: &[u8]) -> Result<Vec<u8>, String> {
     recast(bytes, Dtype::F32, Dtype::BF16, |data| {
-        data.chunks_exact(4)
-            .flat_map(|c| half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
-            .collect()
+        data.chunks_exact(4).flat_map(|c| half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()).collect()
     })
 }
 
 /// bf16 tensors back to fp32.
 pub fn to_f32(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    recast(bytes, Dtype::BF16, Dtype::F32, |data| {
-        data.chunks_exact(2).flat_map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect()
-    })
+    recast(bytes, Dtype::BF16, Dtype::F32, |data| data.chunks_exact(2).flat_map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect())
 }
 
 #[cfg(test)]

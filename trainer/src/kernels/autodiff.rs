@@ -4,11 +4,11 @@
 //! The node keeps the hidden states and the weight (shared buffers, not copies), the targets and
 //! one log-sum-exp per row: never the `[tokens, vocab]` logits.
 
+use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
 use burn::tensor::ops::FloatTensor;
 
 use super::{AdamWMoments, AdamWStep, Kernels, LmHeadOutput};
@@ -76,13 +76,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         untracked::<B, C>(B::tanh_gelu_backward(x.primitive, grad.primitive))
     }
 
-    fn lm_head_forward(
-        hidden: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        targets: &[u32],
-        temperature: f32,
-        with_entropy: bool,
-    ) -> LmHeadOutput<Self> {
+    fn lm_head_forward(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: &[u32], temperature: f32, with_entropy: bool) -> LmHeadOutput<Self> {
         let out = B::lm_head_forward(hidden.primitive.clone(), weight.primitive.clone(), targets, temperature, with_entropy);
         let logprobs = match LmHeadBackward.prepare::<C>([hidden.node.clone(), weight.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -105,8 +99,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         lse: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (d_hidden, d_weight) =
-            B::lm_head_backward(hidden.primitive, weight.primitive, targets, temperature, lse.primitive, grad.primitive);
+        let (d_hidden, d_weight) = B::lm_head_backward(hidden.primitive, weight.primitive, targets, temperature, lse.primitive, grad.primitive);
         (untracked::<B, C>(d_hidden), untracked::<B, C>(d_weight))
     }
 
@@ -119,11 +112,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     ) -> AdamWMoments<Self> {
         let moments = moments.map(|(m, v)| (m.primitive, v.primitive));
         let out = B::adamw_step(param.primitive, grad.primitive, moments, step);
-        AdamWMoments {
-            param: untracked::<B, C>(out.param),
-            moment_1: untracked::<B, C>(out.moment_1),
-            moment_2: untracked::<B, C>(out.moment_2),
-        }
+        AdamWMoments { param: untracked::<B, C>(out.param), moment_1: untracked::<B, C>(out.moment_1), moment_2: untracked::<B, C>(out.moment_2) }
     }
 
     fn decoding_lm_head(weight: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -78,8 +78,7 @@ fn exp(x: f32) -> f32 {
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
-        + 0.5;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
     let p = p * r2 + r + 1.0;
     // 2^n from the bits of t: its low mantissa bits hold n + 2^22.
     let n_bits = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
@@ -168,9 +167,7 @@ fn gemm(
     beta: f32,
 ) {
     // The extents every index can reach, so that the unsafe call below stays inside the slices.
-    let reach = |(rs, cs): (isize, isize), rows: usize, cols: usize| {
-        (rows.max(1) - 1) as isize * rs + (cols.max(1) - 1) as isize * cs
-    };
+    let reach = |(rs, cs): (isize, isize), rows: usize, cols: usize| (rows.max(1) - 1) as isize * rs + (cols.max(1) - 1) as isize * cs;
     assert!(reach(dst_strides, m, n) < dst.len() as isize);
     assert!(reach(lhs_strides, m, k) < lhs.len() as isize);
     assert!(reach(rhs_strides, k, n) < rhs.len() as isize);
@@ -266,13 +263,7 @@ impl RowStats {
     }
 }
 
-pub fn lm_head_forward(
-    hidden: FlexTensor,
-    weight: FlexTensor,
-    targets: &[u32],
-    temperature: f32,
-    with_entropy: bool,
-) -> LmHeadOutput<Flex> {
+pub fn lm_head_forward(hidden: FlexTensor, weight: FlexTensor, targets: &[u32], temperature: f32, with_entropy: bool) -> LmHeadOutput<Flex> {
     let (h, [n, d]) = matrix(&hidden);
     let (w, [vocab, d_w]) = matrix(&weight);
     assert_eq!(d, d_w, "hidden and weight widths differ");
@@ -304,9 +295,7 @@ pub fn lm_head_forward(
         .unwrap_or_else(|| RowStats::new(n));
     let lse: Vec<f32> = (0..n).map(|i| (stats.max[i] as f64 + (stats.sum[i] as f64).ln()) as f32).collect();
     let logprobs: Vec<f32> = (0..n).map(|i| stats.target[i] - lse[i]).collect();
-    let entropy = with_entropy
-        .then(|| (0..n).map(|i| stats.sum[i].ln() - stats.dot[i] / stats.sum[i]).collect::<Vec<f32>>())
-        .map(|e| tensor(e, [n]));
+    let entropy = with_entropy.then(|| (0..n).map(|i| stats.sum[i].ln() - stats.dot[i] / stats.sum[i]).collect::<Vec<f32>>()).map(|e| tensor(e, [n]));
     LmHeadOutput { logprobs: tensor(logprobs, [n]), lse: tensor(lse, [n]), entropy }
 }
 
@@ -409,9 +398,7 @@ pub fn tanh_gelu(x: FlexTensor) -> FlexTensor {
     let shape = x.layout().shape().clone();
     let x = vector(&x);
     let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(ELEMENTWISE_BLOCK)
-        .zip(x.par_chunks(ELEMENTWISE_BLOCK))
-        .for_each(|(out, x)| gelu_block(out, x));
+    out.par_chunks_mut(ELEMENTWISE_BLOCK).zip(x.par_chunks(ELEMENTWISE_BLOCK)).for_each(|(out, x)| gelu_block(out, x));
     tensor(out, &shape)
 }
 
@@ -444,12 +431,7 @@ fn owned_f32(mut tensor: FlexTensor) -> FlexTensor {
 
 /// [`super::Kernels::adamw_step`] in one pass: the moments are updated in place, the parameter is
 /// written to a fresh buffer (the model still shares the old one).
-pub fn adamw_step(
-    param: FlexTensor,
-    grad: FlexTensor,
-    moments: Option<(FlexTensor, FlexTensor)>,
-    step: &AdamWStep,
-) -> AdamWMoments<Flex> {
+pub fn adamw_step(param: FlexTensor, grad: FlexTensor, moments: Option<(FlexTensor, FlexTensor)>, step: &AdamWStep) -> AdamWMoments<Flex> {
     let shape = param.layout().shape().clone();
     let (theta, g) = (vector(&param), vector(&grad));
     let first = moments.is_none();
@@ -464,15 +446,11 @@ pub fn adamw_step(
     let decay = step.lr * step.weight_decay as f64;
     let (keep, lr) = ((1.0 - decay) as f32, step.lr as f32);
     let (ms, vs) = (m.try_storage_mut::<f32>().expect("unique"), v.try_storage_mut::<f32>().expect("unique"));
-    out.par_chunks_mut(ADAMW_BLOCK)
-        .zip(ms.par_chunks_mut(ADAMW_BLOCK))
-        .zip(vs.par_chunks_mut(ADAMW_BLOCK))
-        .enumerate()
-        .for_each(|(block, ((out, ms), vs))| {
-            let start = block * ADAMW_BLOCK;
-            let (theta, g) = (&theta[start..start + out.len()], &g[start..start + out.len()]);
-            adamw_block(out, ms, vs, theta, g, [b1, b2, f1, f2, c1, c2, eps, keep, lr], first, decay == 0.0);
-        });
+    out.par_chunks_mut(ADAMW_BLOCK).zip(ms.par_chunks_mut(ADAMW_BLOCK)).zip(vs.par_chunks_mut(ADAMW_BLOCK)).enumerate().for_each(|(block, ((out, ms), vs))| {
+        let start = block * ADAMW_BLOCK;
+        let (theta, g) = (&theta[start..start + out.len()], &g[start..start + out.len()]);
+        adamw_block(out, ms, vs, theta, g, [b1, b2, f1, f2, c1, c2, eps, keep, lr], first, decay == 0.0);
+    });
     AdamWMoments { param: tensor(out, &shape), moment_1: m, moment_2: v }
 }
 
@@ -558,8 +536,7 @@ fn sample_row(logits: &[f32], uniform: f32, config: &SamplingConfig) -> (u32, f3
     }
     if config.top_p < 1.0 {
         // Keep the most likely tokens until their mass (within the top-k set) reaches top_p.
-        let mut kept: Vec<(f32, f32)> =
-            logits.iter().zip(&probs).filter(|&(&l, _)| l * scale >= threshold).map(|(&l, &p)| (l * scale, p)).collect();
+        let mut kept: Vec<(f32, f32)> = logits.iter().zip(&probs).filter(|&(&l, _)| l * scale >= threshold).map(|(&l, &p)| (l * scale, p)).collect();
         kept.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
         let kept_mass: f64 = kept.iter().map(|&(_, p)| p as f64).sum();
         let mut mass_before = 0.0f64;
@@ -591,4 +568,3 @@ fn sample_row(logits: &[f32], uniform: f32, config: &SamplingConfig) -> (u32, f3
     let token = token.unwrap_or(vocab - 1);
     (token as u32, logprob(token))
 }
-

@@ -61,11 +61,8 @@ fn a_bad_fixture_directory_is_named() {
 
 fn params(model: &Gpt2<B>) -> Vec<(String, Vec<f32>)> {
     use burn_store::ModuleSnapshot;
-    let mut out: Vec<(String, Vec<f32>)> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|s| (s.full_path(), s.to_data().unwrap().iter::<f32>().collect()))
-        .collect();
+    let mut out: Vec<(String, Vec<f32>)> =
+        model.collect(None, None, false).into_iter().map(|s| (s.full_path(), s.to_data().unwrap().iter::<f32>().collect())).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
@@ -147,4 +144,3 @@ fn a_reward_model_starts_from_an_lm_checkpoint() {
     let err = hf::load::<B>(&tmp.path().join("x"), &Default::default()).unwrap_err().to_string();
     assert!(err.contains("missing tensors [score.weight]"), "{err}");
 }
-
