@@ -18,11 +18,7 @@ use rlhf_trainer::{Gpt2Config, Heads};
 type A = Autodiff<Flex>;
 
 /// Starts the real learner service in this process on 127.0.0.1:0.
-async fn start_learner(
-    model: Gpt2Config,
-    config: LearnerConfig,
-    on_iteration: rlhf_actors::coordinator::OnIteration,
-) -> anyhow::Result<String> {
+async fn start_learner(model: Gpt2Config, config: LearnerConfig, on_iteration: rlhf_actors::coordinator::OnIteration) -> anyhow::Result<String> {
     let device = Default::default();
     let policy = model.init::<A>(Heads::LmValue, &device);
     let reference = policy.valid();
@@ -37,8 +33,9 @@ async fn start_learner(
         trainer,
         on_iteration,
         on_done: Box::new(|_, _| {}),
-        on_checkpoint: Box::new(|_, _| Ok(())),
+        on_checkpoint: Box::new(|_, _, _| Ok(())),
         start_version: 0,
+        prior: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
@@ -51,9 +48,7 @@ async fn start_learner(
 }
 
 async fn client(addr: &str) -> anyhow::Result<LearnerClient<tonic::transport::Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(32 << 20);
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?.initial_stream_window_size(8 << 20).initial_connection_window_size(32 << 20);
     for _ in 0..100 {
         if let Ok(client) = endpoint.connect().await.map(LearnerClient::new) {
             return Ok(client.max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES));
@@ -88,10 +83,7 @@ pub fn weight_sync(preset: &str, workers: usize, dtype: &str, runs: usize) -> an
                 clients.push(client(&addr).await?);
             }
             let started = Instant::now();
-            let tasks: Vec<_> = clients
-                .into_iter()
-                .map(|mut c| tokio::spawn(async move { rlhf_rollout_worker::download_weights(&mut c, 0).await }))
-                .collect();
+            let tasks: Vec<_> = clients.into_iter().map(|mut c| tokio::spawn(async move { rlhf_rollout_worker::download_weights(&mut c, 0).await })).collect();
             for task in tasks {
                 bytes = task.await?.context("download")?.len();
             }

@@ -13,19 +13,20 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use rlhf_trainer::Kernels;
-use rlhf_trainer::AutodiffKernels;
 use clap::Args;
+use rlhf_actors::LearnerConfig;
+use rlhf_actors::coordinator::{Accounting, CoordinatorArgs};
+use rlhf_reward_server::BatchConfig;
+use rlhf_trainer::AutodiffKernels;
+use rlhf_trainer::Kernels;
+use rlhf_trainer::error::CheckpointError;
+use rlhf_trainer::ppo_update::PpoTrainer;
+use rlhf_trainer::scorer::{Lexicon, LexiconScorer, Negated, RewardModelScorer, Scorer};
+use rlhf_trainer::validate::{Checked, InvalidSetting, at_least_one, finite_positive};
+use rlhf_trainer::{Heads, Tokenizer, hf, hub};
 use serde::{Deserialize, Serialize};
 use toml::Value;
 use tracing::Instrument;
-use rlhf_actors::LearnerConfig;
-use rlhf_trainer::validate::{Checked, InvalidSetting, at_least_one, finite_positive};
-use rlhf_actors::coordinator::CoordinatorArgs;
-use rlhf_reward_server::BatchConfig;
-use rlhf_trainer::ppo_update::PpoTrainer;
-use rlhf_trainer::scorer::{Lexicon, LexiconScorer, Negated, RewardModelScorer, Scorer};
-use rlhf_trainer::{Heads, Tokenizer, hf, hub};
 
 use crate::config::{self, ConfigArgs};
 use crate::device::Device;
@@ -58,11 +59,11 @@ pub struct LearnerArgs {
 pub struct WorkerConfig {
     /// The learner's address (host:port or http://host:port).
     pub learner: String,
-    /// Reward server addresses; requests go round robin.
+    /// Reward server addresses; requests go round robin, and a failing server is skipped for a while (failover).
     pub reward: Vec<String>,
     /// A name for logs (default: worker-<pid>).
     pub name: Option<String>,
-    /// Seconds a peer may stay unavailable before the worker gives up.
+    /// Seconds without progress (a peer unreachable, failing or refusing) before the worker gives up.
     pub patience_s: f64,
     /// Deadline of each call, in seconds.
     pub timeout_s: f64,
@@ -96,13 +97,13 @@ pub struct WorkerArgs {
     /// The learner's address (host:port or http://host:port).
     #[arg(long)]
     learner: Option<String>,
-    /// Reward server addresses, comma separated; requests go round robin.
+    /// Reward server addresses, comma separated; requests go round robin, failing over to the next.
     #[arg(long, value_delimiter = ',')]
     reward: Vec<String>,
     /// A name for logs (default: worker-<pid>).
     #[arg(long)]
     name: Option<String>,
-    /// Seconds a peer may stay unavailable before the worker gives up.
+    /// Seconds without progress (a peer unreachable, failing or refusing) before the worker gives up.
     #[arg(long)]
     patience_s: Option<f64>,
     /// Fault injection for tests: hold each lease this long before rolling it out.
@@ -136,8 +137,12 @@ pub struct RewardServerConfig {
 impl RewardServerConfig {
     pub fn validate(&self) -> Checked {
         match (&self.model, &self.lexicon, &self.tokenizer) {
-            (Some(_), Some(_), _) => return Err(InvalidSetting::new("model", "either model or lexicon, not both", "both")),
-            (None, None, _) => return Err(InvalidSetting::new("model", "a reward-model directory (or set lexicon)", "neither")),
+            (Some(_), Some(_), _) => {
+                return Err(InvalidSetting::new("model", "either model or lexicon, not both", "both"));
+            }
+            (None, None, _) => {
+                return Err(InvalidSetting::new("model", "a reward-model directory (or set lexicon)", "neither"));
+            }
             (None, Some(_), None) => {
                 return Err(InvalidSetting::new("tokenizer", "the policy's tokenizer, to read a lexicon's token ids", "nothing"));
             }
@@ -225,6 +230,9 @@ fn url(addr: &str) -> String {
     if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
 }
 
+/// How long a server drains open connections after SIGTERM before it exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -255,6 +263,9 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
 }
 
 /// The newest `version-N` checkpoint under `dir`.
+/// The run's [`Accounting`]: in each learner checkpoint, and in the run directory at the end.
+const ACCOUNTING_FILE: &str = "accounting.json";
+
 fn latest_learner_checkpoint(dir: &std::path::Path) -> Option<(u64, PathBuf)> {
     std::fs::read_dir(dir)
         .ok()?
@@ -287,13 +298,17 @@ fn run_learner<B: AutodiffKernels>(
     config::write(&learner_config, &out.join("learner_config.toml"))?;
     let mut trainer = PpoTrainer::<B>::new(policy, None, reference, learner_config.train.ppo.clone(), tokenizer.eos_id(), &device)?;
     let checkpoints = out.join("checkpoints");
-    let start_version = match (resume, latest_learner_checkpoint(&checkpoints)) {
-        (false, _) => 0,
+    let (start_version, prior) = match (resume, latest_learner_checkpoint(&checkpoints)) {
+        (false, _) => (0, Accounting::default()),
         (true, None) => bail!("--resume: no checkpoint in {}", checkpoints.display()),
         (true, Some((_, dir))) => {
             let state = trainer.restore_checkpoint(&dir)?;
             tracing::info!(checkpoint = %dir.display(), policy_version = state.version, "resuming");
-            state.version
+            let path = dir.join(ACCOUNTING_FILE);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("--resume: cannot read {}", path.display()))?;
+            let mut prior: Accounting = serde_json::from_str(&text).with_context(|| format!("--resume: {} is not an accounting record", path.display()))?;
+            prior.resumes += 1;
+            (state.version, prior)
         }
     };
     if resume {
@@ -301,9 +316,8 @@ fn run_learner<B: AutodiffKernels>(
         // drop them, so the files read as one run (their prompts are rolled out again).
         let batch = learner_config.train.batch_size as u64;
         let metrics = rlhf_trainer::rundir::truncate_records(&out.join("metrics.jsonl"), |r| r["step"].as_u64().is_some_and(|s| s <= start_version))?;
-        let rollouts = rlhf_trainer::rundir::truncate_records(&out.join("rollouts.jsonl"), |r| {
-            r["prompt_index"].as_u64().is_some_and(|i| i / batch < start_version)
-        })?;
+        let rollouts =
+            rlhf_trainer::rundir::truncate_records(&out.join("rollouts.jsonl"), |r| r["prompt_index"].as_u64().is_some_and(|i| i / batch < start_version))?;
         if metrics + rollouts > 0 {
             tracing::info!(metrics, rollouts, policy_version = start_version, "dropped records written after the checkpoint");
         }
@@ -311,11 +325,8 @@ fn run_learner<B: AutodiffKernels>(
     let (checkpoint_config, checkpoint_tokenizer) = (model_config.clone(), tokenizer.clone());
     let mut metrics = MetricsFile::create(&out.join("metrics.jsonl"))?;
     let lineage_path = out.join("rollouts.jsonl");
-    let mut lineage_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&lineage_path)
-        .with_context(|| format!("cannot open {}", lineage_path.display()))?;
+    let mut lineage_file =
+        std::fs::OpenOptions::new().create(true).append(true).open(&lineage_path).with_context(|| format!("cannot open {}", lineage_path.display()))?;
     let export_dir = out.clone();
     let args = CoordinatorArgs {
         sampling_json: serde_json::to_string(&learner_config.train.sampling)?,
@@ -326,9 +337,16 @@ fn run_learner<B: AutodiffKernels>(
         trainer,
         prompts,
         start_version,
-        on_checkpoint: Box::new(move |trainer, version| {
+        prior,
+        on_checkpoint: Box::new(move |trainer, version, totals| {
             let dir = checkpoints.join(format!("version-{version}"));
-            trainer.save_checkpoint(&dir, version, &checkpoint_config, &checkpoint_tokenizer).map_err(|e| e.to_string())
+            rlhf_trainer::train::write_dir_atomically(&dir, |dir| {
+                trainer.save_checkpoint(dir, version, &checkpoint_config, &checkpoint_tokenizer)?;
+                let path = dir.join(ACCOUNTING_FILE);
+                std::fs::write(&path, serde_json::to_string_pretty(totals).unwrap_or_default())
+                    .map_err(|e| CheckpointError::Write { path, message: e.to_string() })
+            })
+            .map_err(|e| e.to_string())
         }),
         on_iteration: Box::new(move |iteration, stats, lineage| {
             if let Err(e) = metrics.write(iteration + 1, stats) {
@@ -342,9 +360,8 @@ fn run_learner<B: AutodiffKernels>(
             if let Err(e) = hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &export_dir) {
                 tracing::error!(error = %e, "cannot write the trained policy");
             }
-            // A resumed run accounts for its own part of the prompt stream.
-            let name = if start_version == 0 { "accounting.json".to_string() } else { format!("accounting-from-version-{start_version}.json") };
-            let path = export_dir.join(name);
+            // The whole run's, a resumed learner's included.
+            let path = export_dir.join(ACCOUNTING_FILE);
             if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&totals).unwrap_or_default()) {
                 tracing::error!(error = %e, path = %path.display(), "cannot write the accounting");
             }
@@ -397,6 +414,7 @@ fn run_worker<B: Kernels>(worker_config: &WorkerConfig, device: B::Device) -> an
         patience: Duration::from_secs_f64(worker_config.patience_s),
         hold_lease: Duration::from_millis(worker_config.hold_lease_ms),
     };
+    let name = options.name.clone();
     runtime()?.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -404,7 +422,7 @@ fn run_worker<B: Kernels>(worker_config: &WorkerConfig, device: B::Device) -> an
             tracing::info!("stopping: finishing or returning the current lease");
             let _ = stop.send(true);
         });
-        rlhf_rollout_worker::run::<B>(options, device, stopped).await?;
+        rlhf_rollout_worker::run::<B>(options, device, stopped).await.with_context(|| format!("worker {name}"))?;
         tracing::info!("worker finished");
         Ok(())
     })
@@ -464,7 +482,26 @@ fn run_reward_server<B: Kernels>(server_config: &RewardServerConfig, device: B::
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         announce(listener.local_addr()?)?;
-        rlhf_reward_server::serve(scorer, listener, batching, shutdown_signal()).await.context("reward server")
+        // On SIGTERM the server stops taking connections and drains open ones, for at most
+        // SHUTDOWN_GRACE: a client that keeps its connection open cannot hold it up.
+        let (signalled, drained) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            shutdown_signal().await;
+            let _ = signalled.send(());
+        };
+        tokio::select! {
+            served = rlhf_reward_server::serve(scorer, listener, batching, shutdown) => served.context("reward server"),
+            _ = async {
+                if drained.await.is_ok() {
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "clients still connected after the grace period; stopping anyway");
+                Ok(())
+            }
+        }
     })
 }
 
@@ -472,6 +509,20 @@ fn run_reward_server<B: Kernels>(server_config: &RewardServerConfig, device: B::
 struct ChildGuard {
     name: String,
     child: Child,
+}
+
+impl ChildGuard {
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (SIGTERM: finish or hand back work, then exit).
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; at worst the pid has exited and the call fails.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
 }
 
 impl Drop for ChildGuard {
@@ -483,9 +534,36 @@ impl Drop for ChildGuard {
     }
 }
 
+/// How long children get to stop after a forwarded SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Forwards SIGTERM to every child still running, waits up to [`STOP_GRACE`] for them, then
+/// kills the rest.
+fn stop_children(children: &mut [&mut ChildGuard]) {
+    for child in children.iter_mut() {
+        if child.running() {
+            tracing::info!(child = %child.name, "forwarding SIGTERM");
+            child.signal(libc::SIGTERM);
+        }
+    }
+    let started = std::time::Instant::now();
+    while children.iter_mut().any(|c| c.running()) && started.elapsed() < STOP_GRACE {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for child in children.iter_mut() {
+        if child.running() {
+            tracing::warn!(child = %child.name, "did not stop in time; killing it");
+            let _ = child.child.kill();
+            let _ = child.child.wait();
+        }
+    }
+}
+
 /// Starts `rlhf <args>` with stdout piped; returns the guard and the first stdout line (the
 /// bound address), forwarding later stdout lines to ours.
-/// `rlhf` with this process's log format.
+/// `rlhf` with this process's log format, as a child that gets SIGTERM if this process dies
+/// (so that no learner, worker or reward server outlives the `rlhf run` or `rlhf demo` that
+/// started it, even when that one is SIGKILLed).
 pub(crate) fn rlhf_command() -> anyhow::Result<Command> {
     let mut command = Command::new(std::env::current_exe().context("locating the rlhf binary")?);
     let format = match crate::logging::format() {
@@ -493,6 +571,19 @@ pub(crate) fn rlhf_command() -> anyhow::Result<Command> {
         crate::logging::LogFormat::Json => "json",
     };
     command.args(["--log-format", format]);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches only the new process.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     Ok(command)
 }
 
@@ -531,15 +622,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut reward_args = vec!["reward-server".to_string(), "--device".into(), device.clone()];
     match (&learner_config.reward.model, &learner_config.reward.lexicon) {
         (Some(model), _) => reward_args.extend(["--model".into(), model.clone()]),
-        (None, Some(lexicon)) => {
-            reward_args.extend(["--lexicon".into(), lexicon.display().to_string(), "--tokenizer".into(), learner_config.model.clone()])
-        }
+        (None, Some(lexicon)) => reward_args.extend(["--lexicon".into(), lexicon.display().to_string(), "--tokenizer".into(), learner_config.model.clone()]),
         (None, None) => bail!("the config needs reward.model or reward.lexicon"),
     }
     if learner_config.reward.negate {
         reward_args.push("--negate".into());
     }
-    let (_reward, reward_addr) = spawn_server("reward server", &reward_args)?;
+    let (mut reward, reward_addr) = spawn_server("reward server", &reward_args)?;
     tracing::info!(learner = %learner_addr, reward = %reward_addr, workers = args.workers, "started learner and reward server");
     let mut workers: Vec<ChildGuard> = Vec::new();
     for i in 0..args.workers {
@@ -551,16 +640,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("starting a worker")?;
         workers.push(ChildGuard { name: format!("worker-{}", i + 1), child });
     }
+    // SIGTERM or Ctrl-C reaches every child: workers hand back their leases, servers stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing a signal handler")?;
+    }
     // Wait for the learner; if every worker has failed meanwhile, the run cannot finish.
     let status = loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("stopping the run: forwarding the signal to every child");
+            // Workers first, so that they can still hand their leases back to the learner.
+            stop_children(&mut workers.iter_mut().collect::<Vec<_>>());
+            stop_children(&mut [&mut learner, &mut reward]);
+            bail!("the run was stopped by a signal");
+        }
         if let Some(status) = learner.child.try_wait().context("waiting for the learner")? {
             break status;
         }
         let total = workers.len();
-        let failed: Vec<String> = workers
-            .iter_mut()
-            .filter_map(|w| matches!(w.child.try_wait(), Ok(Some(s)) if !s.success()).then(|| w.name.clone()))
-            .collect();
+        let failed: Vec<String> =
+            workers.iter_mut().filter_map(|w| matches!(w.child.try_wait(), Ok(Some(s)) if !s.success()).then(|| w.name.clone())).collect();
         if total > 0 && failed.len() == total {
             bail!("every worker failed ({}); see their errors above", failed.join(", "));
         }

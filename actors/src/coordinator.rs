@@ -20,9 +20,9 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use rlhf_trainer::AutodiffKernels;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rlhf_proto::v1 as pb;
+use rlhf_trainer::AutodiffKernels;
 use rlhf_trainer::ppo_local::{insert_reward_stats, prompts_for};
 use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
 use tonic::Status;
@@ -40,13 +40,30 @@ pub const PUBLISHER: &str = "publisher";
 
 /// Messages the coordinator handles. RPC handlers send one per call and await the reply.
 pub enum CoordinatorMsg {
-    Lease { worker_id: u64, reply: RpcReplyPort<Result<pb::LeasePromptsResponse, Status>> },
-    Submit { request: pb::SubmitRolloutsRequest, score_seconds: f64, reply: RpcReplyPort<Result<u32, Status>> },
-    Return { worker_id: u64, lease_id: u64, reply: RpcReplyPort<Result<(), Status>> },
+    Lease {
+        worker_id: u64,
+        reply: RpcReplyPort<Result<pb::LeasePromptsResponse, Status>>,
+    },
+    Submit {
+        request: pb::SubmitRolloutsRequest,
+        score_seconds: f64,
+        reply: RpcReplyPort<Result<u32, Status>>,
+    },
+    Return {
+        worker_id: u64,
+        lease_id: u64,
+        reply: RpcReplyPort<Result<(), Status>>,
+    },
     /// From membership: a worker joined (answered once it may take leases).
-    WorkerJoined { worker_id: u64, name: String, reply: RpcReplyPort<()> },
+    WorkerJoined {
+        worker_id: u64,
+        name: String,
+        reply: RpcReplyPort<()>,
+    },
     /// From membership: a worker stopped heartbeating; its leases are re-issued.
-    WorkerExpired { worker_id: u64 },
+    WorkerExpired {
+        worker_id: u64,
+    },
     /// Re-issue leases past their deadline (sent by a timer).
     Tick,
     /// The PPO learner finished an update.
@@ -66,14 +83,21 @@ pub struct Lineage {
     pub prompt_index: u64,
 }
 
-/// Totals written when the run ends.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// The run's totals: written beside every learner checkpoint (covering the versions it holds),
+/// carried over by a resumed learner, and written as `accounting.json` when the run ends.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Accounting {
+    /// Prompts trained on, each exactly once.
     pub prompts_accounted: usize,
     pub leases_issued: u64,
     pub leases_reissued: u64,
     pub workers_joined: u64,
     pub workers_expired: u64,
+    /// Rollouts refused because they failed validation.
+    pub submissions_refused: u64,
+    /// Times the learner resumed from a checkpoint.
+    pub resumes: u64,
 }
 
 pub struct CoordinatorArgs<B: AutodiffKernels> {
@@ -93,6 +117,8 @@ pub struct CoordinatorArgs<B: AutodiffKernels> {
     pub on_checkpoint: crate::ppo_learner::Checkpointer<B>,
     /// The policy version to start from (0, or a resumed checkpoint's).
     pub start_version: u64,
+    /// The totals up to `start_version` (from the checkpoint; default for a new run).
+    pub prior: Accounting,
 }
 
 struct WorkerInfo {
@@ -130,7 +156,11 @@ pub struct State<B: AutodiffKernels> {
     pending: VecDeque<Vec<u64>>,
     leases: BTreeMap<u64, LeaseInfo>,
     buffer: BTreeMap<u64, (Lineage, Rollout)>,
+    /// Totals before this learner started (from its checkpoint).
+    prior: Accounting,
+    /// This learner's totals, `prompts_accounted` aside (the size of `accounted`).
     totals: Accounting,
+    /// Prompts this learner accepted rollouts for, each once.
     accounted: BTreeSet<u64>,
     iteration_started: Instant,
     score_seconds: Vec<f64>,
@@ -163,6 +193,21 @@ impl<B: AutodiffKernels> State<B> {
             worker.samples = 0;
         }
         self.maybe_queue_next();
+    }
+
+    /// The whole run's totals (this learner's added to those it resumed from), counting the
+    /// accounted prompts below `prompt_limit`.
+    fn run_totals(&self, prompt_limit: usize) -> Accounting {
+        let (prior, own) = (&self.prior, &self.totals);
+        Accounting {
+            prompts_accounted: prior.prompts_accounted + self.accounted.range(..prompt_limit as u64).count(),
+            leases_issued: prior.leases_issued + own.leases_issued,
+            leases_reissued: prior.leases_reissued + own.leases_reissued,
+            workers_joined: prior.workers_joined + own.workers_joined,
+            workers_expired: prior.workers_expired + own.workers_expired,
+            submissions_refused: prior.submissions_refused + own.submissions_refused,
+            resumes: prior.resumes + own.resumes,
+        }
     }
 
     /// The rollouts of the iteration being trained, if all have arrived.
@@ -217,12 +262,8 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
             eos_id: args.eos_id,
             heartbeat_interval_ms: runtime.heartbeat_interval_ms,
         };
-        let membership_args = MembershipArgs {
-            settings,
-            heartbeat_timeout: Duration::from_secs_f64(runtime.heartbeat_timeout_s),
-            coordinator: myself.clone(),
-            start_version,
-        };
+        let membership_args =
+            MembershipArgs { settings, heartbeat_timeout: Duration::from_secs_f64(runtime.heartbeat_timeout_s), coordinator: myself.clone(), start_version };
         let (membership, _) = Actor::spawn_linked(Some(MEMBERSHIP.into()), Membership, membership_args, cell.clone()).await?;
         let learner_args = PpoLearnerArgs {
             trainer: args.trainer,
@@ -236,11 +277,7 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
         let (learner, _) = Actor::spawn_linked(Some("ppo-learner".into()), PpoLearner::<B>::default(), learner_args, cell).await?;
         myself.send_interval(Duration::from_millis(200), || CoordinatorMsg::Tick);
         let sampling_seed = args.config.train.sampling.seed;
-        let limits = RolloutLimits {
-            vocab_size: model_limits.0,
-            n_positions: model_limits.1,
-            max_new_tokens: args.config.train.sampling.max_new_tokens,
-        };
+        let limits = RolloutLimits { vocab_size: model_limits.0, n_positions: model_limits.1, max_new_tokens: args.config.train.sampling.max_new_tokens };
         let mut state = State {
             limits,
             config: args.config,
@@ -259,6 +296,7 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
             leases: BTreeMap::new(),
             buffer: BTreeMap::new(),
             totals: Accounting::default(),
+            prior: args.prior,
             accounted: BTreeSet::new(),
             iteration_started: Instant::now(),
             score_seconds: Vec::new(),
@@ -296,55 +334,58 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
     }
 }
 
-async fn handle_message<B: AutodiffKernels>(_myself: ActorRef<CoordinatorMsg>, message: CoordinatorMsg, state: &mut State<B>) -> Result<(), ActorProcessingErr> {
-        match message {
-            CoordinatorMsg::WorkerJoined { worker_id, name, reply } => {
-                state.totals.workers_joined += 1;
-                state.workers.insert(worker_id, WorkerInfo { name, samples: 0 });
-                let _ = reply.send(());
+async fn handle_message<B: AutodiffKernels>(
+    _myself: ActorRef<CoordinatorMsg>,
+    message: CoordinatorMsg,
+    state: &mut State<B>,
+) -> Result<(), ActorProcessingErr> {
+    match message {
+        CoordinatorMsg::WorkerJoined { worker_id, name, reply } => {
+            state.totals.workers_joined += 1;
+            state.workers.insert(worker_id, WorkerInfo { name, samples: 0 });
+            let _ = reply.send(());
+        }
+        CoordinatorMsg::WorkerExpired { worker_id } => {
+            state.totals.workers_expired += 1;
+            let owned: Vec<u64> = state.leases.iter().filter(|(_, l)| l.worker_id == worker_id).map(|(&id, _)| id).collect();
+            for lease_id in owned {
+                state.reissue(lease_id, "lease of an expired worker");
             }
-            CoordinatorMsg::WorkerExpired { worker_id } => {
-                state.totals.workers_expired += 1;
-                let owned: Vec<u64> = state.leases.iter().filter(|(_, l)| l.worker_id == worker_id).map(|(&id, _)| id).collect();
-                for lease_id in owned {
-                    state.reissue(lease_id, "lease of an expired worker");
-                }
-                state.workers.remove(&worker_id);
+            state.workers.remove(&worker_id);
+        }
+        CoordinatorMsg::Lease { worker_id, reply } => {
+            let _ = reply.send(lease(state, worker_id));
+        }
+        CoordinatorMsg::Submit { request, score_seconds, reply } => {
+            let result = submit(state, request);
+            if result.is_ok() {
+                state.score_seconds.push(score_seconds);
             }
-            CoordinatorMsg::Lease { worker_id, reply } => {
-                let _ = reply.send(lease(state, worker_id));
+            let _ = reply.send(result);
+            if !state.updating {
+                start_update(state)?;
             }
-            CoordinatorMsg::Submit { request, score_seconds, reply } => {
-                let result = submit(state, request);
-                if result.is_ok() {
-                    state.score_seconds.push(score_seconds);
-                }
-                let _ = reply.send(result);
-                if !state.updating {
-                    start_update(state)?;
-                }
+        }
+        CoordinatorMsg::Return { worker_id, lease_id, reply } => {
+            let owned = state.leases.get(&lease_id).is_some_and(|l| l.worker_id == worker_id);
+            if owned {
+                state.reissue(lease_id, "lease returned by its worker");
             }
-            CoordinatorMsg::Return { worker_id, lease_id, reply } => {
-                let owned = state.leases.get(&lease_id).is_some_and(|l| l.worker_id == worker_id);
-                if owned {
-                    state.reissue(lease_id, "lease returned by its worker");
-                }
-                let _ = reply.send(Ok(()));
-            }
-            CoordinatorMsg::Tick => expire(state),
-            CoordinatorMsg::Updated(updated) => {
-                finish_update(state, updated)?;
-                if state.done {
-                    state.totals.prompts_accounted = state.accounted.len();
-                    if let Some(learner) = &state.learner {
-                        learner.send_message(PpoLearnerMsg::Finish(state.totals.clone()))?;
-                    }
+            let _ = reply.send(Ok(()));
+        }
+        CoordinatorMsg::Tick => expire(state),
+        CoordinatorMsg::Updated(updated) => {
+            finish_update(state, updated)?;
+            if state.done {
+                let totals = state.run_totals(usize::MAX);
+                if let Some(learner) = &state.learner {
+                    learner.send_message(PpoLearnerMsg::Finish(totals))?;
                 }
             }
         }
-        Ok(())
     }
-
+    Ok(())
+}
 
 fn lease<B: AutodiffKernels>(state: &mut State<B>, worker_id: u64) -> Result<pb::LeasePromptsResponse, Status> {
     use pb::lease_prompts_response::Reply;
@@ -371,38 +412,27 @@ fn lease<B: AutodiffKernels>(state: &mut State<B>, worker_id: u64) -> Result<pb:
     let wire_prompts = prompts.iter().map(|&i| pb::Prompt { prompt_index: i, ids: state.prompt(i) }).collect();
     state.leases.insert(lease_id, LeaseInfo { worker_id, policy_version: state.version, prompts, deadline });
     let deadline_ms = (state.config.runtime.lease_timeout_s * 1000.0) as u64;
-    Ok(pb::LeasePromptsResponse {
-        reply: Some(Reply::Lease(pb::Lease { lease_id, policy_version: state.version, prompts: wire_prompts, seed, deadline_ms })),
-    })
+    Ok(pb::LeasePromptsResponse { reply: Some(Reply::Lease(pb::Lease { lease_id, policy_version: state.version, prompts: wire_prompts, seed, deadline_ms })) })
 }
 
 fn submit<B: AutodiffKernels>(state: &mut State<B>, request: pb::SubmitRolloutsRequest) -> Result<u32, Status> {
     let Some(lease) = state.leases.get(&request.lease_id) else {
-        return Err(Status::failed_precondition(format!(
-            "lease {} is unknown, expired or already submitted; its prompts were re-issued",
-            request.lease_id
-        )));
+        return Err(Status::failed_precondition(format!("lease {} is unknown, expired or already submitted; its prompts were re-issued", request.lease_id)));
     };
-    let claim = LeaseClaim {
-        lease_id: request.lease_id,
-        worker_id: lease.worker_id,
-        policy_version: lease.policy_version,
-        prompts: &lease.prompts,
-    };
+    let claim = LeaseClaim { lease_id: request.lease_id, worker_id: lease.worker_id, policy_version: lease.policy_version, prompts: &lease.prompts };
     // Every field, before anything is accepted. The lease stays valid: the worker may submit
     // again, or the lease expires and its prompts are re-issued.
     if let Err(status) = check_submission(&request, &claim, &state.limits, |i| state.prompt(i)) {
         tracing::warn!(worker_id = request.worker_id, lease_id = request.lease_id, error = %status.message(), "submission refused");
+        state.totals.submissions_refused += 1;
         return Err(status);
     }
     let lag = state.config.runtime.max_policy_lag;
     let version = lease.policy_version;
     if version > state.version || state.version - version > lag {
         // Too stale to train on: drop it and roll the prompts out again with fresh weights.
-        let message = format!(
-            "lease {} was rolled out with policy version {version}, but the learner is at {} (max_policy_lag {lag})",
-            request.lease_id, state.version
-        );
+        let message =
+            format!("lease {} was rolled out with policy version {version}, but the learner is at {} (max_policy_lag {lag})", request.lease_id, state.version);
         state.reissue(request.lease_id, "rollouts too stale");
         return Err(Status::failed_precondition(message));
     }
@@ -438,10 +468,14 @@ fn expire<B: AutodiffKernels>(state: &mut State<B>) {
 
 /// Starts the update of the iteration being trained if all its rollouts are in.
 fn start_update<B: AutodiffKernels>(state: &mut State<B>) -> Result<(), ActorProcessingErr> {
-    let Some(indices) = state.complete_batch() else { return Ok(()) };
+    let Some(indices) = state.complete_batch() else {
+        return Ok(());
+    };
     let rollouts: Vec<Rollout> = indices.iter().map(|i| state.buffer[i].1.clone()).collect();
+    // What a checkpoint of the next version covers: the prompts of every version up to it.
+    let totals = state.run_totals((state.version as usize + 1) * state.config.train.batch_size);
     let learner = state.learner.as_ref().ok_or("the PPO learner is gone")?;
-    learner.send_message(PpoLearnerMsg::Update { rollouts, next_version: state.version + 1 })?;
+    learner.send_message(PpoLearnerMsg::Update { rollouts, next_version: state.version + 1, totals })?;
     state.updating = true;
     Ok(())
 }
@@ -453,9 +487,7 @@ fn finish_update<B: AutodiffKernels>(state: &mut State<B>, result: Updated) -> R
     let weights = result.weights?;
     // This iteration's rollouts leave the buffer; later iterations' (max_policy_lag > 0) stay.
     let batch = state.config.train.batch_size as u64;
-    let trained: Vec<(Lineage, Rollout)> = (state.version * batch..(state.version + 1) * batch)
-        .filter_map(|i| state.buffer.remove(&i))
-        .collect();
+    let trained: Vec<(Lineage, Rollout)> = (state.version * batch..(state.version + 1) * batch).filter_map(|i| state.buffer.remove(&i)).collect();
     let n = trained.len() as f64;
     insert_reward_stats(&mut stats, trained.iter().map(|(_, r)| r.score));
     let mean = stats["env/reward_mean"];

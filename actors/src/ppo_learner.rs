@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use rlhf_trainer::AutodiffKernels;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rlhf_trainer::AutodiffKernels;
 use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
 use rlhf_trainer::wire::WireDtype;
 
@@ -15,7 +15,8 @@ use crate::weights::WeightSnapshot;
 
 pub enum PpoLearnerMsg {
     /// Train on one iteration's rollouts, then publish `next_version`.
-    Update { rollouts: Vec<Rollout>, next_version: u64 },
+    /// `totals` are the run's up to `next_version`, written with its checkpoint.
+    Update { rollouts: Vec<Rollout>, next_version: u64, totals: Accounting },
     /// The blocking update finished (sent by the update thread to this actor).
     Finished(Box<dyn std::any::Any + Send>),
     /// The run is over: hand the trainer to `on_done`.
@@ -43,7 +44,7 @@ pub struct PpoLearnerArgs<B: AutodiffKernels> {
 }
 
 /// Writes a checkpoint of the trainer at a policy version.
-pub type Checkpointer<B> = Box<dyn FnMut(&PpoTrainer<B>, u64) -> Result<(), String> + Send>;
+pub type Checkpointer<B> = Box<dyn FnMut(&PpoTrainer<B>, u64, &Accounting) -> Result<(), String> + Send>;
 
 pub struct PpoLearnerState<B: AutodiffKernels> {
     /// `None` while an update runs on its thread.
@@ -54,6 +55,8 @@ pub struct PpoLearnerState<B: AutodiffKernels> {
     on_done: Option<Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>>,
     on_checkpoint: Checkpointer<B>,
     checkpoint_every: u64,
+    /// The run's totals up to the version being trained, for its checkpoint.
+    totals: Accounting,
 }
 
 pub struct PpoLearner<B>(std::marker::PhantomData<fn() -> B>);
@@ -78,6 +81,7 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
             on_done: Some(args.on_done),
             on_checkpoint: args.on_checkpoint,
             checkpoint_every: args.checkpoint_every,
+            totals: Accounting::default(),
         })
     }
 
@@ -86,49 +90,55 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
     }
 }
 
-async fn handle_message<B: AutodiffKernels>(myself: ActorRef<PpoLearnerMsg>, message: PpoLearnerMsg, state: &mut PpoLearnerState<B>) -> Result<(), ActorProcessingErr> {
-        match message {
-            PpoLearnerMsg::Update { rollouts, next_version } => {
-                let mut trainer = state.trainer.take().ok_or("an update is already running")?;
-                let (total_steps, dtype) = (state.total_optimizer_steps, state.weights_dtype);
-                let iteration = tracing::info_span!("iteration", iteration = next_version, policy_version = next_version - 1);
-                tokio::task::spawn_blocking(move || {
-                    let _iteration = iteration.enter();
-                    let started = Instant::now();
-                    let stats = tracing::info_span!("update", rollouts = rollouts.len())
-                        .in_scope(|| trainer.step(&rollouts, total_steps).map_err(|e| e.to_string()));
-                    let update_seconds = started.elapsed().as_secs_f64();
-                    let started = Instant::now();
-                    let weights = tracing::info_span!("weight_sync", policy_version = next_version)
-                        .in_scope(|| WeightSnapshot::of(&trainer.policy.valid(), next_version, dtype));
-                    let publish_seconds = started.elapsed().as_secs_f64();
-                    let updated = Updated { stats, weights, update_seconds, publish_seconds };
-                    let _ = myself.send_message(PpoLearnerMsg::Finished(Box::new((trainer, updated))));
-                });
-            }
-            PpoLearnerMsg::Finished(result) => {
-                let (trainer, updated) = *result.downcast::<(PpoTrainer<B>, Updated)>().map_err(|_| "unexpected update result")?;
-                if let Ok(weights) = &updated.weights {
-                    let version = weights.version;
-                    if state.checkpoint_every > 0 && version % state.checkpoint_every == 0 {
-                        // File IO on this actor's thread: nothing else runs here meanwhile.
-                        let written = tokio::task::block_in_place(|| (state.on_checkpoint)(&trainer, version));
-                        match written {
-                            Ok(()) => tracing::info!(policy_version = version, "checkpoint written"),
-                            Err(e) => tracing::error!(policy_version = version, error = %e, "checkpoint failed"),
+async fn handle_message<B: AutodiffKernels>(
+    myself: ActorRef<PpoLearnerMsg>,
+    message: PpoLearnerMsg,
+    state: &mut PpoLearnerState<B>,
+) -> Result<(), ActorProcessingErr> {
+    match message {
+        PpoLearnerMsg::Update { rollouts, next_version, totals } => {
+            state.totals = totals;
+            let mut trainer = state.trainer.take().ok_or("an update is already running")?;
+            let (total_steps, dtype) = (state.total_optimizer_steps, state.weights_dtype);
+            let iteration = tracing::info_span!("iteration", iteration = next_version, policy_version = next_version - 1);
+            tokio::task::spawn_blocking(move || {
+                let _iteration = iteration.enter();
+                let started = Instant::now();
+                let stats =
+                    tracing::info_span!("update", rollouts = rollouts.len()).in_scope(|| trainer.step(&rollouts, total_steps).map_err(|e| e.to_string()));
+                let update_seconds = started.elapsed().as_secs_f64();
+                let started = Instant::now();
+                let weights = tracing::info_span!("weight_sync", policy_version = next_version)
+                    .in_scope(|| WeightSnapshot::of(&trainer.policy.valid(), next_version, dtype));
+                let publish_seconds = started.elapsed().as_secs_f64();
+                let updated = Updated { stats, weights, update_seconds, publish_seconds };
+                let _ = myself.send_message(PpoLearnerMsg::Finished(Box::new((trainer, updated))));
+            });
+        }
+        PpoLearnerMsg::Finished(result) => {
+            let (trainer, updated) = *result.downcast::<(PpoTrainer<B>, Updated)>().map_err(|_| "unexpected update result")?;
+            if let Ok(weights) = &updated.weights {
+                let version = weights.version;
+                if state.checkpoint_every > 0 && version % state.checkpoint_every == 0 {
+                    // File IO on this actor's thread: nothing else runs here meanwhile.
+                    let written = tokio::task::block_in_place(|| (state.on_checkpoint)(&trainer, version, &state.totals));
+                    match written {
+                        Ok(()) => tracing::info!(policy_version = version, "checkpoint written"),
+                        Err(e) => {
+                            tracing::error!(policy_version = version, error = %e, "checkpoint failed")
                         }
                     }
                 }
-                state.trainer = Some(trainer);
-                state.coordinator.send_message(CoordinatorMsg::Updated(updated))?;
             }
-            PpoLearnerMsg::Finish(totals) => {
-                let trainer = state.trainer.take().ok_or("the run ended during an update")?;
-                if let Some(on_done) = state.on_done.take() {
-                    on_done(trainer, totals);
-                }
+            state.trainer = Some(trainer);
+            state.coordinator.send_message(CoordinatorMsg::Updated(updated))?;
+        }
+        PpoLearnerMsg::Finish(totals) => {
+            let trainer = state.trainer.take().ok_or("the run ended during an update")?;
+            if let Some(on_done) = state.on_done.take() {
+                on_done(trainer, totals);
             }
         }
-        Ok(())
     }
-
+    Ok(())
+}

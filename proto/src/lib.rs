@@ -1,5 +1,6 @@
 //! The `rlhf.v1` wire: generated prost/tonic code, re-exported. Nothing else lives here.
 
+pub use prost;
 pub use prost::bytes;
 
 /// Package `rlhf.v1`.

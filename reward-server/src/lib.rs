@@ -64,6 +64,61 @@ impl Input {
     }
 }
 
+/// The most sequences one request may hold.
+pub const MAX_SEQUENCES: usize = 4096;
+/// The most token ids one sequence (query and response together) may hold.
+pub const MAX_SEQUENCE_TOKENS: usize = 16_384;
+/// The most bytes of text one sequence (query and response together) may hold.
+pub const MAX_SEQUENCE_TEXT_BYTES: usize = 1 << 20;
+
+/// Checks a request from an untrusted worker and turns it into scorer input: at most
+/// [`MAX_SEQUENCES`] sequences, each with a non-empty response, ids below `vocab_size`, and at
+/// most [`MAX_SEQUENCE_TOKENS`] ids or [`MAX_SEQUENCE_TEXT_BYTES`] of text. Text is scored when
+/// every sequence carries it, ids otherwise. A refusal names the sequence and field.
+fn check_request(request: ScoreRequest, vocab_size: usize) -> Result<Input, Status> {
+    let sequences = request.sequences;
+    if sequences.len() > MAX_SEQUENCES {
+        return Err(Status::invalid_argument(format!("sequences: expected at most {MAX_SEQUENCES}, got {}", sequences.len())));
+    }
+    let texts = !sequences.is_empty() && sequences.iter().all(|s| !s.response_text.is_empty());
+    for (i, s) in sequences.iter().enumerate() {
+        let refuse = |field: &str, expected: String| Err(Status::invalid_argument(format!("sequence {i}: {field}: expected {expected}")));
+        if texts {
+            let bytes = s.query_text.len() + s.response_text.len();
+            if bytes > MAX_SEQUENCE_TEXT_BYTES {
+                return refuse("query_text + response_text", format!("at most {MAX_SEQUENCE_TEXT_BYTES} bytes, got {bytes}"));
+            }
+            continue;
+        }
+        if s.response.is_empty() {
+            return refuse("response", "a non-empty response (ids, or text in every sequence)".into());
+        }
+        let tokens = s.query.len() + s.response.len();
+        if tokens > MAX_SEQUENCE_TOKENS {
+            return refuse("query + response", format!("at most {MAX_SEQUENCE_TOKENS} tokens, got {tokens}"));
+        }
+        for (field, ids) in [("query", &s.query), ("response", &s.response)] {
+            if let Some(at) = ids.iter().position(|&id| id as usize >= vocab_size) {
+                return refuse(&format!("{field}[{at}]"), format!("a token id below {vocab_size}, got {}", ids[at]));
+            }
+        }
+    }
+    Ok(if texts {
+        let (queries, responses) = sequences.into_iter().map(|s| (s.query_text, s.response_text)).unzip();
+        Input::Texts { queries, responses }
+    } else {
+        let (queries, responses) = sequences.into_iter().map(|s| (s.query, s.response)).unzip();
+        Input::Ids { queries, responses }
+    })
+}
+
+/// Decodes one `ScoreRequest` from raw bytes and checks it, as the service does; for the fuzz
+/// target (`fuzz/fuzz_targets/messages.rs`) and its CI smoke test. `Ok(n)`: n sequences accepted.
+pub fn decode_and_check(bytes: &[u8], vocab_size: usize) -> Result<usize, String> {
+    let request = <ScoreRequest as rlhf_proto::prost::Message>::decode(bytes).map_err(|e| e.to_string())?;
+    check_request(request, vocab_size).map(|input| input.len()).map_err(|status| status.message().to_string())
+}
+
 /// One request waiting for its scores.
 struct Job {
     input: Input,
@@ -73,23 +128,18 @@ struct Job {
 struct Service {
     jobs: mpsc::Sender<Job>,
     scorer_name: String,
+    /// Ids in requests must be below this.
+    vocab_size: usize,
 }
 
 #[tonic::async_trait]
 impl RewardModel for Service {
     async fn score(&self, request: Request<ScoreRequest>) -> Result<Response<ScoreResponse>, Status> {
-        let sequences = request.into_inner().sequences;
-        if sequences.iter().any(|s| s.response.is_empty() && s.response_text.is_empty()) {
-            return Err(Status::invalid_argument("every sequence needs a non-empty response"));
-        }
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         // Text, when every sequence carries it, is tokenised by the scorer's own tokenizer.
-        let input = if !sequences.is_empty() && sequences.iter().all(|s| !s.response_text.is_empty()) {
-            let (queries, responses) = sequences.into_iter().map(|s| (s.query_text, s.response_text)).unzip();
-            Input::Texts { queries, responses }
-        } else {
-            let (queries, responses) = sequences.into_iter().map(|s| (s.query, s.response)).unzip();
-            Input::Ids { queries, responses }
-        };
+        let input = check_request(request.into_inner(), self.vocab_size).inspect_err(|status| {
+            tracing::warn!(peer, error = %status.message(), "score request refused");
+        })?;
         let (reply, answer) = oneshot::channel();
         self.jobs.send(Job { input, reply }).await.map_err(|_| Status::unavailable("scorer stopped"))?;
         let scores = answer.await.map_err(|_| Status::unavailable("scorer stopped"))??;
@@ -124,19 +174,28 @@ async fn batcher(mut scorer: Box<dyn Scorer>, mut jobs: mpsc::Receiver<Job>, con
 /// Scores one batch of same-kind jobs and answers each; hands the scorer back.
 async fn score_group(scorer: Box<dyn Scorer>, group: Vec<Job>) -> Box<dyn Scorer> {
     let input = Input::concat(&group.iter().map(|j| &j.input).collect::<Vec<_>>());
+    let input_len = input.len();
     let started = Instant::now();
     let (scorer, result) = tokio::task::spawn_blocking(move || {
         let mut scorer = scorer;
-        let result = match &input {
-            Input::Ids { queries, responses } => scorer.score(queries, responses),
-            Input::Texts { queries, responses } => scorer.score_texts(queries, responses),
-        };
+        // A scorer that panics fails this batch, not the server.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &input {
+            Input::Ids { queries, responses } => scorer.score(queries, responses).map_err(|e| e.to_string()),
+            Input::Texts { queries, responses } => scorer.score_texts(queries, responses).map_err(|e| e.to_string()),
+        }))
+        .unwrap_or_else(|panic| Err(format!("the scorer panicked: {}", panic_message(&*panic))));
         (scorer, result)
     })
     .await
     .expect("the scoring thread does not panic");
     tracing::debug!(requests = group.len(), seconds = started.elapsed().as_secs_f64(), "scored batch");
     match result {
+        Ok(scores) if scores.len() != input_len => {
+            tracing::error!(expected = input_len, got = scores.len(), "the scorer returned the wrong number of scores");
+            for job in group {
+                let _ = job.reply.send(Err(Status::internal("the scorer returned the wrong number of scores")));
+            }
+        }
         Ok(scores) => {
             let mut offset = 0;
             for job in group {
@@ -155,6 +214,10 @@ async fn score_group(scorer: Box<dyn Scorer>, group: Vec<Job>) -> Box<dyn Scorer
     scorer
 }
 
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown".into())
+}
+
 /// Serves `scorer` on `listener` until `shutdown` resolves. Prints nothing; the caller reports
 /// the bound address.
 pub async fn serve(
@@ -163,12 +226,12 @@ pub async fn serve(
     config: BatchConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let scorer_name = scorer.name();
+    let (scorer_name, vocab_size) = (scorer.name(), scorer.vocab_size());
     let (jobs, receiver) = mpsc::channel(1024);
     tokio::spawn(batcher(scorer, receiver, config));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RewardModelServer<Service>>().await;
-    let service = RewardModelServer::new(Service { jobs, scorer_name }).max_decoding_message_size(64 << 20);
+    let service = RewardModelServer::new(Service { jobs, scorer_name, vocab_size }).max_decoding_message_size(64 << 20);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "reward server listening");
     tonic::transport::Server::builder()
         .add_service(health_service)

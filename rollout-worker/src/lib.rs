@@ -1,24 +1,37 @@
 //! Rollout worker: joins the learner, pulls the current weights, then loops: lease prompts,
-//! generate with the KV cache, score on the reward server, submit the scored rollouts.
+//! generate with the KV cache, score on a reward server, submit the scored rollouts.
 //!
 //! New weights are fetched when a lease names a newer policy version, and swapped in between
-//! generation batches. The learner and reward server may be unavailable for a while (a restart):
-//! calls retry with bounded backoff. On SIGTERM/Ctrl-C a worker returns its unfinished lease and
-//! exits cleanly.
+//! generation batches. Peers may be unavailable for a while (a restart): every call retries
+//! with bounded, jittered backoff ([`retry`]), and the worker gives up only after `patience`
+//! without progress. A learner that no longer knows the worker (it restarted) is joined again
+//! under a new id, dropping the unfinished lease. A reward server that fails hands the request to
+//! the next one ([`reward`]). On SIGTERM/Ctrl-C a worker returns its unfinished lease and exits
+//! cleanly, also while it is waiting for a peer.
 
+pub mod peer_input;
+pub mod retry;
+pub mod reward;
+pub mod weights;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rlhf_trainer::Kernels;
-use burn_store::{ModuleSnapshot, SafetensorsStore};
 use rlhf_proto::v1 as pb;
 use rlhf_proto::v1::learner_client::LearnerClient;
 use rlhf_proto::v1::reward_model_client::RewardModelClient;
-use rlhf_trainer::gpt2::Init;
-use rlhf_trainer::wire::{WireDtype, to_f32};
-use rlhf_trainer::{Generator, Gpt2, Gpt2Config, Heads, SamplingConfig};
+use rlhf_trainer::Kernels;
+use rlhf_trainer::{Generator, Gpt2, Gpt2Config, SamplingConfig};
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::Instrument;
+
+use crate::peer_input::RunSettings;
+use crate::retry::{Backoff, retryable, unknown_worker};
+use crate::reward::Rotation;
 
 /// Errors that end a worker.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +40,10 @@ pub enum WorkerError {
     Learner { url: String, status: Status },
     #[error("reward server {url}: {status}")]
     Reward { url: String, status: Status },
+    #[error("{url} does not serve {service} (is it the {other}?)")]
+    WrongService { url: String, service: &'static str, other: &'static str },
+    #[error("gave up on the {peer} at {url}: no progress for {seconds:.0} s (--patience-s); last error: {last}")]
+    GaveUp { peer: &'static str, url: String, seconds: f64, last: String },
     #[error("cannot connect to {url}: {message}")]
     Connect { url: String, message: String },
     #[error("weights for policy version {version}: {message}")]
@@ -44,7 +61,7 @@ pub struct WorkerOptions {
     pub name: String,
     /// Per-call deadline.
     pub timeout: Duration,
-    /// Give up on a peer after it has been unavailable this long.
+    /// Give up on a peer after this long without progress.
     pub patience: Duration,
     /// Fault injection for tests: wait this long after taking a lease.
     pub hold_lease: Duration,
@@ -60,276 +77,387 @@ fn channel(url: &str, timeout: Duration) -> Result<Channel, WorkerError> {
     Ok(endpoint.connect_lazy())
 }
 
-/// Codes worth retrying: the peer is down or slow. A connection that breaks mid-call (a server
-/// killed while answering) surfaces as `Unknown` or `Cancelled`; retrying is safe because scoring
-/// is idempotent and every learner call is idempotent or protected by its lease.
-fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
-}
-
-/// Retries `call` with bounded exponential backoff while the peer is unavailable.
-async fn with_backoff<T, F, Fut>(patience: Duration, what: &str, mut call: F) -> Result<T, Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Status>>,
-{
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match call().await {
-            Err(status) if retryable(&status) && started.elapsed() < patience => {
-                tracing::warn!(peer = what, code = ?status.code(), retry_in_ms = delay.as_millis() as u64, "peer unavailable; backing off");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Downloads one weights version, checks length and CRC, and returns it as an fp32 safetensors
 /// buffer (bf16 on the wire is widened).
 pub async fn download_weights(client: &mut LearnerClient<Channel>, version: u64) -> Result<Vec<u8>, WorkerError> {
     let bad = |message: String| WorkerError::Weights { version, message };
-    let mut stream = client
-        .get_weights(pb::GetWeightsRequest { policy_version: version })
-        .await
-        .map_err(|status| bad(status.to_string()))?
-        .into_inner();
-    let (mut bytes, mut crc32, mut total, mut dtype) = (Vec::new(), 0, 0u64, WireDtype::F32);
+    let mut stream = client.get_weights(pb::GetWeightsRequest { policy_version: version }).await.map_err(|status| bad(status.to_string()))?.into_inner();
+    let mut assembler = weights::Assembler::new(version);
     while let Some(chunk) = stream.message().await.map_err(|status| bad(status.to_string()))? {
-        if chunk.offset == 0 {
-            total = chunk.total_bytes;
-            crc32 = chunk.crc32;
-            dtype = WireDtype::parse(&chunk.dtype).ok_or_else(|| bad(format!("unknown dtype {:?}", chunk.dtype)))?;
-            bytes.reserve(total as usize);
-        }
-        if chunk.policy_version != version || chunk.offset != bytes.len() as u64 {
-            return Err(bad(format!("chunk at offset {} out of order", chunk.offset)));
-        }
-        bytes.extend_from_slice(&chunk.data);
+        assembler.push(&chunk).map_err(bad)?;
     }
-    if bytes.len() as u64 != total || crc32fast::hash(&bytes) != crc32 {
-        return Err(bad(format!("checksum or length mismatch ({} of {total} bytes)", bytes.len())));
-    }
-    match dtype {
-        WireDtype::F32 => Ok(bytes),
-        WireDtype::Bf16 => to_f32(&bytes).map_err(bad),
-    }
+    assembler.finish().map_err(bad)
 }
 
 /// Fetches one weights version and builds the model from it.
-async fn fetch_weights<B: Kernels>(
-    client: &mut LearnerClient<Channel>,
-    version: u64,
-    config: &Gpt2Config,
-    device: &B::Device,
-) -> Result<Gpt2<B>, WorkerError> {
+async fn fetch_weights<B: Kernels>(client: &mut LearnerClient<Channel>, version: u64, config: &Gpt2Config, device: &B::Device) -> Result<Gpt2<B>, WorkerError> {
     let bad = |message: String| WorkerError::Weights { version, message };
     let bytes = download_weights(client, version).await?;
-    let mut model = config.init_with::<B>(Heads::Lm, &mut Init::Zeros, device);
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    let result = model.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
-    if !result.missing.is_empty() || !result.errors.is_empty() {
-        return Err(bad(format!("{} tensors missing, {} errors", result.missing.len(), result.errors.len())));
-    }
-    Ok(model)
+    weights::model_from_safetensors::<B>(bytes, config, device).map_err(bad)
 }
 
-/// Runs a worker until the learner says the run is done (`Ok`) or `stop` fires (returns the
+/// What ended a stretch of work.
+enum Flow {
+    /// SIGTERM/Ctrl-C: the worker stops (its lease handed back).
+    Stopped,
+    /// The learner no longer knows this worker: join again.
+    Rejoin,
+    Failed(WorkerError),
+}
+
+impl From<WorkerError> for Flow {
+    fn from(error: WorkerError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+/// The worker's peers and how it waits for them.
+struct Peers {
+    learner: LearnerClient<Channel>,
+    learner_url: String,
+    rewards: Vec<(String, RewardModelClient<Channel>)>,
+    rotation: Rotation,
+    backoff: Backoff,
+    stop: watch::Receiver<bool>,
+}
+
+impl Peers {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Waits out one backoff delay after `status` from `peer`, or fails once patience is spent;
+    /// a stop request ends the wait at once.
+    async fn wait(&mut self, peer: &'static str, url: &str, status: &Status) -> Result<(), Flow> {
+        let Some(delay) = self.backoff.next_delay() else {
+            let seconds = self.backoff.since_progress().as_secs_f64();
+            return Err(Flow::Failed(WorkerError::GaveUp { peer, url: url.to_string(), seconds, last: status.to_string() }));
+        };
+        tracing::warn!(peer, url, code = ?status.code(), retry_in_ms = delay.as_millis() as u64, "peer unavailable; backing off");
+        if self.stopping() {
+            return Err(Flow::Stopped);
+        }
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = stop.changed() => Err(Flow::Stopped),
+        }
+    }
+
+    fn learner_error(&self, status: Status) -> WorkerError {
+        if status.code() == Code::Unimplemented {
+            return WorkerError::WrongService { url: self.learner_url.clone(), service: "rlhf.v1.Learner", other: "reward server" };
+        }
+        WorkerError::Learner { url: self.learner_url.clone(), status }
+    }
+
+    /// Calls the learner until it answers, retrying what is worth retrying.
+    async fn learner<T, F, Fut>(&mut self, mut call: F) -> Result<T, Flow>
+    where
+        F: FnMut(LearnerClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        loop {
+            match call(self.learner.clone()).await {
+                Ok(value) => {
+                    self.backoff.progress();
+                    return Ok(value);
+                }
+                Err(status) if unknown_worker(&status) => return Err(Flow::Rejoin),
+                Err(status) if retryable(&status) => {
+                    let url = self.learner_url.clone();
+                    self.wait("learner", &url, &status).await?;
+                }
+                Err(status) => return Err(Flow::Failed(self.learner_error(status))),
+            }
+        }
+    }
+
+    /// Scores `sequences` on one of the reward servers: round robin, moving on to the next
+    /// server when one fails, skipping one that keeps failing, and backing off once every server
+    /// has failed in turn. A reply with the wrong number of scores, or a non-finite one, counts
+    /// as a failure of that server (a peer is untrusted input).
+    async fn score(&mut self, sequences: &[pb::Sequence]) -> Result<Vec<f32>, Flow> {
+        let mut failed_in_a_row = 0;
+        loop {
+            let i = self.rotation.choose(Instant::now());
+            let (url, mut client) = self.rewards[i].clone();
+            let answer = client.score(pb::ScoreRequest { sequences: sequences.to_vec() }).await.map(|r| r.into_inner().scores);
+            let status = match answer {
+                Ok(scores) if scores.len() == sequences.len() && scores.iter().all(|s| s.is_finite()) => {
+                    self.rotation.succeeded(i);
+                    self.backoff.progress();
+                    return Ok(scores);
+                }
+                Ok(scores) => {
+                    let bad = scores.iter().filter(|s| !s.is_finite()).count();
+                    tracing::error!(url, expected = sequences.len(), got = scores.len(), non_finite = bad, "reward server answered with bad scores");
+                    Status::unknown("bad scores")
+                }
+                Err(status) if status.code() == Code::Unimplemented => {
+                    return Err(Flow::Failed(WorkerError::WrongService { url, service: "rlhf.v1.RewardModel", other: "learner" }));
+                }
+                Err(status) if retryable(&status) => status,
+                Err(status) => return Err(Flow::Failed(WorkerError::Reward { url, status })),
+            };
+            if self.rotation.failed(i, Instant::now()) {
+                tracing::warn!(url, seconds = reward::SKIP_FOR.as_secs(), "reward server keeps failing; skipping it for a while");
+            }
+            failed_in_a_row += 1;
+            if failed_in_a_row < self.rewards.len() {
+                tracing::warn!(url, code = ?status.code(), "reward server failed; trying the next one");
+                continue;
+            }
+            failed_in_a_row = 0;
+            self.wait("reward server", &url, &status).await?;
+        }
+    }
+}
+
+/// Stops the heartbeat task when the session that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs a worker until the learner says the run is done (`Ok`), or `stop` fires (returns the
 /// lease in hand, then `Ok`).
-pub async fn run<B: Kernels>(
-    options: WorkerOptions,
-    device: B::Device,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), WorkerError> {
-    let learner_error = |status: Status| WorkerError::Learner { url: options.learner.clone(), status };
-    let mut learner = LearnerClient::new(channel(&options.learner, options.timeout)?)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    let rewards: Vec<RewardModelClient<Channel>> = options
-        .rewards
-        .iter()
-        .map(|url| Ok(RewardModelClient::new(channel(url, options.timeout)?)))
-        .collect::<Result<_, WorkerError>>()?;
+pub async fn run<B: Kernels>(options: WorkerOptions, device: B::Device, stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    let learner = LearnerClient::new(channel(&options.learner, options.timeout)?).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let rewards: Vec<(String, RewardModelClient<Channel>)> =
+        options.rewards.iter().map(|url| Ok((url.clone(), RewardModelClient::new(channel(url, options.timeout)?)))).collect::<Result<_, WorkerError>>()?;
     if rewards.is_empty() {
         return Err(WorkerError::Settings("no reward server address".into()));
     }
-
-    let name = options.name.clone();
-    let joined = with_backoff(options.patience, "learner", || {
-        let mut learner = learner.clone();
-        let name = name.clone();
-        async move { learner.join(pb::JoinRequest { name }).await.map(|r| r.into_inner()) }
-    })
-    .await
-    .map_err(learner_error)?;
-    let worker_id = joined.worker_id;
-    let sampling: SamplingConfig = serde_json::from_str(&joined.sampling_json).map_err(|e| WorkerError::Settings(e.to_string()))?;
-    let model_config: Gpt2Config =
-        serde_json::from_str(&joined.model_config_json).map_err(|e| WorkerError::Settings(e.to_string()))?;
-    let text_tokenizer = if joined.tokenizer_json.is_empty() {
-        None
-    } else {
-        Some(rlhf_trainer::Tokenizer::from_json(&joined.tokenizer_json, joined.eos_id).map_err(|e| WorkerError::Settings(e.to_string()))?)
+    // Jitter differs between workers (their pids), so they do not retry in lockstep.
+    let seed = std::process::id() as u64;
+    let mut peers = Peers {
+        learner,
+        learner_url: options.learner.clone(),
+        rotation: Rotation::new(rewards.len()),
+        rewards,
+        backoff: Backoff::new(options.patience, seed ^ 0x9e37_79b9_7f4a_7c15),
+        stop,
     };
-    tracing::info!(worker_id, "joined the learner");
+    // Kept across sessions: after a learner restart the weights of a version are still good.
+    let mut model: Option<(u64, Generator<B>)> = None;
+    loop {
+        match session::<B>(&mut peers, &options, &device, &mut model).await {
+            Ok(()) | Err(Flow::Stopped) => return Ok(()),
+            Err(Flow::Rejoin) => {
+                tracing::warn!(worker = %options.name, "the learner no longer knows this worker (it restarted, or expired the worker); joining again");
+            }
+            Err(Flow::Failed(error)) => return Err(error),
+        }
+    }
+}
 
-    // Heartbeats run beside the main loop.
-    let heartbeat = {
-        let mut learner = learner.clone();
-        let interval = Duration::from_millis(joined.heartbeat_interval_ms.max(100));
-        tokio::spawn(async move {
+/// One membership of the learner: join, then lease, roll out, score and submit until the run is
+/// done, the worker stops, or the learner forgets it.
+async fn session<B: Kernels>(peers: &mut Peers, options: &WorkerOptions, device: &B::Device, model: &mut Option<(u64, Generator<B>)>) -> Result<(), Flow> {
+    let name = options.name.clone();
+    let joined = peers
+        .learner(|mut learner| {
+            let name = name.clone();
+            async move { learner.join(pb::JoinRequest { name }).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    let worker_id = joined.worker_id;
+    let settings = RunSettings::from_join(&joined).map_err(|e| Flow::Failed(WorkerError::Settings(e)))?;
+    tracing::info!(worker_id, worker = %name, "joined the learner");
+
+    // Heartbeats run beside the main loop; one answered "unknown" means the learner forgot us.
+    let forgotten = Arc::new(AtomicBool::new(false));
+    let _heartbeat = {
+        let mut learner = peers.learner.clone();
+        let forgotten = forgotten.clone();
+        let interval = Duration::from_millis(joined.heartbeat_interval_ms.clamp(100, 60_000));
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                if let Err(status) = learner.heartbeat(pb::HeartbeatRequest { worker_id }).await {
-                    tracing::debug!(code = ?status.code(), "heartbeat failed");
+                match learner.heartbeat(pb::HeartbeatRequest { worker_id }).await {
+                    Err(status) if unknown_worker(&status) => forgotten.store(true, Ordering::Relaxed),
+                    Err(status) => tracing::debug!(code = ?status.code(), "heartbeat failed"),
+                    Ok(_) => {}
                 }
             }
-        })
+        }))
     };
 
-    let mut model: Option<(u64, Generator<B>)> = None;
-    let mut next_reward = 0usize;
     let mut next_rollout_id = worker_id << 40;
-    let result = loop {
-        if *stop.borrow() {
-            break Ok(());
+    loop {
+        if peers.stopping() {
+            return Err(Flow::Stopped);
+        }
+        if forgotten.load(Ordering::Relaxed) {
+            return Err(Flow::Rejoin);
         }
         // Keep up with published versions even between leases, so every live worker holds every
         // version (and a lease never waits for a download it could have done earlier).
-        let current = with_backoff(options.patience, "learner", || {
-            let mut learner = learner.clone();
-            async move { learner.heartbeat(pb::HeartbeatRequest { worker_id }).await.map(|r| r.into_inner()) }
-        })
-        .await
-        .map_err(learner_error)?;
+        let current = peers.learner(|mut l| async move { l.heartbeat(pb::HeartbeatRequest { worker_id }).await.map(|r| r.into_inner()) }).await?;
         if current.done {
-            break Ok(());
+            return Ok(());
         }
         if model.as_ref().map(|(v, _)| *v) != Some(current.policy_version) {
-            match fetch_weights::<B>(&mut learner, current.policy_version, &model_config, &device).await {
+            match fetch_weights::<B>(&mut peers.learner, current.policy_version, &settings.model_config, device).await {
                 Ok(fresh) => {
                     tracing::info!(worker_id, policy_version = current.policy_version, "loaded weights");
-                    model = Some((current.policy_version, Generator::new(fresh)));
+                    *model = Some((current.policy_version, Generator::new(fresh)));
                 }
-                // The version moved on while we asked: the next round fetches the newer one.
+                // The version moved on while we asked, or the learner is restarting: the next
+                // round tries again.
                 Err(e) => tracing::debug!(error = %e, "weights not fetched"),
             }
         }
         let held = model.as_ref().map(|(v, _)| *v).unwrap_or(u64::MAX);
-        let reply = with_backoff(options.patience, "learner", || {
-            let mut learner = learner.clone();
-            async move { learner.lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: held }).await.map(|r| r.into_inner()) }
-        })
-        .await
-        .map_err(learner_error)?;
+        let reply = peers
+            .learner(|mut l| async move { l.lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: held }).await.map(|r| r.into_inner()) })
+            .await?;
         let lease = match reply.reply {
             Some(pb::lease_prompts_response::Reply::Lease(lease)) => lease,
             Some(pb::lease_prompts_response::Reply::WaitMs(ms)) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::time::sleep(Duration::from_millis(ms.min(5_000))).await;
                 continue;
             }
-            Some(pb::lease_prompts_response::Reply::Done(_)) | None => break Ok(()),
+            Some(pb::lease_prompts_response::Reply::Done(_)) | None => return Ok(()),
         };
-        tracing::info!(worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version, prompts = lease.prompts.len(), "lease received");
-        if !options.hold_lease.is_zero() {
-            let mut stop = stop.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(options.hold_lease) => {}
-                _ = stop.changed() => {}
-            }
+        if let Err(e) = settings.check_lease(&lease) {
+            return Err(Flow::Failed(WorkerError::Settings(e)));
         }
-        // Swap in new weights between generation batches.
-        if model.as_ref().map(|(v, _)| *v) != Some(lease.policy_version) {
-            let started = Instant::now();
-            let fresh = fetch_weights::<B>(&mut learner, lease.policy_version, &model_config, &device).await?;
-            tracing::info!(worker_id, policy_version = lease.policy_version, seconds = started.elapsed().as_secs_f64(), "loaded weights");
-            model = Some((lease.policy_version, Generator::new(fresh)));
-        }
-        let (_, policy) = model.as_ref().expect("loaded above");
-        let queries: Vec<Vec<u32>> = lease.prompts.iter().map(|p| p.ids.clone()).collect();
-        let lease_sampling = SamplingConfig { seed: lease.seed, ..sampling.clone() };
-        let generation = {
-            let (policy, queries, device, eos) = (policy.clone(), queries.clone(), device.clone(), joined.eos_id);
-            let span = tracing::info_span!("rollout", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version);
-            tokio::task::spawn_blocking(move || span.in_scope(|| policy.generate(&queries, eos, &lease_sampling, &device)))
-                .await
-                .expect("generation does not panic")?
-        };
-        if *stop.borrow() {
-            // Stopping mid-lease: give the prompts back so another worker rolls them out.
-            let request = pb::ReturnLeaseRequest { worker_id, lease_id: lease.lease_id };
-            if let Err(status) = learner.return_lease(request).await {
-                tracing::warn!(%status, "could not return the lease; it will expire");
-            }
-            tracing::info!(lease_id = lease.lease_id, "returned the lease before stopping");
-            break Ok(());
-        }
-        // Score on one of the reward servers, round robin.
-        let sequences: Vec<pb::Sequence> = queries
-            .iter()
-            .zip(&generation.completion_ids)
-            .map(|(q, r)| {
-                // Text too when the reward model tokenises differently (the learner sent a tokenizer).
-                let (query_text, response_text) = match &text_tokenizer {
-                    Some(t) => (t.decode(q).unwrap_or_default(), t.decode(r).unwrap_or_default()),
-                    None => (String::new(), String::new()),
-                };
-                pb::Sequence { query: q.clone(), response: r.clone(), query_text, response_text }
-            })
-            .collect();
-        let started = Instant::now();
-        let url = options.rewards[next_reward % rewards.len()].clone();
-        let client = rewards[next_reward % rewards.len()].clone();
-        next_reward += 1;
-        let scores = with_backoff(options.patience, "reward server", || {
-            let mut client = client.clone();
-            let sequences = sequences.clone();
-            async move { client.score(pb::ScoreRequest { sequences }).await.map(|r| r.into_inner().scores) }
-        })
-        .instrument(tracing::info_span!("score", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version))
-        .await
-        .map_err(|status| WorkerError::Reward { url, status })?;
-        let score_seconds = started.elapsed().as_secs_f64();
-        let rollouts: Vec<pb::Rollout> = lease
-            .prompts
-            .iter()
-            .zip(generation.completion_ids)
-            .zip(generation.logprobs)
-            .zip(scores)
-            .map(|(((prompt, response), logprobs), score)| {
-                next_rollout_id += 1;
-                pb::Rollout {
-                    rollout_id: next_rollout_id,
-                    worker_id,
-                    lease_id: lease.lease_id,
-                    policy_version: lease.policy_version,
-                    prompt_index: prompt.prompt_index,
-                    query: prompt.ids.clone(),
-                    response,
-                    logprobs,
-                    score,
+        let outcome = roll_out::<B>(peers, options, device, model, &lease, worker_id, &settings, &mut next_rollout_id).await;
+        match outcome {
+            Ok(()) => {}
+            Err(Flow::Stopped) => {
+                // Give the prompts back so another worker rolls them out; one try, no waiting.
+                let request = pb::ReturnLeaseRequest { worker_id, lease_id: lease.lease_id };
+                match peers.learner.clone().return_lease(request).await {
+                    Ok(_) => tracing::info!(worker_id, lease_id = lease.lease_id, "returned the lease before stopping"),
+                    Err(status) => {
+                        tracing::warn!(worker_id, lease_id = lease.lease_id, %status, "could not return the lease before stopping; it will expire")
+                    }
                 }
-            })
-            .collect();
-        let request = pb::SubmitRolloutsRequest { worker_id, lease_id: lease.lease_id, rollouts, score_seconds };
-        match learner.submit_rollouts(request).await {
-            Ok(reply) => tracing::debug!(
-                worker_id,
-                lease_id = lease.lease_id,
-                policy_version = lease.policy_version,
-                accepted = reply.into_inner().accepted,
-                "rollouts submitted"
-            ),
-            // The lease expired while we worked: its prompts went to someone else.
-            Err(status) if status.code() == Code::FailedPrecondition => {
-                tracing::warn!(worker_id, lease_id = lease.lease_id, %status, "rollouts refused")
+                return Err(Flow::Stopped);
             }
-            Err(status) => break Err(learner_error(status)),
+            Err(other) => return Err(other),
         }
-    };
-    heartbeat.abort();
-    result
+    }
 }
 
+/// One lease: weights, generation, scores, submission.
+#[allow(clippy::too_many_arguments)]
+async fn roll_out<B: Kernels>(
+    peers: &mut Peers,
+    options: &WorkerOptions,
+    device: &B::Device,
+    model: &mut Option<(u64, Generator<B>)>,
+    lease: &pb::Lease,
+    worker_id: u64,
+    settings: &RunSettings,
+    next_rollout_id: &mut u64,
+) -> Result<(), Flow> {
+    tracing::info!(worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version, prompts = lease.prompts.len(), "lease received");
+    if !options.hold_lease.is_zero() {
+        let mut stop = peers.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(options.hold_lease) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    // Swap in new weights between generation batches.
+    while model.as_ref().map(|(v, _)| *v) != Some(lease.policy_version) {
+        if peers.stopping() {
+            return Err(Flow::Stopped);
+        }
+        let started = Instant::now();
+        match fetch_weights::<B>(&mut peers.learner, lease.policy_version, &settings.model_config, device).await {
+            Ok(fresh) => {
+                tracing::info!(worker_id, policy_version = lease.policy_version, seconds = started.elapsed().as_secs_f64(), "loaded weights");
+                *model = Some((lease.policy_version, Generator::new(fresh)));
+                peers.backoff.progress();
+            }
+            Err(WorkerError::Weights { message, .. }) if message.contains("not available") => {
+                // The learner moved to a newer version: this lease is stale, drop it.
+                tracing::warn!(worker_id, lease_id = lease.lease_id, "the lease's weights are gone; dropping the lease");
+                return Ok(());
+            }
+            Err(e) => {
+                let url = peers.learner_url.clone();
+                peers.wait("learner", &url, &Status::unavailable(e.to_string())).await?;
+            }
+        }
+    }
+    let (_, policy) = model.as_ref().ok_or_else(|| Flow::Failed(WorkerError::Settings("no weights".into())))?;
+    let queries: Vec<Vec<u32>> = lease.prompts.iter().map(|p| p.ids.clone()).collect();
+    let (lease_sampling, eos_id) = (SamplingConfig { seed: lease.seed, ..settings.sampling.clone() }, settings.eos_id);
+    let generation = {
+        let (policy, queries, device) = (policy.clone(), queries.clone(), device.clone());
+        let span = tracing::info_span!("rollout", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version);
+        tokio::task::spawn_blocking(move || span.in_scope(|| policy.generate(&queries, eos_id, &lease_sampling, &device)))
+            .await
+            .map_err(|e| Flow::Failed(WorkerError::Settings(format!("generation failed: {e}"))))?
+            .map_err(|e| Flow::Failed(e.into()))?
+    };
+    if peers.stopping() {
+        return Err(Flow::Stopped);
+    }
+    let sequences: Vec<pb::Sequence> = queries
+        .iter()
+        .zip(&generation.completion_ids)
+        .map(|(q, r)| {
+            // Text too when the reward model tokenises differently (the learner sent a tokenizer).
+            let (query_text, response_text) = match &settings.text_tokenizer {
+                Some(t) => (t.decode(q).unwrap_or_default(), t.decode(r).unwrap_or_default()),
+                None => (String::new(), String::new()),
+            };
+            pb::Sequence { query: q.clone(), response: r.clone(), query_text, response_text }
+        })
+        .collect();
+    let started = Instant::now();
+    let scores =
+        peers.score(&sequences).instrument(tracing::info_span!("score", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version)).await?;
+    let score_seconds = started.elapsed().as_secs_f64();
+    let rollouts: Vec<pb::Rollout> = lease
+        .prompts
+        .iter()
+        .zip(generation.completion_ids)
+        .zip(generation.logprobs)
+        .zip(scores)
+        .map(|(((prompt, response), logprobs), score)| {
+            *next_rollout_id += 1;
+            pb::Rollout {
+                rollout_id: *next_rollout_id,
+                worker_id,
+                lease_id: lease.lease_id,
+                policy_version: lease.policy_version,
+                prompt_index: prompt.prompt_index,
+                query: prompt.ids.clone(),
+                response,
+                logprobs,
+                score,
+            }
+        })
+        .collect();
+    let request = pb::SubmitRolloutsRequest { worker_id, lease_id: lease.lease_id, rollouts, score_seconds };
+    let submitted = peers
+        .learner(|mut l| {
+            let request = request.clone();
+            async move { l.submit_rollouts(request).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    match submitted {
+        Ok(reply) => tracing::debug!(worker_id, lease_id = lease.lease_id, accepted = reply.accepted, "rollouts submitted"),
+        // The lease expired while we worked (its prompts went to someone else), or the
+        // learner refused the rollouts: the learner re-issues the prompts either way.
+        Err(Flow::Failed(WorkerError::Learner { status, .. })) if status.code() == Code::FailedPrecondition => {
+            tracing::warn!(worker_id, lease_id = lease.lease_id, %status, "rollouts refused")
+        }
+        Err(Flow::Failed(WorkerError::Learner { status, .. })) if status.code() == Code::InvalidArgument => {
+            tracing::error!(worker_id, lease_id = lease.lease_id, %status, "the learner found the rollouts invalid")
+        }
+        Err(other) => return Err(other),
+    }
+    Ok(())
+}

@@ -11,6 +11,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("rlhf-rollout-worker", &["rlhf-proto", "rlhf-trainer"]),
     ("rlhf-reward-server", &["rlhf-proto", "rlhf-trainer"]),
     ("rlhf", &["rlhf-proto", "rlhf-trainer", "rlhf-actors", "rlhf-rollout-worker", "rlhf-reward-server"]),
+    // Fuzz target bodies reach into every crate that reads untrusted bytes.
+    ("rlhf-fuzz", &["rlhf-proto", "rlhf-trainer", "rlhf-actors", "rlhf-rollout-worker", "rlhf-reward-server"]),
 ];
 
 /// External crates a crate must never depend on, with the reason.

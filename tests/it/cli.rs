@@ -10,8 +10,19 @@ fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 fn generate_prints_one_json_object_per_prompt() {
     let model = fixture("lm");
     let stdout = rlhf_ok(&[
-        "generate", "--model", path_str(&model), "--prompt", "This movie", "--prompt", "I hated every minute of it",
-        "--max-new-tokens", "8", "--greedy", "--ignore-eos", "--format", "json",
+        "generate",
+        "--model",
+        path_str(&model),
+        "--prompt",
+        "This movie",
+        "--prompt",
+        "I hated every minute of it",
+        "--max-new-tokens",
+        "8",
+        "--greedy",
+        "--ignore-eos",
+        "--format",
+        "json",
     ]);
     let lines = json_lines(&stdout);
     assert_eq!(lines.len(), 2);
@@ -30,8 +41,25 @@ fn generate_prints_one_json_object_per_prompt() {
 fn sampling_with_a_seed_is_repeatable() {
     let model = fixture("lm");
     let args = |seed: &'static str| {
-        vec!["generate", "--model", path_str(&model), "--prompt", "The plot", "--max-new-tokens", "12",
-            "--temperature", "0.9", "--top-k", "50", "--top-p", "0.95", "--seed", seed, "--format", "json"]
+        vec![
+            "generate",
+            "--model",
+            path_str(&model),
+            "--prompt",
+            "The plot",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0.9",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--format",
+            "json",
+        ]
     };
     let a = rlhf_ok(&args("5"));
     assert_eq!(a, rlhf_ok(&args("5")));
@@ -58,9 +86,8 @@ fn an_exported_model_generates_exactly_like_the_original() {
     for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
         assert!(out.join(file).is_file(), "{file} missing from the export");
     }
-    let greedy = |dir: &std::path::Path| {
-        rlhf_ok(&["generate", "--model", path_str(dir), "--prompt", "Why", "--max-new-tokens", "10", "--greedy", "--format", "json"])
-    };
+    let greedy =
+        |dir: &std::path::Path| rlhf_ok(&["generate", "--model", path_str(dir), "--prompt", "Why", "--max-new-tokens", "10", "--greedy", "--format", "json"]);
     assert_eq!(greedy(&fixture("lm")), greedy(&out));
     // A second export onto the same directory is refused.
     let err = rlhf_err(&["export", "--model", path_str(&fixture("lm")), "--out", path_str(&out)]);
@@ -129,8 +156,27 @@ fn parity_checks_run_from_the_binary() {
 #[test]
 fn bench_ppo_prints_the_split_of_an_iteration() {
     let stdout = rlhf_ok(&[
-        "bench", "ppo", "--layers", "1", "--width", "32", "--heads", "2", "--batch", "6", "--mini-batch", "4",
-        "--epochs", "2", "--query-tokens", "2..5", "--new-tokens", "3", "--no-eos-stop", "--iterations", "1",
+        "bench",
+        "ppo",
+        "--layers",
+        "1",
+        "--width",
+        "32",
+        "--heads",
+        "2",
+        "--batch",
+        "6",
+        "--mini-batch",
+        "4",
+        "--epochs",
+        "2",
+        "--query-tokens",
+        "2..5",
+        "--new-tokens",
+        "3",
+        "--no-eos-stop",
+        "--iterations",
+        "1",
     ]);
     let header = stdout.lines().find(|l| l.contains("samples/s")).expect("a header");
     for column in ["generate s", "old+ref logprobs s", "optimise s", "iteration s"] {
@@ -174,8 +220,21 @@ fn eval_compares_policies_with_a_reward_and_a_command_judge() {
     let same = format!("same={}", path_str(&fixture("lm")));
     let lexicon = super::root().join("../shared/assets/imdb-lexicon");
     let prompts = super::root().join("../shared/assets/imdb-sentiment/test.jsonl");
-    let base = ["eval", "--policy", &lm, "--policy", &same, "--prompts", path_str(&prompts), "--n-prompts", "8",
-        "--lexicon", path_str(&lexicon), "--max-new-tokens", "6"];
+    let base = [
+        "eval",
+        "--policy",
+        &lm,
+        "--policy",
+        &same,
+        "--prompts",
+        path_str(&prompts),
+        "--n-prompts",
+        "8",
+        "--lexicon",
+        path_str(&lexicon),
+        "--max-new-tokens",
+        "6",
+    ];
     let report: serde_json::Value = serde_json::from_str(&rlhf_ok(&[&base[..], &["--best-of", "2"]].concat())).unwrap();
     // The same model twice: no KL to the reference, identical samples, every comparison a tie.
     assert!(report["policies"]["same"]["kl_to_reference"]["mean"].as_f64().unwrap().abs() < 1e-4);
@@ -187,4 +246,15 @@ fn eval_compares_policies_with_a_reward_and_a_command_judge() {
     assert_eq!(report["win_rate"]["a_over_b"], 1.0);
     let err = rlhf_err(&[&base[..], &["--judge", "command:echo maybe"]].concat());
     assert!(err.contains("expected a, b or tie"), "{err}");
+}
+
+#[test]
+fn an_os_error_is_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("a.jsonl");
+    std::fs::write(&data, "{\"text\": \"A film.\", \"label\": 1}\n").unwrap();
+    let err = rlhf_err(&["sft", "--data", path_str(&data), "--out", "/proc/rlhf-cannot-be-here/out"]);
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    let err = rlhf_err(&["sft", "--data", "/nonexistent/rows.jsonl", "--out", path_str(&tmp.path().join("out"))]);
+    assert!(err.matches("nonexistent").count() == 1 && err.matches("o such file").count() == 1, "{err}");
 }

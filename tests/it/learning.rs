@@ -11,11 +11,7 @@ fn assets() -> PathBuf {
 }
 
 fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn eval_results(dir: &std::path::Path) -> serde_json::Value {
@@ -30,10 +26,30 @@ fn a_reward_model_on_imdb_pairs_beats_chance() {
     let out = tmp.path().join("rm");
     let imdb = assets().join("imdb-sentiment");
     rlhf_ok(&[
-        "reward", "train", "--init", "tiny", "--tokenizer", path_str(&assets().join("gpt2-tokenizer")),
-        "--data", path_str(&imdb.join("train.jsonl")), "--eval-data", path_str(&imdb.join("test.jsonl")),
-        "--truncate-tokens", "48", "--max-pairs", "1000", "--epochs", "2", "--batch-size", "16",
-        "--learning-rate", "1e-3", "--max-length", "48", "--out", path_str(&out),
+        "reward",
+        "train",
+        "--init",
+        "tiny",
+        "--tokenizer",
+        path_str(&assets().join("gpt2-tokenizer")),
+        "--data",
+        path_str(&imdb.join("train.jsonl")),
+        "--eval-data",
+        path_str(&imdb.join("test.jsonl")),
+        "--truncate-tokens",
+        "48",
+        "--max-pairs",
+        "1000",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "1e-3",
+        "--max-length",
+        "48",
+        "--out",
+        path_str(&out),
     ]);
     let results = eval_results(&out);
     let accuracy = results["eval/accuracy"].as_f64().unwrap();
@@ -41,8 +57,14 @@ fn a_reward_model_on_imdb_pairs_beats_chance() {
     assert!(metrics(&out).len() >= 2);
     // The directory is a reward model that `reward score` reads; praise outscores a pan.
     let stdout = rlhf_ok(&[
-        "reward", "score", "--model", path_str(&out),
-        "--text", "A wonderful, moving film with brilliant acting.", "--text", "Terrible, boring and stupid. The worst.",
+        "reward",
+        "score",
+        "--model",
+        path_str(&out),
+        "--text",
+        "A wonderful, moving film with brilliant acting.",
+        "--text",
+        "Terrible, boring and stupid. The worst.",
     ]);
     let scores: Vec<f64> = stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["score"].as_f64().unwrap()).collect();
     assert!(scores[0] > scores[1], "{scores:?}");
@@ -55,18 +77,57 @@ fn local_ppo_raises_the_lexicon_reward_with_bounded_kl() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("ppo");
     rlhf_ok(&[
-        "ppo", "--local", "--model", path_str(&fixture("lm")), "--lexicon", path_str(&assets().join("imdb-lexicon")),
-        "--prompts", path_str(&assets().join("imdb-sentiment/test.jsonl")), "--out", path_str(&out),
-        "--iterations", "30", "--batch-size", "64", "--set", "ppo.optim.learning_rate=1e-3", "--set", "ppo.mini_batch_size=32",
-        "--set", "ppo.kl={fixed={value=0.01}}", "--set", "ppo.score_scaling=true", "--set", "ppo.score_norm=true",
-        "--set", "sampling.max_new_tokens=12",
+        "ppo",
+        "--local",
+        "--model",
+        path_str(&fixture("lm")),
+        "--lexicon",
+        path_str(&assets().join("imdb-lexicon")),
+        "--prompts",
+        path_str(&assets().join("imdb-sentiment/test.jsonl")),
+        "--out",
+        path_str(&out),
+        "--iterations",
+        "30",
+        "--batch-size",
+        "64",
+        "--set",
+        "ppo.optim.learning_rate=1e-3",
+        "--set",
+        "ppo.mini_batch_size=32",
+        "--set",
+        "ppo.kl={fixed={value=0.01}}",
+        "--set",
+        "ppo.score_scaling=true",
+        "--set",
+        "ppo.score_norm=true",
+        "--set",
+        "sampling.max_new_tokens=12",
     ]);
     let records = metrics(&out);
     assert_eq!(records.len(), 30);
-    for key in ["objective/kl", "objective/kl_coef", "objective/entropy", "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total",
-        "ppo/policy/entropy", "ppo/policy/approxkl", "ppo/policy/policykl", "ppo/policy/clipfrac", "ppo/val/vpred",
-        "ppo/val/error", "ppo/val/clipfrac", "ppo/val/var_explained", "ppo/returns/mean", "ppo/returns/var",
-        "ppo/mean_scores", "ppo/mean_non_score_reward", "tokens/responses_len_mean", "env/reward_mean"] {
+    for key in [
+        "objective/kl",
+        "objective/kl_coef",
+        "objective/entropy",
+        "ppo/loss/policy",
+        "ppo/loss/value",
+        "ppo/loss/total",
+        "ppo/policy/entropy",
+        "ppo/policy/approxkl",
+        "ppo/policy/policykl",
+        "ppo/policy/clipfrac",
+        "ppo/val/vpred",
+        "ppo/val/error",
+        "ppo/val/clipfrac",
+        "ppo/val/var_explained",
+        "ppo/returns/mean",
+        "ppo/returns/var",
+        "ppo/mean_scores",
+        "ppo/mean_non_score_reward",
+        "tokens/responses_len_mean",
+        "env/reward_mean",
+    ] {
         assert!(records[0][key].is_number(), "metrics lack {key}");
     }
     let reward = |r: &serde_json::Value| r["env/reward_mean"].as_f64().unwrap();
@@ -88,9 +149,22 @@ fn local_ppo_with_a_separate_critic_from_the_reward_model() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("ppo");
     rlhf_ok(&[
-        "ppo", "--local", "--model", path_str(&fixture("lm")), "--reward-model", path_str(&fixture("reward")),
-        "--critic", "reward-model", "--prompts", path_str(&assets().join("imdb-sentiment/test.jsonl")),
-        "--out", path_str(&out), "--iterations", "2", "--batch-size", "8",
+        "ppo",
+        "--local",
+        "--model",
+        path_str(&fixture("lm")),
+        "--reward-model",
+        path_str(&fixture("reward")),
+        "--critic",
+        "reward-model",
+        "--prompts",
+        path_str(&assets().join("imdb-sentiment/test.jsonl")),
+        "--out",
+        path_str(&out),
+        "--iterations",
+        "2",
+        "--batch-size",
+        "8",
     ]);
     assert_eq!(metrics(&out).len(), 2);
     assert!(out.join("critic/model.safetensors").is_file() && !out.join("value_head.safetensors").exists());
@@ -102,10 +176,25 @@ fn sft_writes_a_model_metrics_and_checkpoints_and_resumes() {
     let out = tmp.path().join("sft");
     let args = |flag: Option<&'static str>| {
         let mut args = vec![
-            "sft", "--model", path_str(&fixture("lm")).to_string().leak(), "--data",
-            path_str(&assets().join("imdb-sentiment/test.jsonl")).to_string().leak(), "--max-examples", "96",
-            "--epochs", "2", "--batch-size", "16", "--learning-rate", "3e-3", "--max-length", "32",
-            "--set", "checkpoint_every=3", "--out", path_str(&out).to_string().leak(),
+            "sft",
+            "--model",
+            path_str(&fixture("lm")).to_string().leak(),
+            "--data",
+            path_str(&assets().join("imdb-sentiment/test.jsonl")).to_string().leak(),
+            "--max-examples",
+            "96",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--learning-rate",
+            "3e-3",
+            "--max-length",
+            "32",
+            "--set",
+            "checkpoint_every=3",
+            "--out",
+            path_str(&out).to_string().leak(),
         ];
         args.extend(flag);
         args
@@ -140,9 +229,24 @@ fn a_tldr_reward_model_trains_on_openai_comparisons() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("tldr");
     rlhf_ok(&[
-        "reward", "train", "--model", path_str(&fixture("reward")), "--format", "comparisons",
-        "--data", path_str(&assets().join("tldr-comparisons/comparisons_batch13_first500.jsonl")),
-        "--max-pairs", "64", "--epochs", "1", "--batch-size", "16", "--max-length", "60", "--out", path_str(&out),
+        "reward",
+        "train",
+        "--model",
+        path_str(&fixture("reward")),
+        "--format",
+        "comparisons",
+        "--data",
+        path_str(&assets().join("tldr-comparisons/comparisons_batch13_first500.jsonl")),
+        "--max-pairs",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "60",
+        "--out",
+        path_str(&out),
         "--normalize",
     ]);
     let results = eval_results(&out);

@@ -8,10 +8,28 @@ use super::{path_str, rlhf, rlhf_err};
 
 /// The demo at a size that runs in well under a minute.
 const SMALL: &[&str] = &[
-    "--set", "corpus.train_reviews=240", "--set", "corpus.test_reviews=40", "--set", "vocab_size=320",
-    "--set", "sft.epochs=1", "--set", "reward.epochs=1", "--set", "ppo.iterations=3", "--set", "ppo.batch_size=16",
-    "--set", "ppo.ppo.mini_batch_size=8", "--set", "runtime.lease_size=8", "--set", "eval.n_prompts=8",
-    "--set", "eval.best_of=2",
+    "--set",
+    "corpus.train_reviews=240",
+    "--set",
+    "corpus.test_reviews=40",
+    "--set",
+    "vocab_size=320",
+    "--set",
+    "sft.epochs=1",
+    "--set",
+    "reward.epochs=1",
+    "--set",
+    "ppo.iterations=3",
+    "--set",
+    "ppo.batch_size=16",
+    "--set",
+    "ppo.ppo.mini_batch_size=8",
+    "--set",
+    "runtime.lease_size=8",
+    "--set",
+    "eval.n_prompts=8",
+    "--set",
+    "eval.best_of=2",
 ];
 
 fn demo(out: &Path, extra: &[&str]) -> (String, String) {
@@ -117,7 +135,10 @@ fn the_imdb_workflow_runs_as_documented_on_the_asset_data() {
         &format!(
             "model = {:?}\nprompts = {:?}\nout = {:?}\n[reward]\nmodel = {:?}\n[train]\niterations = 2\nbatch_size = 16\n\
              [train.sampling]\nmax_new_tokens = 8\n[train.ppo]\nmini_batch_size = 8\n[runtime]\nlease_size = 8\n",
-            t("sft"), train, t("happy"), t("rm")
+            t("sft"),
+            train,
+            t("happy"),
+            t("rm")
         ),
     );
     super::rlhf_ok(&["run", "--config", path_str(&config), "--workers", "2"]);
@@ -186,7 +207,10 @@ fn the_tldr_workflow_runs_as_documented_on_the_asset_comparisons() {
             "model = {:?}\nprompts = {:?}\nout = {:?}\n[reward]\nmodel = {:?}\n[train]\niterations = 2\nbatch_size = 8\n\
              [train.sampling]\nmax_new_tokens = 12\n[train.prompts]\nwhole = true\nmax_tokens = 64\nmin_chars = 0\nmin_tokens = 1\nseed = 0\n\
              [train.ppo]\nmini_batch_size = 8\n",
-            t("sft"), comparisons, t("ppo"), t("rm")
+            t("sft"),
+            comparisons,
+            t("ppo"),
+            t("rm")
         ),
     );
     super::rlhf_ok(&["run", "--config", path_str(&config), "--workers", "2"]);

@@ -131,10 +131,8 @@ impl Gpt2Config {
 
     /// Reads `config.json` and checks that rlhf implements what it describes.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })?;
+        let config: Self = serde_json::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_path_buf(), error })?;
         config.validate().map_err(|reason| ConfigError::Unsupported { path: path.to_path_buf(), reason })?;
         Ok(config)
     }
@@ -155,7 +153,7 @@ impl Gpt2Config {
             config.pad_token_id = config.pad_token_id.or(config.eos_token_id);
         }
         let text = serde_json::to_string_pretty(&config).expect("a config always serialises");
-        std::fs::write(path, text + "\n").map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })
+        std::fs::write(path, text + "\n").map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })
     }
 
     /// The number of score labels recorded in `config.json` (1 when absent, as for reward models).
@@ -175,10 +173,7 @@ impl Gpt2Config {
             return Err("vocab_size, n_positions and n_layer must be positive".into());
         }
         if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
-            return Err(format!(
-                "activation_function {:?} is not supported (expected \"gelu_new\")",
-                self.activation_function
-            ));
+            return Err(format!("activation_function {:?} is not supported (expected \"gelu_new\")", self.activation_function));
         }
         if !self.scale_attn_weights || self.scale_attn_by_inverse_layer_idx || self.reorder_and_upcast_attn {
             return Err("scale_attn_weights=false, scale_attn_by_inverse_layer_idx and reorder_and_upcast_attn are not supported".into());

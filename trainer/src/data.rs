@@ -19,15 +19,15 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::validate::{Checked, InvalidSetting, at_least_one};
 use crate::error::TokenizerError;
 use crate::tokenizer::Tokenizer;
+use crate::validate::{Checked, InvalidSetting, at_least_one};
 
 /// Errors reading a dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}:{line}: {field}: expected {expected}")]
     Malformed { path: PathBuf, line: usize, field: String, expected: String },
     #[error("{path}: cannot tell the format (expected .jsonl, .csv, .parquet, or an aclImdb folder with pos/ and neg/)")]
@@ -99,7 +99,7 @@ impl<T> Loaded<T> {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io { path: path.to_path_buf(), source }
+    move |error| DataError::Io { path: path.to_path_buf(), error }
 }
 
 fn malformed(path: &Path, line: usize, field: &str, expected: &str) -> DataError {
@@ -164,11 +164,7 @@ fn for_each_line(path: &Path, mut each: impl FnMut(usize, Result<&str, usize>) -
 }
 
 /// Parses each non-empty line of a JSONL file with `parse`, honouring `on_malformed`.
-fn read_jsonl<T>(
-    path: &Path,
-    on_malformed: OnMalformed,
-    mut parse: impl FnMut(&Value, usize) -> Result<T, DataError>,
-) -> Result<Loaded<T>, DataError> {
+fn read_jsonl<T>(path: &Path, on_malformed: OnMalformed, mut parse: impl FnMut(&Value, usize) -> Result<T, DataError>) -> Result<Loaded<T>, DataError> {
     let mut loaded = Loaded::new();
     for_each_line(path, |number, line| {
         let row = match line {
@@ -238,12 +234,7 @@ pub fn load_unlabelled(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<
 }
 
 /// [`load_text`] with the column names given; `label_field_name: None` reads no label (0).
-pub fn load_text_fields(
-    path: &Path,
-    text_field: &str,
-    label_field_name: Option<&str>,
-    on_malformed: OnMalformed,
-) -> Result<Loaded<TextExample>, DataError> {
+pub fn load_text_fields(path: &Path, text_field: &str, label_field_name: Option<&str>, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
     if path.is_dir() {
         return load_aclimdb(path);
@@ -265,30 +256,24 @@ pub fn load_text_fields(
 fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
     let mut reader = csv::Reader::from_path(path).map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?;
     let headers = reader.headers().map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?.clone();
-    let column = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| malformed(path, 1, name, "a column of that name"))
-    };
+    let column = |name: &str| headers.iter().position(|h| h == name).ok_or_else(|| malformed(path, 1, name, "a column of that name"));
     let text_col = column(text_field)?;
     let label_col = label_field_name.map(column).transpose()?;
     let mut loaded = Loaded::new();
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
-        let row = record
-            .map_err(|e| malformed(path, line, "record", &format!("a CSV record ({e})")))
-            .and_then(|r| {
-                let text = r.get(text_col).ok_or_else(|| malformed(path, line, text_field, "a value"))?;
-                if text.len() > MAX_ROW_BYTES {
-                    return Err(too_long(path, line, text_field));
-                }
-                let label = match (label_col, label_field_name) {
-                    (Some(col), Some(name)) => {
-                        r.get(col).and_then(parse_label).ok_or_else(|| malformed(path, line, name, LABEL_EXPECTED))?
-                    }
-                    _ => 0,
-                };
-                let text = text.to_string();
-                Ok(TextExample { text, label })
-            });
+        let row = record.map_err(|e| malformed(path, line, "record", &format!("a CSV record ({e})"))).and_then(|r| {
+            let text = r.get(text_col).ok_or_else(|| malformed(path, line, text_field, "a value"))?;
+            if text.len() > MAX_ROW_BYTES {
+                return Err(too_long(path, line, text_field));
+            }
+            let label = match (label_col, label_field_name) {
+                (Some(col), Some(name)) => r.get(col).and_then(parse_label).ok_or_else(|| malformed(path, line, name, LABEL_EXPECTED))?,
+                _ => 0,
+            };
+            let text = text.to_string();
+            Ok(TextExample { text, label })
+        });
         loaded.push(row, on_malformed)?;
     }
     loaded.finish(path)
@@ -296,21 +281,76 @@ fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_ma
 
 /// Parquet as the Hugging Face hub serves datasets (`imdb`: `text` string, `label` int64). Rows
 /// are numbered from 1 in errors.
+/// How long the parquet reader may go without yielding a row before the file is refused. The
+/// `parquet` crate (60.1) runs on without end on some corrupt files (fuzzing found one: two bytes
+/// changed in `fixtures/data/imdb_sample.parquet`, kept as `fixtures/data/corrupt_spins.parquet`,
+/// yields rows forever), so rows are read on a thread watched by this deadline, and never more
+/// rows than the file's metadata declares.
+pub const PARQUET_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn load_parquet(path: &Path, text_field: &str, label_field_name: Option<&str>, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+    let (sender, rows) = std::sync::mpsc::sync_channel(256);
+    let (owned_path, text_field_owned, label_owned) = (path.to_path_buf(), text_field.to_string(), label_field_name.map(str::to_string));
+    // On a stall the reader thread is left behind (nothing can stop it); the command fails.
+    std::thread::spawn(move || read_parquet_rows(&owned_path, &text_field_owned, label_owned.as_deref(), sender));
+    let mut loaded = Loaded::new();
+    loop {
+        match rows.recv_timeout(PARQUET_STALL) {
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(row))) => loaded.push(row, on_malformed)?,
+            Ok(Err(fatal)) => return Err(fatal),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                // The reader panicked (the parquet crate does on some corrupt files).
+                return Err(malformed(path, loaded.rows.len() + loaded.skipped + 1, "file", "a parquet file the reader can decode"));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let seconds = PARQUET_STALL.as_secs();
+                let row = loaded.rows.len() + loaded.skipped + 1;
+                return Err(malformed(path, row, "file", &format!("a parquet file the reader can get through (no row for {seconds} s)")));
+            }
+        }
+    }
+    loaded.finish(path)
+}
+
+/// A parquet row, as `Ok(Some(Ok(row)))` or a malformed row `Ok(Some(Err))`; `Ok(None)` at the
+/// end; `Err` when the file cannot be read at all.
+type ParquetRow = Result<Option<Result<TextExample, DataError>>, DataError>;
+
+fn read_parquet_rows(path: &Path, text_field: &str, label_field_name: Option<&str>, rows: std::sync::mpsc::SyncSender<ParquetRow>) {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::RowAccessor;
-    let file = std::fs::File::open(path).map_err(io_error(path))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| malformed(path, 0, "file", &format!("a parquet file ({e})")))?;
-    let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    let column = |name: &str| {
-        schema.columns().iter().position(|c| c.name() == name).ok_or_else(|| malformed(path, 0, name, "a column of that name"))
+    let opened = (|| {
+        let file = std::fs::File::open(path).map_err(io_error(path))?;
+        let reader = SerializedFileReader::new(file).map_err(|e| malformed(path, 0, "file", &format!("a parquet file ({e})")))?;
+        let schema = reader.metadata().file_metadata().schema_descr_ptr();
+        let column = |name: &str| schema.columns().iter().position(|c| c.name() == name).ok_or_else(|| malformed(path, 0, name, "a column of that name"));
+        let text_col = column(text_field)?;
+        let label_col = label_field_name.map(column).transpose()?;
+        Ok((reader, text_col, label_col))
+    })();
+    let (reader, text_col, label_col) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            let _ = rows.send(Err(e));
+            return;
+        }
     };
-    let text_col = column(text_field)?;
-    let label_col = label_field_name.map(column).transpose()?;
-    let rows = reader.get_row_iter(None).map_err(|e| malformed(path, 0, "file", &format!("readable rows ({e})")))?;
-    let mut loaded = Loaded::new();
-    for (index, row) in rows.enumerate() {
+    let iter = match reader.get_row_iter(None) {
+        Ok(iter) => iter,
+        Err(e) => {
+            let _ = rows.send(Err(malformed(path, 0, "file", &format!("readable rows ({e})"))));
+            return;
+        }
+    };
+    // Corrupt files can make the row iterator run on past the rows the file holds.
+    let declared = usize::try_from(reader.metadata().file_metadata().num_rows()).unwrap_or(0);
+    for (index, row) in iter.enumerate() {
         let line = index + 1;
+        if index >= declared {
+            let _ = rows.send(Err(malformed(path, line, "file", &format!("no more rows than its metadata declares ({declared})"))));
+            return;
+        }
         let row = row.map_err(|e| malformed(path, line, "row", &format!("a readable row ({e})"))).and_then(|row| {
             let text = row.get_string(text_col).map_err(|_| malformed(path, line, text_field, "a string"))?;
             if text.len() > MAX_ROW_BYTES {
@@ -328,9 +368,11 @@ fn load_parquet(path: &Path, text_field: &str, label_field_name: Option<&str>, o
             };
             Ok(TextExample { text, label })
         });
-        loaded.push(row, on_malformed)?;
+        if rows.send(Ok(Some(row))).is_err() {
+            return;
+        }
     }
-    loaded.finish(path)
+    let _ = rows.send(Ok(None));
 }
 
 /// aclImdb layout: `pos/*.txt` and `neg/*.txt` under `dir` (or under `dir/train`).
@@ -448,11 +490,7 @@ pub fn sentiment_pairs(
             PairTruncation::Tokens(n) => Ok(tokenizer.decode(&tokenizer.encode_prefix(&clean_review(text), n)?)?),
         }
     };
-    preferred
-        .iter()
-        .zip(&other)
-        .map(|(p, o)| Ok(PreferencePair { prompt: String::new(), chosen: cut(&p.text)?, rejected: cut(&o.text)? }))
-        .collect()
+    preferred.iter().zip(&other).map(|(p, o)| Ok(PreferencePair { prompt: String::new(), chosen: cut(&p.text)?, rejected: cut(&o.text)? })).collect()
 }
 
 /// IMDb reviews carry HTML line breaks; they become spaces.
@@ -500,7 +538,9 @@ pub fn is_comparisons(path: &Path) -> bool {
     if !path.extension().is_some_and(|e| e == "jsonl" || e == "json") {
         return false;
     }
-    let Ok(file) = std::fs::File::open(path) else { return false };
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
     let first = std::io::BufReader::new(file).lines().map_while(Result::ok).find(|l| !l.trim().is_empty());
     first.and_then(|l| serde_json::from_str::<Value>(&l).ok()).is_some_and(|v| v.get("info").is_some() && v.get("summaries").is_some())
 }
@@ -622,10 +662,7 @@ mod tests {
         let csv = dir.path().join("reviews.csv");
         std::fs::write(&csv, "review,sentiment\n\"Great, really\",positive\nAwful,negative\n").unwrap();
         let loaded = load_text_fields(&csv, "review", Some("sentiment"), OnMalformed::Error).unwrap();
-        assert_eq!(loaded.rows, vec![
-            TextExample { text: "Great, really".into(), label: 1 },
-            TextExample { text: "Awful".into(), label: 0 }
-        ]);
+        assert_eq!(loaded.rows, vec![TextExample { text: "Great, really".into(), label: 1 }, TextExample { text: "Awful".into(), label: 0 }]);
         let err = load_text(&csv, OnMalformed::Error).unwrap_err().to_string();
         assert!(err.contains("reviews.csv:1: text: expected a column"), "{err}");
 
@@ -637,6 +674,15 @@ mod tests {
         let loaded = load_text(&acl, OnMalformed::Error).unwrap();
         assert_eq!(loaded.rows.len(), 2);
         assert_eq!(loaded.rows[0], TextExample { text: "loved it".into(), label: 1 });
+    }
+
+    #[test]
+    fn a_parquet_file_whose_reader_runs_on_is_refused_in_bounded_time() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/data/corrupt_spins.parquet");
+        let started = std::time::Instant::now();
+        let err = load_text(&path, OnMalformed::Skip).unwrap_err().to_string();
+        assert!(started.elapsed() < PARQUET_STALL * 2, "took {:?}", started.elapsed());
+        assert!(err.contains("corrupt_spins.parquet") && err.contains("metadata declares (8)"), "{err}");
     }
 
     #[test]

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 /// Reading or writing `config.json`, or choosing a preset.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot access {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid GPT-2 config.json: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("cannot access {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path} is not a valid GPT-2 config.json: {error}")]
+    Parse { path: PathBuf, error: serde_json::Error },
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
     #[error("unknown model preset {name:?} (known: {known})")]
@@ -26,10 +26,7 @@ pub enum CheckpointError {
     Read { path: PathBuf, message: String },
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
-    #[error(
-        "{path} does not match the config: {}",
-        describe_mismatch(missing, unexpected, misshaped)
-    )]
+    #[error("{path} does not match the config: {}", describe_mismatch(missing, unexpected, misshaped))]
     Mismatch { path: PathBuf, missing: Vec<String>, unexpected: Vec<String>, misshaped: Vec<String> },
     #[error("refusing to write {path}: tensors [{}] hold NaN or infinite values", tensors.join(", "))]
     NonFinite { path: PathBuf, tensors: Vec<String> },

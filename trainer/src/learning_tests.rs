@@ -24,15 +24,8 @@ fn a_reward_model_learns_which_token_is_preferred_and_normalises() {
     let device = Default::default();
     let model = tiny_config().init::<A>(Heads::Score { num_labels: 1 }, &device);
     // Chosen texts contain token 7, rejected ones token 9, amid shared filler.
-    let pairs: Vec<PairIds> = (0..32u32)
-        .map(|i| PairIds { chosen: vec![1 + i % 5, 7, 2 + i % 3], rejected: vec![1 + i % 5, 9, 2 + i % 3] })
-        .collect();
-    let config = RewardConfig {
-        optim: OptimConfig { learning_rate: 3e-3, ..Default::default() },
-        epochs: 6,
-        batch_size: 8,
-        ..Default::default()
-    };
+    let pairs: Vec<PairIds> = (0..32u32).map(|i| PairIds { chosen: vec![1 + i % 5, 7, 2 + i % 3], rejected: vec![1 + i % 5, 9, 2 + i % 3] }).collect();
+    let config = RewardConfig { optim: OptimConfig { learning_rate: 3e-3, ..Default::default() }, epochs: 6, batch_size: 8, ..Default::default() };
     let before = reward::evaluate(&model.valid(), &pairs, &config, 0, &device);
     let (model, evals) = reward::train(model, &pairs, &pairs, &config, 0, &device, &mut |_| {}).unwrap();
     let after = evals.last().unwrap();
@@ -50,12 +43,8 @@ fn a_reward_model_learns_which_token_is_preferred_and_normalises() {
 fn sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one() {
     let device = Default::default();
     let rows: Vec<Vec<u32>> = (0..24u32).map(|i| (0..12).map(|j| (i + j) % 8 + 1).collect()).collect();
-    let config = SftConfig {
-        optim: OptimConfig { learning_rate: 3e-3, warmup_steps: 2, ..Default::default() },
-        epochs: 2,
-        batch_size: 6,
-        ..Default::default()
-    };
+    let config =
+        SftConfig { optim: OptimConfig { learning_rate: 3e-3, warmup_steps: 2, ..Default::default() }, epochs: 2, batch_size: 6, ..Default::default() };
     let init = config_model(&device);
     let before = sft::evaluate(&init.valid(), &rows, 8, 0, &device)["eval/loss"];
     let run = |model, optim, start, checkpoints: &mut Vec<(crate::Gpt2<A>, crate::optim::AdamWOptimizer<crate::Gpt2<A>, A>)>| {
@@ -102,6 +91,9 @@ impl Scorer for CountFives {
     fn name(&self) -> String {
         "count-fives".into()
     }
+    fn vocab_size(&self) -> usize {
+        u32::MAX as usize
+    }
 }
 
 #[test]
@@ -145,12 +137,7 @@ fn a_ppo_step_is_deterministic() {
     let policy = tiny_config().init::<A>(Heads::LmValue, &device);
     let reference = policy.valid();
     let rollouts: Vec<crate::ppo_update::Rollout> = (0..8u32)
-        .map(|i| crate::ppo_update::Rollout {
-            query: vec![1 + i % 4, 2],
-            response: vec![3, 4 + i % 5, 5],
-            logprobs: vec![-1.0; 3],
-            score: i as f32 * 0.1,
-        })
+        .map(|i| crate::ppo_update::Rollout { query: vec![1 + i % 4, 2], response: vec![3, 4 + i % 5, 5], logprobs: vec![-1.0; 3], score: i as f32 * 0.1 })
         .collect();
     let config = PpoConfig { optim: OptimConfig { learning_rate: 1e-3, ..Default::default() }, mini_batch_size: 4, ..Default::default() };
     let run = || {
@@ -200,8 +187,7 @@ fn non_finite_steps_change_nothing_and_too_many_stop_training() {
 
     // A skipped step leaves the weights as they were: compare after exactly the allowed skips.
     let config = SftConfig { epochs: 1, batch_size: 4, max_skipped_steps: 10, ..Default::default() };
-    let outcome = sft::train(poisoned(&device), config.optim.adamw(), &rows, &[], &config, 0, 0, &device, &mut |_| {}, &mut |_, _, _, _| Ok(()))
-        .unwrap();
+    let outcome = sft::train(poisoned(&device), config.optim.adamw(), &rows, &[], &config, 0, 0, &device, &mut |_| {}, &mut |_, _, _, _| Ok(())).unwrap();
     assert_eq!(crate::testutil::values(outcome.model.valid().transformer.wte.weight.val()), before);
 
     // And such a model is never written.
@@ -219,9 +205,8 @@ fn ppo_stops_after_too_many_non_finite_mini_batches() {
     let policy = poisoned(&device).with_value_head(0);
     let reference = tiny_config().init::<Flex>(Heads::Lm, &device);
     let mut trainer = PpoTrainer::<A>::new(policy, None, reference, config, 0, &device).unwrap();
-    let rollouts: Vec<crate::ppo_update::Rollout> = (0..4u32)
-        .map(|i| crate::ppo_update::Rollout { query: vec![1, 2 + i], response: vec![3, 4], logprobs: vec![-1.0, -1.0], score: 1.0 })
-        .collect();
+    let rollouts: Vec<crate::ppo_update::Rollout> =
+        (0..4u32).map(|i| crate::ppo_update::Rollout { query: vec![1, 2 + i], response: vec![3, 4], logprobs: vec![-1.0, -1.0], score: 1.0 }).collect();
     let err = trainer.step(&rollouts, 8).unwrap_err().to_string();
     assert!(err.contains("3 optimizer steps in a row"), "{err}");
     assert_eq!(trainer.optimizer_steps, 0);

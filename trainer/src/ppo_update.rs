@@ -27,12 +27,11 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{Padded, left_pad, select_rows, validate};
 use crate::error::{InputError, TrainError};
 use crate::gpt2::{Gpt2, Gpt2Output};
+use crate::kernels::{AutodiffKernels, Kernels};
 use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
 use crate::ppo::{
-    KlController, KlEstimator, MissingEos, RunningMoments, adjust_scores, gae, kl_penalty, masked_mean,
-    masked_var, policy_loss, shape_rewards, value_loss,
+    KlController, KlEstimator, MissingEos, RunningMoments, adjust_scores, gae, kl_penalty, masked_mean, masked_var, policy_loss, shape_rewards, value_loss,
 };
-use crate::kernels::{AutodiffKernels, Kernels};
 use crate::validate::{Checked, InvalidSetting, at_least_one, finite_at_least, finite_positive, in_closed_range, section};
 
 /// One scored rollout.
@@ -324,17 +323,13 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         // 1. Old log-probs, values and reference log-probs, without gradients.
         let resp = rollouts.iter().map(|r| r.response.len()).max().unwrap_or(0);
         let inner = Batch::<B::InnerBackend>::new(rollouts, resp, self.eos_id, &device);
-        let forward = |model: &Gpt2<B::InnerBackend>| {
-            model.forward(inner.seqs.input_ids.clone(), inner.seqs.position_ids.clone(), inner.seqs.key_mask.clone(), None)
-        };
+        let forward =
+            |model: &Gpt2<B::InnerBackend>| model.forward(inner.seqs.input_ids.clone(), inner.seqs.position_ids.clone(), inner.seqs.key_mask.clone(), None);
         let policy = self.policy.valid();
         let policy_out = forward(&policy);
         let mut old_logprobs = response_logprobs(&policy, policy_out.hidden.clone(), &inner, temperature, false).0;
         if self.config.old_logprobs == OldLogprobs::Behaviour {
-            let flat: Vec<f32> = rollouts
-                .iter()
-                .flat_map(|r| r.logprobs.iter().copied().chain(std::iter::repeat_n(0.0, resp - r.logprobs.len())))
-                .collect();
+            let flat: Vec<f32> = rollouts.iter().flat_map(|r| r.logprobs.iter().copied().chain(std::iter::repeat_n(0.0, resp - r.logprobs.len()))).collect();
             old_logprobs = Tensor::from_data(TensorData::new(flat, [n, resp]), &device);
         }
         let critic_out = self.critic.as_ref().map(|c| forward(&c.valid()));
@@ -354,10 +349,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         if self.config.score_clip > 0.0 {
             raw_scores.iter_mut().for_each(|s| *s = s.clamp(-self.config.score_clip, self.config.score_clip));
         }
-        let scores = Tensor::<B::InnerBackend, 1>::from_data(
-            TensorData::new(raw_scores.iter().map(|&s| s as f32).collect::<Vec<_>>(), [n]),
-            &device,
-        );
+        let scores = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(raw_scores.iter().map(|&s| s as f32).collect::<Vec<_>>(), [n]), &device);
         let has_eos: Vec<f32> = rollouts.iter().map(|r| (r.response.last() == Some(&self.eos_id)) as u8 as f32).collect();
         let scores = adjust_scores(scores, Tensor::from_data(TensorData::new(has_eos, [n]), &device), self.config.missing_eos);
         let kl = kl_penalty(old_logprobs.clone(), ref_logprobs, self.config.kl_estimator);
@@ -500,7 +492,6 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
     }
 }
 
-
 /// What a PPO checkpoint records beside the model and optimizer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PpoState {
@@ -515,7 +506,8 @@ const PPO_STATE_FILE: &str = "ppo_state.json";
 
 impl<B: AutodiffKernels> PpoTrainer<B> {
     /// Writes `dir` (which must not exist): the policy with its value head as a Hugging Face
-    /// directory, the optimizer state, and [`PpoState`].
+    /// directory, the optimizer state, and [`PpoState`]. Callers write it through
+    /// [`crate::train::write_dir_atomically`], adding their own records.
     pub fn save_checkpoint(
         &self,
         dir: &std::path::Path,

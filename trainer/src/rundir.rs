@@ -26,8 +26,8 @@ pub enum Existing {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path} is in use by another rlhf process ({holder}); wait for it to finish or choose another directory")]
     Locked { path: PathBuf, holder: String },
     #[error("{path} already holds a run ({entries}); pass --resume to continue it or --overwrite to start over, or choose another directory")]
@@ -35,7 +35,7 @@ pub enum RunDirError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + '_ {
-    move |source| RunDirError::Io { path: path.to_path_buf(), source }
+    move |error| RunDirError::Io { path: path.to_path_buf(), error }
 }
 
 /// A run directory held by this process.

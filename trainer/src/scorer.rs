@@ -30,6 +30,8 @@ pub trait Scorer: Send {
     fn score_texts(&mut self, queries: &[String], responses: &[String]) -> Result<Vec<f32>, ScoreError>;
     /// Identifies the scorer in logs and results.
     fn name(&self) -> String;
+    /// Token ids [`Scorer::score`] accepts are below this (the vocabulary they index).
+    fn vocab_size(&self) -> usize;
 }
 
 /// A reward model (a GPT-2 with a score head).
@@ -76,13 +78,19 @@ impl<B: Kernels> Scorer for RewardModelScorer<B> {
     }
 
     fn score_texts(&mut self, queries: &[String], responses: &[String]) -> Result<Vec<f32>, ScoreError> {
-        let rows: Vec<Vec<u32>> =
-            queries.iter().zip(responses).map(|(q, r)| self.tokenizer.encode(&format!("{q}{r}"))).collect::<Result<_, _>>()?;
+        let rows: Vec<Vec<u32>> = queries.iter().zip(responses).map(|(q, r)| self.tokenizer.encode(&format!("{q}{r}"))).collect::<Result<_, _>>()?;
         self.score_rows(rows)
     }
 
     fn name(&self) -> String {
         format!("reward-model:{}", self.label)
+    }
+
+    fn vocab_size(&self) -> usize {
+        match &self.policy_tokenizer {
+            None => self.model.vocab_size(),
+            Some(policy) => policy.vocab_size(),
+        }
     }
 }
 
@@ -175,6 +183,10 @@ impl Scorer for LexiconScorer {
     fn name(&self) -> String {
         format!("lexicon:{}", self.lexicon.path.display())
     }
+
+    fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
 }
 
 /// Flips the sign of another scorer (train towards negative sentiment).
@@ -191,6 +203,10 @@ impl Scorer for Negated {
 
     fn name(&self) -> String {
         format!("negated({})", self.0.name())
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
     }
 }
 

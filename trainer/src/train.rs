@@ -8,11 +8,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::kernels::AutodiffKernels;
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::Optimizer;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
-use crate::kernels::AutodiffKernels;
 use burn_store::ModuleSnapshot;
 use serde::{Deserialize, Serialize};
 
@@ -58,8 +58,51 @@ fn read_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
     CheckpointError::Read { path: path.to_path_buf(), message: e.to_string() }
 }
 
-/// Writes `dir` (which must not exist): the model as an HF directory, the optimizer state and
-/// the trainer state.
+/// Writes the directory `dir` all at once. `write` fills a staging path next to it
+/// (`.NAME.partial`, which does not exist yet: `write` creates it); its files are then synced to
+/// disk and it is renamed to `dir`, replacing an older `dir`. A crash at any point leaves the old
+/// `dir` (or none) and perhaps a staging directory, which the next write removes: never a
+/// half-written `dir`.
+pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<(), CheckpointError>) -> Result<(), CheckpointError> {
+    let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| write_error(dir, "not a directory name"))?;
+    let staging = dir.with_file_name(format!(".{name}.partial"));
+    let replaced = dir.with_file_name(format!(".{name}.old"));
+    for stale in [&staging, &replaced] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(|e| write_error(stale, e))?;
+        }
+    }
+    write(&staging)?;
+    sync_tree(&staging).map_err(|e| write_error(&staging, e))?;
+    if dir.exists() {
+        std::fs::rename(dir, &replaced).map_err(|e| write_error(dir, e))?;
+    }
+    std::fs::rename(&staging, dir).map_err(|e| write_error(dir, e))?;
+    if replaced.exists() {
+        std::fs::remove_dir_all(&replaced).map_err(|e| write_error(&replaced, e))?;
+    }
+    if let Some(parent) = dir.parent() {
+        // The rename itself reaches the disk with the parent directory's entry.
+        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// fsync every file under `dir`, then `dir` itself.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes `dir` atomically ([`write_dir_atomically`]): the model as an HF directory, the
+/// optimizer state and the trainer state.
 pub fn save_checkpoint<B: AutodiffKernels>(
     dir: &Path,
     model: &Gpt2<B>,
@@ -68,11 +111,12 @@ pub fn save_checkpoint<B: AutodiffKernels>(
     optim: &AdamWOptimizer<Gpt2<B>, B>,
     state: &TrainerState,
 ) -> Result<(), CheckpointError> {
-    hf::export(&model.valid(), config, tokenizer, dir)?;
-    save_optimizer(dir, model, optim)?;
-    let path = dir.join(STATE_FILE);
-    std::fs::write(&path, serde_json::to_string_pretty(state).expect("state serialises")).map_err(|e| write_error(&path, e))?;
-    Ok(())
+    write_dir_atomically(dir, |dir| {
+        hf::export(&model.valid(), config, tokenizer, dir)?;
+        save_optimizer(dir, model, optim)?;
+        let path = dir.join(STATE_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(state).expect("state serialises")).map_err(|e| write_error(&path, e))
+    })
 }
 
 /// Writes `optim`'s state into `dir`, keyed by module path.
@@ -99,8 +143,7 @@ pub fn load_optimizer<B: AutodiffKernels>(
         BinFileRecorder::<FullPrecisionSettings>::new().load(path.clone(), device).map_err(|e| read_error(&path, e))?;
     // Re-key: saved id -> module path -> this process's id.
     let new_ids = param_paths(model);
-    let by_old: HashMap<u64, ParamId> =
-        saved_ids.iter().filter_map(|(path, old)| new_ids.get(path).map(|new| (*old, *new))).collect();
+    let by_old: HashMap<u64, ParamId> = saved_ids.iter().filter_map(|(path, old)| new_ids.get(path).map(|new| (*old, *new))).collect();
     let record = record.into_iter().filter_map(|(old, state)| by_old.get(&old.val()).map(|new| (*new, state))).collect();
     Ok(optim.load_record(record))
 }
@@ -136,4 +179,34 @@ pub fn load_checkpoint<B: AutodiffKernels>(
     let state = read_trainer_state(dir)?;
     optim = load_optimizer(dir, &model, optim, device)?;
     Ok((config, model, optim, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_file(dir: &Path, text: &str) -> Result<(), CheckpointError> {
+        std::fs::create_dir(dir).map_err(|e| write_error(dir, e))?;
+        std::fs::write(dir.join("a.txt"), text).map_err(|e| write_error(dir, e))
+    }
+
+    #[test]
+    fn a_directory_is_written_whole_or_not_at_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("version-1");
+        write_dir_atomically(&dir, |d| write_file(d, "first")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "first");
+        // A write that fails halfway leaves the old directory as it was.
+        let failed = write_dir_atomically(&dir, |d| {
+            write_file(d, "half")?;
+            Err(write_error(d, "disk full"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "first");
+        // The next write removes the leftover staging directory and replaces the old one.
+        write_dir_atomically(&dir, |d| write_file(d, "second")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "second");
+        let names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, vec!["version-1".to_string()]);
+    }
 }
