@@ -83,9 +83,15 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Generate(args) => {
             with_backend!(args.device, |B, device| bench_generate::<B>(&args, &device))
         }
-        BenchCommand::Ppo(args) => with_backend!(args.device, |B, device| crate::bench_ppo::run::<Autodiff<B>>(&args, &device)),
-        BenchCommand::WeightSync(args) => crate::bench_runtime::weight_sync(&args.config, args.workers, &args.dtype, args.runs),
-        BenchCommand::Ingest(args) => crate::bench_runtime::ingest(args.workers, args.batch, args.lease_size, args.iterations, args.response_len),
+        BenchCommand::Ppo(args) => {
+            with_backend!(args.device, |B, device| crate::bench_ppo::run::<Autodiff<B>>(&args, &device))
+        }
+        BenchCommand::WeightSync(args) => {
+            crate::bench_runtime::weight_sync(&args.config, args.workers, &args.dtype, args.runs)
+        }
+        BenchCommand::Ingest(args) => {
+            crate::bench_runtime::ingest(args.workers, args.batch, args.lease_size, args.iterations, args.response_len)
+        }
     }
 }
 
@@ -99,8 +105,15 @@ fn bench_generate<B: Kernels>(args: &GenerateBench, device: &B::Device) -> anyho
         for &batch in &args.batch {
             // The prompts `bench/peers.py generate` draws too.
             let mut rng = Lcg::new(0);
-            let prompts: Vec<Vec<u32>> = (0..batch).map(|_| (0..args.prompt_len).map(|_| rng.next_below(config.vocab_size as u32)).collect()).collect();
-            let sampling = SamplingConfig { max_new_tokens: args.new_tokens, greedy: args.greedy, stop_at_eos: false, ..Default::default() };
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|_| (0..args.prompt_len).map(|_| rng.next_below(config.vocab_size as u32)).collect())
+                .collect();
+            let sampling = SamplingConfig {
+                max_new_tokens: args.new_tokens,
+                greedy: args.greedy,
+                stop_at_eos: false,
+                ..Default::default()
+            };
             let mut times = Vec::new();
             for run in 0..=args.runs.max(1) {
                 let start = Instant::now();
@@ -113,7 +126,10 @@ fn bench_generate<B: Kernels>(args: &GenerateBench, device: &B::Device) -> anyho
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
             let tokens_per_s = (batch * args.new_tokens) as f64 / median;
-            println!("| rlhf ({}) | {name} | {batch} | {} | {} | {median:.3} | {tokens_per_s:.1} |", args.device, args.prompt_len, args.new_tokens);
+            println!(
+                "| rlhf ({}) | {name} | {batch} | {} | {} | {median:.3} | {tokens_per_s:.1} |",
+                args.device, args.prompt_len, args.new_tokens
+            );
         }
     }
     Ok(())

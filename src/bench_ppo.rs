@@ -114,7 +114,10 @@ pub fn run<B: AutodiffKernels>(args: &PpoBench, device: &B::Device) -> anyhow::R
     let (lo, hi) = parse_range(&args.query_tokens)?;
     let (config, size) = match &args.config {
         Some(name) => (Gpt2Config::preset(name)?, name.clone()),
-        None => (Gpt2Config::new(VOCAB, 1024, args.width, args.layers, args.heads), format!("{}x{}x{}", args.layers, args.width, args.heads)),
+        None => (
+            Gpt2Config::new(VOCAB, 1024, args.width, args.layers, args.heads),
+            format!("{}x{}x{}", args.layers, args.width, args.heads),
+        ),
     };
     config.validate().map_err(anyhow::Error::msg)?;
     let policy = config.init::<B>(Heads::LmValue, device);
@@ -125,7 +128,12 @@ pub fn run<B: AutodiffKernels>(args: &PpoBench, device: &B::Device) -> anyhow::R
     let mut splits = Vec::new();
     for iteration in 0..=args.iterations {
         let queries = queries(args.batch, lo, hi, iteration as u64);
-        let sampling = SamplingConfig { max_new_tokens: args.new_tokens, stop_at_eos: !args.no_eos_stop, seed: iteration as u64, ..Default::default() };
+        let sampling = SamplingConfig {
+            max_new_tokens: args.new_tokens,
+            stop_at_eos: !args.no_eos_stop,
+            seed: iteration as u64,
+            ..Default::default()
+        };
         let started = Instant::now();
         let generation = generate(&trainer.policy.valid(), &queries, EOS, &sampling, device)?;
         let generated = Instant::now();

@@ -18,7 +18,11 @@ use rlhf_trainer::{Gpt2Config, Heads};
 type A = Autodiff<Flex>;
 
 /// Starts the real learner service in this process on 127.0.0.1:0.
-async fn start_learner(model: Gpt2Config, config: LearnerConfig, on_iteration: rlhf_actors::coordinator::OnIteration) -> anyhow::Result<String> {
+async fn start_learner(
+    model: Gpt2Config,
+    config: LearnerConfig,
+    on_iteration: rlhf_actors::coordinator::OnIteration,
+) -> anyhow::Result<String> {
     let device = Default::default();
     let policy = model.init::<A>(Heads::LmValue, &device);
     let reference = policy.valid();
@@ -48,10 +52,14 @@ async fn start_learner(model: Gpt2Config, config: LearnerConfig, on_iteration: r
 }
 
 async fn client(addr: &str) -> anyhow::Result<LearnerClient<tonic::transport::Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?.initial_stream_window_size(8 << 20).initial_connection_window_size(32 << 20);
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())?
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20);
     for _ in 0..100 {
         if let Ok(client) = endpoint.connect().await.map(LearnerClient::new) {
-            return Ok(client.max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES));
+            return Ok(client
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -83,7 +91,10 @@ pub fn weight_sync(preset: &str, workers: usize, dtype: &str, runs: usize) -> an
                 clients.push(client(&addr).await?);
             }
             let started = Instant::now();
-            let tasks: Vec<_> = clients.into_iter().map(|mut c| tokio::spawn(async move { rlhf_rollout_worker::download_weights(&mut c, 0).await })).collect();
+            let tasks: Vec<_> = clients
+                .into_iter()
+                .map(|mut c| tokio::spawn(async move { rlhf_rollout_worker::download_weights(&mut c, 0).await }))
+                .collect();
             for task in tasks {
                 bytes = task.await?.context("download")?.len();
             }
@@ -96,7 +107,11 @@ pub fn weight_sync(preset: &str, workers: usize, dtype: &str, runs: usize) -> an
         let gbps = |seconds: f64| (wire_bytes * workers) as f64 / seconds / 1e9;
         println!("| path | dtype | workers | bytes per worker | median s | GB/s (all workers) |");
         println!("|---|---|---|---|---|---|");
-        println!("| gRPC stream (rlhf) | {} | {workers} | {wire_bytes} | {grpc:.3} | {:.2} |", dtype.name(), gbps(grpc));
+        println!(
+            "| gRPC stream (rlhf) | {} | {workers} | {wire_bytes} | {grpc:.3} | {:.2} |",
+            dtype.name(),
+            gbps(grpc)
+        );
         println!("| raw TCP copy | {} | {workers} | {wire_bytes} | {tcp:.3} | {:.2} |", dtype.name(), gbps(tcp));
         println!("\nratio gRPC / raw TCP time: {:.2}", grpc / tcp);
         Ok(())
@@ -146,7 +161,13 @@ fn raw_tcp(bytes: usize, workers: usize, runs: usize) -> anyhow::Result<f64> {
     Ok(median(times))
 }
 
-pub fn ingest(workers: usize, batch: usize, lease_size: usize, iterations: usize, response_len: usize) -> anyhow::Result<()> {
+pub fn ingest(
+    workers: usize,
+    batch: usize,
+    lease_size: usize,
+    iterations: usize,
+    response_len: usize,
+) -> anyhow::Result<()> {
     let model = Gpt2Config::new(512, 64, 16, 1, 2);
     let mut config = LearnerConfig::default();
     config.train.batch_size = batch;
@@ -168,10 +189,14 @@ pub fn ingest(workers: usize, batch: usize, lease_size: usize, iterations: usize
         for w in 0..workers {
             let mut client = client(&addr).await?;
             tasks.push(tokio::spawn(async move {
-                let worker_id = client.join(pb::JoinRequest { name: format!("synthetic-{w}") }).await?.into_inner().worker_id;
+                let worker_id =
+                    client.join(pb::JoinRequest { name: format!("synthetic-{w}") }).await?.into_inner().worker_id;
                 loop {
                     use pb::lease_prompts_response::Reply;
-                    let reply = client.lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: 0 }).await?.into_inner();
+                    let reply = client
+                        .lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: 0 })
+                        .await?
+                        .into_inner();
                     let lease = match reply.reply {
                         Some(Reply::Lease(lease)) => lease,
                         Some(Reply::WaitMs(ms)) => {
@@ -195,7 +220,8 @@ pub fn ingest(workers: usize, batch: usize, lease_size: usize, iterations: usize
                             score: 0.5,
                         })
                         .collect();
-                    let request = pb::SubmitRolloutsRequest { worker_id, lease_id: lease.lease_id, rollouts, score_seconds: 0.0 };
+                    let request =
+                        pb::SubmitRolloutsRequest { worker_id, lease_id: lease.lease_id, rollouts, score_seconds: 0.0 };
                     client.submit_rollouts(request).await?;
                 }
             }));

@@ -11,11 +11,16 @@ use serde::de::DeserializeOwned;
 use toml::Value;
 
 /// Builds `T` from its defaults, the file, the flags and the `--set` overrides.
-pub fn resolve<T: Serialize + DeserializeOwned + Default + Validate>(file: Option<&Path>, flags: Vec<(&str, Value)>, sets: &[String]) -> anyhow::Result<T> {
+pub fn resolve<T: Serialize + DeserializeOwned + Default + Validate>(
+    file: Option<&Path>,
+    flags: Vec<(&str, Value)>,
+    sets: &[String],
+) -> anyhow::Result<T> {
     let mut value = Value::try_from(T::default()).context("serialising the default config")?;
     if let Some(file) = file {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read config {}", file.display()))?;
-        let overrides: Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?;
+        let overrides: Value =
+            toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?;
         merge(&mut value, overrides);
         T::deserialize(value.clone()).map_err(|e| anyhow!("{}: {e}", file.display()))?;
     }
@@ -36,7 +41,10 @@ pub fn resolve<T: Serialize + DeserializeOwned + Default + Validate>(file: Optio
 
 /// A TOML value (`0.1`, `true`, `[1, 2]`, `{ fixed = { value = 0.1 } }`), else a bare string.
 fn parse_value(raw: &str) -> Value {
-    toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| Value::String(raw.to_string()))
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()))
 }
 
 /// Merges `overrides` into `base`, table by table. A one-key table meeting a one-key table with
@@ -44,7 +52,9 @@ fn parse_value(raw: &str) -> Value {
 /// `kl.adaptive`): it is replaced, not merged.
 fn merge(base: &mut Value, overrides: Value) {
     match (base, overrides) {
-        (Value::Table(base), Value::Table(overrides)) if base.len() == 1 && overrides.len() == 1 && base.keys().ne(overrides.keys()) => {
+        (Value::Table(base), Value::Table(overrides))
+            if base.len() == 1 && overrides.len() == 1 && base.keys().ne(overrides.keys()) =>
+        {
             *base = overrides;
         }
         (Value::Table(base), Value::Table(overrides)) => {
@@ -131,13 +141,18 @@ mod tests {
     fn a_file_can_switch_an_enum_variant_and_set_fields() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ppo.toml");
-        std::fs::write(&file, "iterations = 3\n[ppo.kl.fixed]\nvalue = 0.05\n[ppo.optim]\nlearning_rate = 1e-3\n").unwrap();
+        std::fs::write(&file, "iterations = 3\n[ppo.kl.fixed]\nvalue = 0.05\n[ppo.optim]\nlearning_rate = 1e-3\n")
+            .unwrap();
         let config: LocalConfig = resolve(Some(&file), Vec::new(), &["ppo.cliprange=0.1".into()]).unwrap();
         assert_eq!(config.iterations, 3);
         assert_eq!(config.ppo.kl, KlController::Fixed { value: 0.05 });
         assert_eq!(config.ppo.optim.learning_rate, 1e-3);
         assert_eq!(config.ppo.cliprange, 0.1);
-        assert_eq!(config.ppo.optim.beta2, LocalConfig::default().ppo.optim.beta2, "untouched fields keep their defaults");
+        assert_eq!(
+            config.ppo.optim.beta2,
+            LocalConfig::default().ppo.optim.beta2,
+            "untouched fields keep their defaults"
+        );
         let error = resolve::<LocalConfig>(None, Vec::new(), &["ppo.clip_range=0.1".into()]).unwrap_err();
         assert!(error.to_string().contains("clip_range"), "{error}");
     }

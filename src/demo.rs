@@ -126,10 +126,18 @@ impl DemoConfig {
         at_least_one("corpus.train_reviews", self.corpus.train_reviews)?;
         at_least_one("corpus.test_reviews", self.corpus.test_reviews)?;
         if self.vocab_size < 260 {
-            return Err(InvalidSetting::new("vocab_size", "at least 260 (the 256 bytes and special tokens)", self.vocab_size));
+            return Err(InvalidSetting::new(
+                "vocab_size",
+                "at least 260 (the 256 bytes and special tokens)",
+                self.vocab_size,
+            ));
         }
         if Gpt2Config::preset(&self.preset).is_err() {
-            return Err(InvalidSetting::new("preset", &format!("one of {}", rlhf_trainer::config::PRESETS.join(", ")), &self.preset));
+            return Err(InvalidSetting::new(
+                "preset",
+                &format!("one of {}", rlhf_trainer::config::PRESETS.join(", ")),
+                &self.preset,
+            ));
         }
         section("sft", self.sft.validate())?;
         section("reward", self.reward.validate())?;
@@ -145,7 +153,12 @@ rlhf_trainer::impl_validate!(DemoConfig);
 impl Default for DemoConfig {
     fn default() -> Self {
         let sft = SftConfig {
-            optim: OptimConfig { learning_rate: 2e-3, warmup_steps: 20, schedule: Schedule::Cosine, ..Default::default() },
+            optim: OptimConfig {
+                learning_rate: 2e-3,
+                warmup_steps: 20,
+                schedule: Schedule::Cosine,
+                ..Default::default()
+            },
             epochs: 4,
             batch_size: 16,
             max_length: 96,
@@ -173,7 +186,16 @@ impl Default for DemoConfig {
             prompts: PromptConfig { min_chars: 0, min_tokens: 2, max_tokens: 6, seed: 0, whole: false },
         };
         let runtime = RuntimeConfig { checkpoint_every: 10, ..Default::default() };
-        Self { corpus: CorpusConfig::default(), vocab_size: 1024, preset: "tiny".into(), sft, reward, ppo, runtime, eval: EvalConfig::default() }
+        Self {
+            corpus: CorpusConfig::default(),
+            vocab_size: 1024,
+            preset: "tiny".into(),
+            sft,
+            reward,
+            ppo,
+            runtime,
+            eval: EvalConfig::default(),
+        }
     }
 }
 
@@ -202,7 +224,13 @@ impl Stage {
     }
 
     /// Runs `work` into a clean directory unless the stage is already done.
-    fn run(&self, step: usize, title: &str, fresh: bool, work: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn run(
+        &self,
+        step: usize,
+        title: &str,
+        fresh: bool,
+        work: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let label = format!("[{step}/6] {title}");
         if !fresh && self.is_done() {
             eprintln!("{label}: done already ({})", self.dir.display());
@@ -215,7 +243,8 @@ impl Stage {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
         let started = Instant::now();
         work(&self.dir).with_context(|| format!("stage {title:?}"))?;
-        std::fs::write(self.marker(), &self.fingerprint).with_context(|| format!("cannot write {}", self.marker().display()))?;
+        std::fs::write(self.marker(), &self.fingerprint)
+            .with_context(|| format!("cannot write {}", self.marker().display()))?;
         eprintln!("{label}: finished in {:.0} s", started.elapsed().as_secs_f64());
         Ok(())
     }
@@ -228,7 +257,12 @@ fn rlhf(args: &[String], stdout: Stdio) -> anyhow::Result<()> {
         // One line per PPO iteration: the workers' per-lease lines are left to RUST_LOG=debug users.
         command.env("RUST_LOG", "info,rlhf_rollout_worker=warn");
     }
-    let status = command.args(args).stdout(stdout).stderr(Stdio::inherit()).status().with_context(|| format!("starting rlhf {}", args[0]))?;
+    let status = command
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("starting rlhf {}", args[0]))?;
     if !status.success() {
         bail!("`rlhf {}` exited with {status}", args.join(" "));
     }
@@ -250,7 +284,10 @@ fn write_jsonl(path: &Path, rows: &[TextExample]) -> anyhow::Result<()> {
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let demo: DemoConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
-    anyhow::ensure!(demo.corpus.train_reviews >= 20 && demo.corpus.test_reviews >= 10, "corpus: need at least 20 train and 10 test reviews");
+    anyhow::ensure!(
+        demo.corpus.train_reviews >= 20 && demo.corpus.test_reviews >= 10,
+        "corpus: need at least 20 train and 10 test reviews"
+    );
     let started = Instant::now();
     let out = &args.out;
     // The demo's directory is its own run directory (stages are reused, so never refused); each
@@ -281,7 +318,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 2. A byte-level BPE trained on the training reviews.
     let tokenizer = Stage::new(out.join("tokenizer"), &demo.vocab_size, &[&corpus])?;
     tokenizer.run(2, "tokenizer", args.fresh, |dir| {
-        let texts: Vec<String> = rlhf_trainer::data::load_text(&train_data, rlhf_trainer::data::OnMalformed::Error)?.rows.into_iter().map(|r| r.text).collect();
+        let texts: Vec<String> = rlhf_trainer::data::load_text(&train_data, rlhf_trainer::data::OnMalformed::Error)?
+            .rows
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
         let trained = train_bpe(&texts, demo.vocab_size)?;
         trained.save_hf(dir)?;
         eprintln!("  byte-level BPE, {} tokens", trained.vocab_size());
@@ -324,7 +365,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         model: path(&sft.dir),
         prompts: train_data.clone(),
         out: out.join(format!("ppo-{target}")),
-        reward: rlhf_actors::config::RewardSource { model: Some(path(&reward.dir)), negate: args.target == Target::Negative, ..Default::default() },
+        reward: rlhf_actors::config::RewardSource {
+            model: Some(path(&reward.dir)),
+            negate: args.target == Target::Negative,
+            ..Default::default()
+        },
         train: demo.ppo.clone(),
         runtime: demo.runtime.clone(),
     };
@@ -391,7 +436,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let accuracy = inputs.reward_model.as_ref().and_then(|(_, r)| r.get("eval/accuracy").copied()).unwrap_or(f64::NAN);
     let objective = if args.target == Target::Negative { "negated reward-model score" } else { "reward-model score" };
     println!("rlhf demo finished in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
-    println!("  reward ({objective}) on {} held-out prompts: sft {:.3} → {target} {:.3}", eval_json["n_prompts"], reward_of("sft"), reward_of(target));
+    println!(
+        "  reward ({objective}) on {} held-out prompts: sft {:.3} → {target} {:.3}",
+        eval_json["n_prompts"],
+        reward_of("sft"),
+        reward_of(target)
+    );
     if let Some(best) = eval_json["best_of_n"]["reward"]["mean"].as_f64() {
         println!("  best-of-{} from sft: {best:.3}", demo.eval.best_of);
     }

@@ -20,7 +20,11 @@ impl std::str::FromStr for Device {
         match s {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda(0)),
-            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Self::Cuda).ok_or_else(|| format!("expected cpu, cuda or cuda:N, got {s:?}")),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("expected cpu, cuda or cuda:N, got {s:?}")),
         }
     }
 }
@@ -68,7 +72,9 @@ pub fn check(device: Device) -> anyhow::Result<Device> {
         Device::Cpu => Ok(device),
         Device::Cuda(index) => {
             if !cfg!(feature = "cuda") {
-                bail!("--device {device}: this rlhf was built without CUDA support; rebuild with `cargo build --release --features cuda`");
+                bail!(
+                    "--device {device}: this rlhf was built without CUDA support; rebuild with `cargo build --release --features cuda`"
+                );
             }
             let count = cuda_device_count().with_context(|| format!("--device {device}: no usable NVIDIA GPU"))?;
             if index >= count {
@@ -86,13 +92,15 @@ fn cuda_device_count() -> anyhow::Result<usize> {
     // SAFETY: loading the CUDA driver library runs no initialisers beyond the driver's own, and
     // the two symbols have these C signatures in every CUDA version (cuda.h).
     unsafe {
-        let lib = libloading::Library::new("libcuda.so.1").context("cannot load libcuda.so.1 (is the NVIDIA driver installed?)")?;
+        let lib = libloading::Library::new("libcuda.so.1")
+            .context("cannot load libcuda.so.1 (is the NVIDIA driver installed?)")?;
         let init: libloading::Symbol<CuInit> = lib.get(b"cuInit\0").context("libcuda.so.1 has no cuInit")?;
         let status = init(0);
         if status != 0 {
             bail!("cuInit failed with CUDA error {status}");
         }
-        let get_count: libloading::Symbol<CuDeviceGetCount> = lib.get(b"cuDeviceGetCount\0").context("libcuda.so.1 has no cuDeviceGetCount")?;
+        let get_count: libloading::Symbol<CuDeviceGetCount> =
+            lib.get(b"cuDeviceGetCount\0").context("libcuda.so.1 has no cuDeviceGetCount")?;
         let mut count = 0i32;
         let status = get_count(&mut count);
         if status != 0 {

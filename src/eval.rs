@@ -117,7 +117,9 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         &texts,
         &tokenizer,
         &match args.whole_prompts {
-            Some(max_tokens) => PromptConfig { min_chars: args.min_chars, max_tokens, whole: true, ..Default::default() },
+            Some(max_tokens) => {
+                PromptConfig { min_chars: args.min_chars, max_tokens, whole: true, ..Default::default() }
+            }
             None => PromptConfig { seed: args.seed, min_chars: args.min_chars, ..Default::default() },
         },
     )?;
@@ -131,9 +133,15 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         let out = generator.generate(&prompts, tokenizer.eos_id(), &sampling, device)?;
         let scores = scorer.score(&prompts, &out.completion_ids)?;
         // k1 KL to the reference on the sampled tokens, summed per response.
-        let full: Vec<Vec<u32>> = prompts.iter().zip(&out.completion_ids).map(|(p, c)| [p.as_slice(), c].concat()).collect();
+        let full: Vec<Vec<u32>> =
+            prompts.iter().zip(&out.completion_ids).map(|(p, c)| [p.as_slice(), c].concat()).collect();
         let reference_logprobs = scoring::score(&reference, &full, tokenizer.pad_id(), 1.0, true, device)?.logprobs;
-        let kl = out.logprobs.iter().zip(&reference_logprobs).map(|(lp, rl)| lp.iter().zip(&rl[rl.len() - lp.len()..]).map(|(a, b)| a - b).sum()).collect();
+        let kl = out
+            .logprobs
+            .iter()
+            .zip(&reference_logprobs)
+            .map(|(lp, rl)| lp.iter().zip(&rl[rl.len() - lp.len()..]).map(|(a, b)| a - b).sum())
+            .collect();
         let texts = out.completion_ids.iter().map(|c| tokenizer.decode(c)).collect::<Result<_, _>>()?;
         runs.push(PolicyRun { name: name.clone(), completions: out.completion_ids, texts, scores, kl });
     }
@@ -208,8 +216,12 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
 
 /// Runs an external judge: JSON {"prompt", "a", "b"} on stdin; `a`, `b` or `tie` on stdout.
 fn judge_with_command(program: &str, prompt: &str, a: &str, b: &str) -> anyhow::Result<f64> {
-    let mut child =
-        Command::new("sh").args(["-c", program]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().with_context(|| format!("starting judge {program:?}"))?;
+    let mut child = Command::new("sh")
+        .args(["-c", program])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting judge {program:?}"))?;
     let input = json!({"prompt": prompt, "a": a, "b": b}).to_string();
     // A judge may answer without reading its input; a closed pipe is not an error then.
     if let Err(e) = child.stdin.take().expect("piped").write_all(input.as_bytes()) {

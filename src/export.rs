@@ -23,8 +23,10 @@ pub struct ExportArgs {
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let dir = hub::resolve(&args.model)?;
     let device = Default::default();
-    let (config, model) = hf::load::<Flex>(&dir, &device).with_context(|| format!("loading model {}", dir.display()))?;
-    let tokenizer = Tokenizer::load(args.tokenizer.as_deref().unwrap_or(&dir)).context("the exported directory needs tokenizer files; pass --tokenizer")?;
+    let (config, model) =
+        hf::load::<Flex>(&dir, &device).with_context(|| format!("loading model {}", dir.display()))?;
+    let tokenizer = Tokenizer::load(args.tokenizer.as_deref().unwrap_or(&dir))
+        .context("the exported directory needs tokenizer files; pass --tokenizer")?;
     hf::export(&model, &config, &tokenizer, &args.out)?;
     tracing::info!(out = %args.out.display(), heads = ?model.heads(), "exported");
     println!("{}", args.out.display());

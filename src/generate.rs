@@ -62,7 +62,10 @@ pub struct LogprobsArgs {
 }
 
 /// Resolves a model name and loads model and tokenizer.
-pub fn load_model<B: Backend>(name: &str, device: &B::Device) -> anyhow::Result<(PathBuf, Gpt2Config, Gpt2<B>, Tokenizer)> {
+pub fn load_model<B: Backend>(
+    name: &str,
+    device: &B::Device,
+) -> anyhow::Result<(PathBuf, Gpt2Config, Gpt2<B>, Tokenizer)> {
     let dir = hub::resolve(name)?;
     let (config, model) = hf::load::<B>(&dir, device).with_context(|| format!("loading model {}", dir.display()))?;
     let tokenizer = Tokenizer::load(&dir)?;

@@ -24,17 +24,23 @@ pub struct ModelSource {
 
 impl ModelSource {
     /// The model with `heads` (new heads are freshly initialised), its config and tokenizer.
-    pub fn load<B: Backend>(&self, heads: Heads, device: &B::Device) -> anyhow::Result<(Gpt2Config, Gpt2<B>, Tokenizer)> {
+    pub fn load<B: Backend>(
+        &self,
+        heads: Heads,
+        device: &B::Device,
+    ) -> anyhow::Result<(Gpt2Config, Gpt2<B>, Tokenizer)> {
         match (&self.model, &self.init) {
             (Some(name), _) => {
                 let dir = hub::resolve(name)?;
-                let (config, model) = hf::load_as::<B>(&dir, heads, device).with_context(|| format!("loading model {}", dir.display()))?;
+                let (config, model) = hf::load_as::<B>(&dir, heads, device)
+                    .with_context(|| format!("loading model {}", dir.display()))?;
                 let tokenizer = Tokenizer::load(self.tokenizer.as_deref().unwrap_or(&dir))?;
                 check_vocabularies(&dir, &tokenizer, config.vocab_size)?;
                 Ok((config, model, tokenizer))
             }
             (None, Some(preset)) => {
-                let path = self.tokenizer.as_deref().context("--init needs --tokenizer (a tokenizer.json or a directory)")?;
+                let path =
+                    self.tokenizer.as_deref().context("--init needs --tokenizer (a tokenizer.json or a directory)")?;
                 let tokenizer = Tokenizer::load(path)?;
                 let mut config = Gpt2Config::preset(preset)?;
                 config.vocab_size = tokenizer.vocab_size();
@@ -102,13 +108,18 @@ pub fn load_policy<B: rlhf_trainer::AutodiffKernels>(
 ) -> anyhow::Result<PolicySetup<B>> {
     use rlhf_trainer::data::{OnMalformed, load_prompt_texts, rl_prompts};
     let dir = hub::resolve(model)?;
-    let (model_config, policy) = hf::load_as::<B>(&dir, heads, device).with_context(|| format!("loading policy {}", dir.display()))?;
+    let (model_config, policy) =
+        hf::load_as::<B>(&dir, heads, device).with_context(|| format!("loading policy {}", dir.display()))?;
     let (_, reference) = hf::load_as::<B::InnerBackend>(&dir, Heads::Lm, device)?;
     let tokenizer = Tokenizer::load(&dir)?;
     check_vocabularies(&dir, &tokenizer, model_config.vocab_size)?;
     let texts = load_prompt_texts(&data_path(prompts, "train")?, OnMalformed::Error)?.rows;
     let prompts_ids = rl_prompts(&texts, &tokenizer, prompt_config)?;
-    anyhow::ensure!(!prompts_ids.is_empty(), "{} gave no prompts (texts must be longer than prompts.min_chars)", prompts.display());
+    anyhow::ensure!(
+        !prompts_ids.is_empty(),
+        "{} gave no prompts (texts must be longer than prompts.min_chars)",
+        prompts.display()
+    );
     Ok(PolicySetup { model_config, policy, reference, tokenizer, prompts: prompts_ids })
 }
 
@@ -125,7 +136,8 @@ pub fn scorer<B: Kernels>(
         (Some(name), _) => {
             let (rm_dir, _, model, rm_tokenizer) = crate::generate::load_model::<B>(name, device)?;
             anyhow::ensure!(model.score.is_some(), "{} is not a reward model (no score head)", rm_dir.display());
-            let same = rm_tokenizer.vocab_size() == policy_tokenizer.vocab_size() && rm_tokenizer.eos_id() == policy_tokenizer.eos_id();
+            let same = rm_tokenizer.vocab_size() == policy_tokenizer.vocab_size()
+                && rm_tokenizer.eos_id() == policy_tokenizer.eos_id();
             Ok(Box::new(RewardModelScorer {
                 model,
                 tokenizer: rm_tokenizer,
@@ -135,7 +147,9 @@ pub fn scorer<B: Kernels>(
                 label: rm_dir.display().to_string(),
             }))
         }
-        (None, Some(path)) => Ok(Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer: policy_tokenizer.clone() })),
+        (None, Some(path)) => {
+            Ok(Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer: policy_tokenizer.clone() }))
+        }
         (None, None) => bail!("pass --reward-model DIR or --lexicon PATH"),
     }
 }

@@ -20,13 +20,19 @@ pub struct ParityArgs {
 }
 
 pub fn run(args: ParityArgs) -> anyhow::Result<()> {
-    let checks = with_backend!(args.device, |B, device| rlhf_trainer::parity::all::<Autodiff<B>>(&args.fixtures, &device))
-        .with_context(|| format!("running the parity checks on {} (fixtures in {})", args.device, args.fixtures.display()))?;
+    let checks =
+        with_backend!(args.device, |B, device| rlhf_trainer::parity::all::<Autodiff<B>>(&args.fixtures, &device))
+            .with_context(|| {
+                format!("running the parity checks on {} (fixtures in {})", args.device, args.fixtures.display())
+            })?;
     println!("| check | device | max abs diff | tolerance | result |");
     println!("|---|---|---|---|---|");
     for check in &checks {
         let result = if check.passed() { "ok" } else { "FAILED" };
-        println!("| {} | {} | {:.3e} | {:.0e} | {result} |", check.name, args.device, check.max_abs_diff, check.tolerance);
+        println!(
+            "| {} | {} | {:.3e} | {:.0e} | {result} |",
+            check.name, args.device, check.max_abs_diff, check.tolerance
+        );
     }
     let failed = checks.iter().filter(|c| !c.passed()).count();
     if failed > 0 {

@@ -71,7 +71,9 @@ pub struct PpoArgs {
 
 pub fn run(args: PpoArgs) -> anyhow::Result<()> {
     if !args.local {
-        bail!("distributed PPO (learner, workers, reward server) is not built yet; pass --local to train in one process");
+        bail!(
+            "distributed PPO (learner, workers, reward server) is not built yet; pass --local to train in one process"
+        );
     }
     let mut flags = Vec::new();
     if let Some(v) = args.iterations {
@@ -105,7 +107,8 @@ fn train<B: AutodiffKernels>(args: &PpoArgs, local: &LocalConfig, device: &B::De
         }
         (Critic::RewardModel, None) => bail!("--critic reward-model needs --reward-model"),
     };
-    let mut scorer = scorer::<B::InnerBackend>(args.reward_model.as_deref(), args.lexicon.as_deref(), &tokenizer, device)?;
+    let mut scorer =
+        scorer::<B::InnerBackend>(args.reward_model.as_deref(), args.lexicon.as_deref(), &tokenizer, device)?;
     if args.target == Target::Negative {
         scorer = Box::new(Negated(scorer));
     }
@@ -137,7 +140,8 @@ fn train<B: AutodiffKernels>(args: &PpoArgs, local: &LocalConfig, device: &B::De
     hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &args.out).context("writing the policy")?;
     if let Some(critic) = &trainer.critic {
         // The critic shares the reward model's architecture: a sequence-classification directory.
-        hf::export(&critic.valid(), &model_config, &tokenizer, &args.out.join("critic")).context("writing the critic")?;
+        hf::export(&critic.valid(), &model_config, &tokenizer, &args.out.join("critic"))
+            .context("writing the critic")?;
     }
     crate::report::write_for_run(&args.out);
     println!("{}", args.out.display());

@@ -14,7 +14,11 @@ pub struct MetricsFile(File);
 
 impl MetricsFile {
     pub fn create(path: &Path) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Self(file))
     }
 
@@ -31,7 +35,11 @@ impl MetricsFile {
 /// A bar that shows the step count and a few named metrics.
 pub fn bar(total: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
-    bar.set_style(ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
     bar.set_prefix(what.to_string());
     bar
 }

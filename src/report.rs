@@ -64,11 +64,16 @@ pub struct Inputs {
 impl Inputs {
     /// The title and the configs found in a run directory.
     pub fn from_run_dir(dir: &Path) -> anyhow::Result<Self> {
-        anyhow::ensure!(dir.join("metrics.jsonl").is_file(), "{} has no metrics.jsonl: is it a run directory?", dir.display());
-        let configs: Vec<(String, String)> = ["learner_config.toml", "ppo_config.toml", "sft_config.toml", "reward_config.toml"]
-            .iter()
-            .filter_map(|name| std::fs::read_to_string(dir.join(name)).ok().map(|text| (name.to_string(), text)))
-            .collect();
+        anyhow::ensure!(
+            dir.join("metrics.jsonl").is_file(),
+            "{} has no metrics.jsonl: is it a run directory?",
+            dir.display()
+        );
+        let configs: Vec<(String, String)> =
+            ["learner_config.toml", "ppo_config.toml", "sft_config.toml", "reward_config.toml"]
+                .iter()
+                .filter_map(|name| std::fs::read_to_string(dir.join(name)).ok().map(|text| (name.to_string(), text)))
+                .collect();
         let what = match configs.first().map(|(name, _)| name.as_str()) {
             Some("sft_config.toml") => "SFT run",
             Some("reward_config.toml") => "Reward-model run",
@@ -87,7 +92,8 @@ pub fn read_json(path: &Path) -> anyhow::Result<Value> {
 pub fn reward_model_results(dir: &Path) -> anyhow::Result<(PathBuf, BTreeMap<String, f64>)> {
     let path = dir.join("eval_results.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let results = serde_json::from_str(&text).with_context(|| format!("{}: expected an object of numbers", path.display()))?;
+    let results =
+        serde_json::from_str(&text).with_context(|| format!("{}: expected an object of numbers", path.display()))?;
     Ok((dir.to_path_buf(), results))
 }
 
@@ -99,7 +105,9 @@ fn read_metrics(path: &Path) -> anyhow::Result<Vec<Record>> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1)))
+        .map(|(i, line)| {
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -148,7 +156,10 @@ fn panel(area: &Area, title: &str, x_desc: &str, lines: &[Line], band: &[(f64, f
     let (x_min, x_max) = bounds(xs);
     let (y_min, y_max) = bounds(ys);
     let Some(((x_min, x_max), (y_min, y_max))) = x_min.zip(x_max).zip(y_min.zip(y_max)) else {
-        area.titled(title, (FONT, 18)).map_err(plot_error)?.draw_text("no data", &(FONT, 14).into_text_style(area), (40, 40)).map_err(plot_error)?;
+        area.titled(title, (FONT, 18))
+            .map_err(plot_error)?
+            .draw_text("no data", &(FONT, 14).into_text_style(area), (40, 40))
+            .map_err(plot_error)?;
         return Ok(());
     };
     let pad = ((y_max - y_min) * 0.08).max(1e-6);
@@ -171,7 +182,8 @@ fn panel(area: &Area, title: &str, x_desc: &str, lines: &[Line], band: &[(f64, f
         .map_err(plot_error)?;
     if !band.is_empty() {
         let color = lines.first().map(|l| l.color).unwrap_or(BLUE);
-        let outline: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.2)).chain(band.iter().rev().map(|b| (b.0, b.1))).collect();
+        let outline: Vec<(f64, f64)> =
+            band.iter().map(|b| (b.0, b.2)).chain(band.iter().rev().map(|b| (b.0, b.1))).collect();
         chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled()))).map_err(plot_error)?;
     }
     for line in lines {
@@ -198,7 +210,9 @@ fn panel(area: &Area, title: &str, x_desc: &str, lines: &[Line], band: &[(f64, f
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (Option<f64>, Option<f64>) {
-    values.fold((None, None), |(lo, hi), v| (Some(lo.map_or(v, |l: f64| l.min(v))), Some(hi.map_or(v, |h: f64| h.max(v)))))
+    values.fold((None, None), |(lo, hi), v| {
+        (Some(lo.map_or(v, |l: f64| l.min(v))), Some(hi.map_or(v, |h: f64| h.max(v))))
+    })
 }
 
 /// A PNG of one or more panels side by side.
@@ -228,7 +242,8 @@ fn is_ppo(records: &[Record]) -> bool {
 fn draw_plots(records: &[Record], dir: &Path) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots).with_context(|| format!("cannot create {}", plots.display()))?;
-    let (x_desc, figures) = if is_ppo(records) { ("iteration", ppo_figures(records)) } else { ("step", training_figures(records)) };
+    let (x_desc, figures) =
+        if is_ppo(records) { ("iteration", ppo_figures(records)) } else { ("step", training_figures(records)) };
     let mut written = Vec::new();
     for (caption, name, panels) in figures {
         let path = plots.join(name);
@@ -251,7 +266,10 @@ fn training_figures(records: &[Record]) -> Vec<Figure<'static>> {
         (
             "Loss on the training batches and on the held-out set",
             "loss.png",
-            vec![("loss", vec![line(records, "train/loss", BLUE), line(records, "eval/loss", RED)], vec![]), (held_out.0, held_out.1, vec![])],
+            vec![
+                ("loss", vec![line(records, "train/loss", BLUE), line(records, "eval/loss", RED)], vec![]),
+                (held_out.0, held_out.1, vec![]),
+            ],
         ),
         (
             "Optimizer: learning rate and gradient norm",
@@ -266,13 +284,19 @@ fn training_figures(records: &[Record]) -> Vec<Figure<'static>> {
 
 fn ppo_figures(records: &[Record]) -> Vec<Figure<'static>> {
     let mean = series(records, "env/reward_mean");
-    let std: BTreeMap<u64, f64> = series(records, "env/reward_std").into_iter().map(|(x, y)| (x.to_bits(), y)).collect();
-    let band: Vec<(f64, f64, f64)> = mean.iter().filter_map(|&(x, m)| std.get(&x.to_bits()).map(|s| (x, m - s, m + s))).collect();
+    let std: BTreeMap<u64, f64> =
+        series(records, "env/reward_std").into_iter().map(|(x, y)| (x.to_bits(), y)).collect();
+    let band: Vec<(f64, f64, f64)> =
+        mean.iter().filter_map(|&(x, m)| std.get(&x.to_bits()).map(|s| (x, m - s, m + s))).collect();
     vec![
         (
             "Reward per iteration: mean ± std of the rollouts' scores",
             "reward.png",
-            vec![("reward (mean ± std)", vec![Line { label: "env/reward_mean", points: mean.clone(), color: BLUE }], band)],
+            vec![(
+                "reward (mean ± std)",
+                vec![Line { label: "env/reward_mean", points: mean.clone(), color: BLUE }],
+                band,
+            )],
         ),
         (
             "KL to the reference model (nats per response) and the KL coefficient",
@@ -285,14 +309,21 @@ fn ppo_figures(records: &[Record]) -> Vec<Figure<'static>> {
         (
             "Losses",
             "loss.png",
-            vec![("policy loss", vec![line(records, "ppo/loss/policy", BLUE)], vec![]), ("value loss", vec![line(records, "ppo/loss/value", ORANGE)], vec![])],
+            vec![
+                ("policy loss", vec![line(records, "ppo/loss/policy", BLUE)], vec![]),
+                ("value loss", vec![line(records, "ppo/loss/value", ORANGE)], vec![]),
+            ],
         ),
         (
             "Entropy of the policy and the fraction of clipped ratios",
             "entropy_clipfrac.png",
             vec![
                 ("entropy", vec![line(records, "objective/entropy", GREEN)], vec![]),
-                ("clip fraction", vec![line(records, "ppo/policy/clipfrac", RED), line(records, "ppo/val/clipfrac", ORANGE)], vec![]),
+                (
+                    "clip fraction",
+                    vec![line(records, "ppo/policy/clipfrac", RED), line(records, "ppo/val/clipfrac", ORANGE)],
+                    vec![],
+                ),
             ],
         ),
         (
@@ -387,7 +418,11 @@ pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}}.summary{{fo
     }
 
     if let Some((rm_dir, results)) = &inputs.reward_model {
-        let _ = write!(html, "<h2>Reward model</h2><p>{}</p><table><tr><th>metric</th><th>value</th></tr>", escape(&rm_dir.display().to_string()));
+        let _ = write!(
+            html,
+            "<h2>Reward model</h2><p>{}</p><table><tr><th>metric</th><th>value</th></tr>",
+            escape(&rm_dir.display().to_string())
+        );
         for (key, value) in results {
             let _ = write!(html, "<tr><td>{}</td><td class=\"n\">{value:.4}</td></tr>", escape(key));
         }
@@ -471,7 +506,12 @@ fn eval_section(html: &mut String, eval: &Value) {
             let _ = write!(html, "<tr><td>{}</td>", escape(sample["prompt"].as_str().unwrap_or("")));
             for name in &order {
                 let s = &sample[name.as_str()];
-                let _ = write!(html, "<td>{}<br><small>reward {}</small></td>", escape(s["response"].as_str().unwrap_or("")), number(s.get("reward")));
+                let _ = write!(
+                    html,
+                    "<td>{}<br><small>reward {}</small></td>",
+                    escape(s["response"].as_str().unwrap_or("")),
+                    number(s.get("reward"))
+                );
             }
             html.push_str("</tr>");
         }
@@ -533,7 +573,10 @@ mod tests {
         let inputs = Inputs::from_run_dir(dir.path()).unwrap();
         assert!(inputs.title.starts_with("Reward-model run"), "{}", inputs.title);
         let html = std::fs::read_to_string(write(dir.path(), &inputs).unwrap()).unwrap();
-        assert!(html.contains("training loss 0.700 → 0.500 over 2 steps") && html.contains("final eval/accuracy 0.800"), "{html}");
+        assert!(
+            html.contains("training loss 0.700 → 0.500 over 2 steps") && html.contains("final eval/accuracy 0.800"),
+            "{html}"
+        );
         assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 2);
         assert!(dir.path().join("plots/optimizer.png").is_file());
     }

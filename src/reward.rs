@@ -8,7 +8,9 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use clap::{Args, Subcommand, ValueEnum};
 use rlhf_trainer::AutodiffKernels;
-use rlhf_trainer::data::{OnMalformed, PairTruncation, PreferencePair, load_comparisons, load_preferences, load_text, sentiment_pairs};
+use rlhf_trainer::data::{
+    OnMalformed, PairTruncation, PreferencePair, load_comparisons, load_preferences, load_text, sentiment_pairs,
+};
 use rlhf_trainer::reward::{RewardConfig, normalize, tokenize_pairs};
 use rlhf_trainer::{Heads, hf, reward, scoring};
 
@@ -19,6 +21,7 @@ use crate::progress::{MetricsFile, bar, summary};
 use crate::{config, with_backend};
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once from the command line
 pub enum RewardCommand {
     /// Train a reward model (GPT-2 with a score head) on preference pairs.
     Train(TrainArgs),
@@ -105,7 +108,11 @@ pub fn run(command: RewardCommand) -> anyhow::Result<()> {
     }
 }
 
-fn load_pairs(args: &TrainArgs, path: &std::path::Path, tokenizer: &rlhf_trainer::Tokenizer) -> anyhow::Result<Vec<PreferencePair>> {
+fn load_pairs(
+    args: &TrainArgs,
+    path: &std::path::Path,
+    tokenizer: &rlhf_trainer::Tokenizer,
+) -> anyhow::Result<Vec<PreferencePair>> {
     let on_malformed = if args.skip_malformed { OnMalformed::Skip } else { OnMalformed::Error };
     Ok(match args.format {
         PairFormat::Trl => load_preferences(path, on_malformed)?.rows,
@@ -113,7 +120,11 @@ fn load_pairs(args: &TrainArgs, path: &std::path::Path, tokenizer: &rlhf_trainer
         PairFormat::Sentiment => {
             let examples = load_text(path, on_malformed)?.rows;
             let preferred = if args.target == Target::Positive { 1 } else { 0 };
-            let truncation = if args.truncate_tokens > 0 { PairTruncation::Tokens(args.truncate_tokens) } else { PairTruncation::Whole };
+            let truncation = if args.truncate_tokens > 0 {
+                PairTruncation::Tokens(args.truncate_tokens)
+            } else {
+                PairTruncation::Whole
+            };
             sentiment_pairs(&examples, preferred, truncation, tokenizer, 0)?
         }
     })
@@ -142,14 +153,15 @@ fn train<B: AutodiffKernels>(args: &TrainArgs, reward_config: &RewardConfig, dev
     let mut metrics = MetricsFile::create(&args.out.join("metrics.jsonl"))?;
     let mut progress_bar = None;
     let mut write_error = None;
-    let (model, evals) = reward::train(model, &train_ids, &eval_ids, reward_config, tokenizer.pad_id(), device, &mut |p| {
-        let bar = progress_bar.get_or_insert_with(|| bar(p.total, "reward"));
-        bar.set_position(p.step as u64);
-        bar.set_message(summary(p.metrics, &["train/loss", "eval/accuracy"]));
-        if let Err(e) = metrics.write(p.step, p.metrics) {
-            write_error.get_or_insert(e);
-        }
-    })?;
+    let (model, evals) =
+        reward::train(model, &train_ids, &eval_ids, reward_config, tokenizer.pad_id(), device, &mut |p| {
+            let bar = progress_bar.get_or_insert_with(|| bar(p.total, "reward"));
+            bar.set_position(p.step as u64);
+            bar.set_message(summary(p.metrics, &["train/loss", "eval/accuracy"]));
+            if let Err(e) = metrics.write(p.step, p.metrics) {
+                write_error.get_or_insert(e);
+            }
+        })?;
     if let Some(bar) = progress_bar {
         bar.finish();
     }
@@ -179,7 +191,11 @@ fn score(args: ScoreArgs) -> anyhow::Result<()> {
     with_backend!(args.device, |B, device| {
         let (_, _, model, tokenizer) = load_model::<B>(&args.model, &device)?;
         anyhow::ensure!(model.score.is_some(), "{} is not a reward model (no score head)", args.model);
-        let rows = args.texts.iter().map(|t| tokenizer.encode(&format!("{}{t}", args.prompt))).collect::<Result<Vec<_>, _>>()?;
+        let rows = args
+            .texts
+            .iter()
+            .map(|t| tokenizer.encode(&format!("{}{t}", args.prompt)))
+            .collect::<Result<Vec<_>, _>>()?;
         let scored = scoring::score(&model, &rows, tokenizer.pad_id(), 1.0, false, &device)?;
         let mut stdout = std::io::stdout().lock();
         for (text, score) in args.texts.iter().zip(scored.scores.unwrap_or_default()) {

@@ -86,7 +86,14 @@ impl WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { learner: String::new(), reward: Vec::new(), name: None, patience_s: 60.0, timeout_s: 30.0, hold_lease_ms: 0 }
+        Self {
+            learner: String::new(),
+            reward: Vec::new(),
+            name: None,
+            patience_s: 60.0,
+            timeout_s: 30.0,
+            hold_lease_ms: 0,
+        }
     }
 }
 
@@ -144,7 +151,11 @@ impl RewardServerConfig {
                 return Err(InvalidSetting::new("model", "a reward-model directory (or set lexicon)", "neither"));
             }
             (None, Some(_), None) => {
-                return Err(InvalidSetting::new("tokenizer", "the policy's tokenizer, to read a lexicon's token ids", "nothing"));
+                return Err(InvalidSetting::new(
+                    "tokenizer",
+                    "the policy's tokenizer, to read a lexicon's token ids",
+                    "nothing",
+                ));
             }
             _ => {}
         }
@@ -237,7 +248,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -253,13 +265,22 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
     let config_json = std::path::Path::new(&learner_config.model).join("config.json");
     if config_json.is_file() {
         let model_config = rlhf_trainer::Gpt2Config::load(&config_json)?;
-        learner_config.train.validate_for_model(model_config.n_positions).map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
+        learner_config
+            .train
+            .validate_for_model(model_config.n_positions)
+            .map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
     }
     if args.check {
         print!("{}", toml::to_string_pretty(&learner_config)?);
         return Ok(());
     }
-    with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(learner_config, args.listen, args.resume, args.overwrite, device))
+    with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(
+        learner_config,
+        args.listen,
+        args.resume,
+        args.overwrite,
+        device
+    ))
 }
 
 /// The newest `version-N` checkpoint under `dir`.
@@ -292,11 +313,21 @@ fn run_learner<B: AutodiffKernels>(
     }
     let out = learner_config.out.clone();
     let _run_dir = crate::models::run_dir(&out, resume, overwrite)?;
-    let setup = load_policy::<B>(&learner_config.model, Heads::LmValue, &learner_config.prompts, &learner_config.train.prompts, &device)?;
+    let setup = load_policy::<B>(
+        &learner_config.model,
+        Heads::LmValue,
+        &learner_config.prompts,
+        &learner_config.train.prompts,
+        &device,
+    )?;
     let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;
-    learner_config.train.validate_for_model(model_config.n_positions).map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
+    learner_config
+        .train
+        .validate_for_model(model_config.n_positions)
+        .map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
     config::write(&learner_config, &out.join("learner_config.toml"))?;
-    let mut trainer = PpoTrainer::<B>::new(policy, None, reference, learner_config.train.ppo.clone(), tokenizer.eos_id(), &device)?;
+    let mut trainer =
+        PpoTrainer::<B>::new(policy, None, reference, learner_config.train.ppo.clone(), tokenizer.eos_id(), &device)?;
     let checkpoints = out.join("checkpoints");
     let (start_version, prior) = match (resume, latest_learner_checkpoint(&checkpoints)) {
         (false, _) => (0, Accounting::default()),
@@ -305,8 +336,10 @@ fn run_learner<B: AutodiffKernels>(
             let state = trainer.restore_checkpoint(&dir)?;
             tracing::info!(checkpoint = %dir.display(), policy_version = state.version, "resuming");
             let path = dir.join(ACCOUNTING_FILE);
-            let text = std::fs::read_to_string(&path).with_context(|| format!("--resume: cannot read {}", path.display()))?;
-            let mut prior: Accounting = serde_json::from_str(&text).with_context(|| format!("--resume: {} is not an accounting record", path.display()))?;
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("--resume: cannot read {}", path.display()))?;
+            let mut prior: Accounting = serde_json::from_str(&text)
+                .with_context(|| format!("--resume: {} is not an accounting record", path.display()))?;
             prior.resumes += 1;
             (state.version, prior)
         }
@@ -315,18 +348,29 @@ fn run_learner<B: AutodiffKernels>(
         // Records of iterations after the checkpoint belong to the attempt that was cut short:
         // drop them, so the files read as one run (their prompts are rolled out again).
         let batch = learner_config.train.batch_size as u64;
-        let metrics = rlhf_trainer::rundir::truncate_records(&out.join("metrics.jsonl"), |r| r["step"].as_u64().is_some_and(|s| s <= start_version))?;
-        let rollouts =
-            rlhf_trainer::rundir::truncate_records(&out.join("rollouts.jsonl"), |r| r["prompt_index"].as_u64().is_some_and(|i| i / batch < start_version))?;
+        let metrics = rlhf_trainer::rundir::truncate_records(&out.join("metrics.jsonl"), |r| {
+            r["step"].as_u64().is_some_and(|s| s <= start_version)
+        })?;
+        let rollouts = rlhf_trainer::rundir::truncate_records(&out.join("rollouts.jsonl"), |r| {
+            r["prompt_index"].as_u64().is_some_and(|i| i / batch < start_version)
+        })?;
         if metrics + rollouts > 0 {
-            tracing::info!(metrics, rollouts, policy_version = start_version, "dropped records written after the checkpoint");
+            tracing::info!(
+                metrics,
+                rollouts,
+                policy_version = start_version,
+                "dropped records written after the checkpoint"
+            );
         }
     }
     let (checkpoint_config, checkpoint_tokenizer) = (model_config.clone(), tokenizer.clone());
     let mut metrics = MetricsFile::create(&out.join("metrics.jsonl"))?;
     let lineage_path = out.join("rollouts.jsonl");
-    let mut lineage_file =
-        std::fs::OpenOptions::new().create(true).append(true).open(&lineage_path).with_context(|| format!("cannot open {}", lineage_path.display()))?;
+    let mut lineage_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&lineage_path)
+        .with_context(|| format!("cannot open {}", lineage_path.display()))?;
     let export_dir = out.clone();
     let args = CoordinatorArgs {
         sampling_json: serde_json::to_string(&learner_config.train.sampling)?,
@@ -369,7 +413,8 @@ fn run_learner<B: AutodiffKernels>(
         }),
     };
     runtime()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         announce(listener.local_addr()?)?;
         let span = tracing::info_span!("run", out = %out.display());
         rlhf_actors::serve(args, listener).instrument(span).await.map_err(|e| anyhow::anyhow!("learner: {e}"))
@@ -463,13 +508,22 @@ fn run_reward_server<B: Kernels>(server_config: &RewardServerConfig, device: B::
     let mut scorer: Box<dyn Scorer> = match (&server_config.model, &server_config.lexicon) {
         (Some(name), _) => {
             let dir = hub::resolve(name)?;
-            let (_, model) = hf::load::<B>(&dir, &device).with_context(|| format!("loading reward model {}", dir.display()))?;
+            let (_, model) =
+                hf::load::<B>(&dir, &device).with_context(|| format!("loading reward model {}", dir.display()))?;
             anyhow::ensure!(model.score.is_some(), "{} is not a reward model (no score head)", dir.display());
             let tokenizer = Tokenizer::load(&dir)?;
-            Box::new(RewardModelScorer { model, tokenizer, policy_tokenizer: None, batch_size: 64, device, label: dir.display().to_string() })
+            Box::new(RewardModelScorer {
+                model,
+                tokenizer,
+                policy_tokenizer: None,
+                batch_size: 64,
+                device,
+                label: dir.display().to_string(),
+            })
         }
         (None, Some(path)) => {
-            let tokenizer = Tokenizer::load(server_config.tokenizer.as_deref().context("a lexicon needs a tokenizer")?)?;
+            let tokenizer =
+                Tokenizer::load(server_config.tokenizer.as_deref().context("a lexicon needs a tokenizer")?)?;
             Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer })
         }
         (None, None) => bail!("set model or lexicon"),
@@ -477,7 +531,8 @@ fn run_reward_server<B: Kernels>(server_config: &RewardServerConfig, device: B::
     if server_config.negate {
         scorer = Box::new(Negated(scorer));
     }
-    let batching = BatchConfig { max_batch: server_config.max_batch, max_wait: Duration::from_millis(server_config.max_wait_ms) };
+    let batching =
+        BatchConfig { max_batch: server_config.max_batch, max_wait: Duration::from_millis(server_config.max_wait_ms) };
     let listen = server_config.listen;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -588,7 +643,12 @@ pub(crate) fn rlhf_command() -> anyhow::Result<Command> {
 }
 
 fn spawn_server(name: &str, args: &[String]) -> anyhow::Result<(ChildGuard, String)> {
-    let mut child = rlhf_command()?.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().with_context(|| format!("starting {name}"))?;
+    let mut child = rlhf_command()?
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
     let stdout = child.stdout.take().expect("piped");
     let mut lines = BufReader::new(stdout).lines();
     let guard = ChildGuard { name: name.to_string(), child };
@@ -622,7 +682,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut reward_args = vec!["reward-server".to_string(), "--device".into(), device.clone()];
     match (&learner_config.reward.model, &learner_config.reward.lexicon) {
         (Some(model), _) => reward_args.extend(["--model".into(), model.clone()]),
-        (None, Some(lexicon)) => reward_args.extend(["--lexicon".into(), lexicon.display().to_string(), "--tokenizer".into(), learner_config.model.clone()]),
+        (None, Some(lexicon)) => reward_args.extend([
+            "--lexicon".into(),
+            lexicon.display().to_string(),
+            "--tokenizer".into(),
+            learner_config.model.clone(),
+        ]),
         (None, None) => bail!("the config needs reward.model or reward.lexicon"),
     }
     if learner_config.reward.negate {
@@ -633,7 +698,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut workers: Vec<ChildGuard> = Vec::new();
     for i in 0..args.workers {
         let child = rlhf_command()?
-            .args(["worker", "--learner", &learner_addr, "--reward", &reward_addr, "--device", &device, "--name", &format!("worker-{}", i + 1)])
+            .args([
+                "worker",
+                "--learner",
+                &learner_addr,
+                "--reward",
+                &reward_addr,
+                "--device",
+                &device,
+                "--name",
+                &format!("worker-{}", i + 1),
+            ])
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()
@@ -658,8 +733,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             break status;
         }
         let total = workers.len();
-        let failed: Vec<String> =
-            workers.iter_mut().filter_map(|w| matches!(w.child.try_wait(), Ok(Some(s)) if !s.success()).then(|| w.name.clone())).collect();
+        let failed: Vec<String> = workers
+            .iter_mut()
+            .filter_map(|w| matches!(w.child.try_wait(), Ok(Some(s)) if !s.success()).then(|| w.name.clone()))
+            .collect();
         if total > 0 && failed.len() == total {
             bail!("every worker failed ({}); see their errors above", failed.join(", "));
         }

@@ -74,12 +74,15 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 fn train<B: AutodiffKernels>(args: &SftArgs, sft_config: &SftConfig, device: &B::Device) -> anyhow::Result<()> {
     let _run_dir = run_dir(&args.out, args.resume, args.overwrite)?;
     let on_malformed = if args.skip_malformed { OnMalformed::Skip } else { OnMalformed::Error };
-    let mut texts: Vec<String> = load_sft_texts(&data_path(&args.data, "train")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect();
+    let mut texts: Vec<String> =
+        load_sft_texts(&data_path(&args.data, "train")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect();
     if let Some(n) = args.max_examples {
         texts.truncate(n);
     }
     let eval_texts: Vec<String> = match &args.eval_data {
-        Some(path) => load_sft_texts(&data_path(path, "test")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect(),
+        Some(path) => {
+            load_sft_texts(&data_path(path, "test")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect()
+        }
         None => {
             let n_eval = ((texts.len() as f64) * args.eval_fraction).round() as usize;
             texts.split_off(texts.len() - n_eval.min(texts.len().saturating_sub(1)))
@@ -95,7 +98,9 @@ fn train<B: AutodiffKernels>(args: &SftArgs, sft_config: &SftConfig, device: &B:
         None => 0,
     };
     if args.resume {
-        let dropped = rlhf_trainer::rundir::truncate_records(&args.out.join("metrics.jsonl"), |r| r["step"].as_u64().is_some_and(|s| s as usize <= covered))?;
+        let dropped = rlhf_trainer::rundir::truncate_records(&args.out.join("metrics.jsonl"), |r| {
+            r["step"].as_u64().is_some_and(|s| s as usize <= covered)
+        })?;
         if dropped > 0 {
             tracing::info!(dropped, step = covered, "dropped metrics written after the checkpoint");
         }
@@ -146,7 +151,8 @@ fn train<B: AutodiffKernels>(args: &SftArgs, sft_config: &SftConfig, device: &B:
             }
         },
         &mut |model, optim, step, total| {
-            let state = TrainerState { step, total_steps: total, config: serde_json::to_value(sft_config).unwrap_or_default() };
+            let state =
+                TrainerState { step, total_steps: total, config: serde_json::to_value(sft_config).unwrap_or_default() };
             save_checkpoint(&checkpoints.join(format!("step-{step}")), model, &model_config, &tokenizer, optim, &state)
         },
     )?;

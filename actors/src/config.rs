@@ -118,7 +118,11 @@ impl LearnerConfig {
     }
 
     pub fn lease_size(&self) -> usize {
-        if self.runtime.lease_size == 0 { self.train.batch_size } else { self.runtime.lease_size.min(self.train.batch_size) }
+        if self.runtime.lease_size == 0 {
+            self.train.batch_size
+        } else {
+            self.runtime.lease_size.min(self.train.batch_size)
+        }
     }
 }
 

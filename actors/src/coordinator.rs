@@ -112,7 +112,7 @@ pub struct CoordinatorArgs<B: AutodiffKernels> {
     /// Called after each iteration with its stats.
     pub on_iteration: OnIteration,
     /// Called once with the trained trainer and the run's totals when the run is over.
-    pub on_done: Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>,
+    pub on_done: crate::ppo_learner::OnDone<B>,
     /// Writes learner checkpoints (every `runtime.checkpoint_every` versions).
     pub on_checkpoint: crate::ppo_learner::Checkpointer<B>,
     /// The policy version to start from (0, or a resumed checkpoint's).
@@ -248,7 +248,11 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
     type State = State<B>;
     type Arguments = CoordinatorArgs<B>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let start_version = args.start_version;
         let model_limits = (args.trainer.policy.vocab_size(), args.trainer.policy.n_positions());
         let runtime = &args.config.runtime;
@@ -262,9 +266,14 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
             eos_id: args.eos_id,
             heartbeat_interval_ms: runtime.heartbeat_interval_ms,
         };
-        let membership_args =
-            MembershipArgs { settings, heartbeat_timeout: Duration::from_secs_f64(runtime.heartbeat_timeout_s), coordinator: myself.clone(), start_version };
-        let (membership, _) = Actor::spawn_linked(Some(MEMBERSHIP.into()), Membership, membership_args, cell.clone()).await?;
+        let membership_args = MembershipArgs {
+            settings,
+            heartbeat_timeout: Duration::from_secs_f64(runtime.heartbeat_timeout_s),
+            coordinator: myself.clone(),
+            start_version,
+        };
+        let (membership, _) =
+            Actor::spawn_linked(Some(MEMBERSHIP.into()), Membership, membership_args, cell.clone()).await?;
         let learner_args = PpoLearnerArgs {
             trainer: args.trainer,
             coordinator: myself.clone(),
@@ -274,10 +283,15 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
             on_checkpoint: args.on_checkpoint,
             checkpoint_every: runtime.checkpoint_every,
         };
-        let (learner, _) = Actor::spawn_linked(Some("ppo-learner".into()), PpoLearner::<B>::default(), learner_args, cell).await?;
+        let (learner, _) =
+            Actor::spawn_linked(Some("ppo-learner".into()), PpoLearner::<B>::default(), learner_args, cell).await?;
         myself.send_interval(Duration::from_millis(200), || CoordinatorMsg::Tick);
         let sampling_seed = args.config.train.sampling.seed;
-        let limits = RolloutLimits { vocab_size: model_limits.0, n_positions: model_limits.1, max_new_tokens: args.config.train.sampling.max_new_tokens };
+        let limits = RolloutLimits {
+            vocab_size: model_limits.0,
+            n_positions: model_limits.1,
+            max_new_tokens: args.config.train.sampling.max_new_tokens,
+        };
         let mut state = State {
             limits,
             config: args.config,
@@ -308,13 +322,23 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
         Ok(state)
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         crate::logged("coordinator", handle_message(myself, message, state).await)
     }
 
     /// Supervision policy: the run cannot go on without any child (membership, publisher, PPO
     /// learner), so a child's failure stops the coordinator (and the process exits with an error).
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(who, error) => {
                 let name = who.get_name().unwrap_or_default();
@@ -347,7 +371,8 @@ async fn handle_message<B: AutodiffKernels>(
         }
         CoordinatorMsg::WorkerExpired { worker_id } => {
             state.totals.workers_expired += 1;
-            let owned: Vec<u64> = state.leases.iter().filter(|(_, l)| l.worker_id == worker_id).map(|(&id, _)| id).collect();
+            let owned: Vec<u64> =
+                state.leases.iter().filter(|(_, l)| l.worker_id == worker_id).map(|(&id, _)| id).collect();
             for lease_id in owned {
                 state.reissue(lease_id, "lease of an expired worker");
             }
@@ -412,14 +437,30 @@ fn lease<B: AutodiffKernels>(state: &mut State<B>, worker_id: u64) -> Result<pb:
     let wire_prompts = prompts.iter().map(|&i| pb::Prompt { prompt_index: i, ids: state.prompt(i) }).collect();
     state.leases.insert(lease_id, LeaseInfo { worker_id, policy_version: state.version, prompts, deadline });
     let deadline_ms = (state.config.runtime.lease_timeout_s * 1000.0) as u64;
-    Ok(pb::LeasePromptsResponse { reply: Some(Reply::Lease(pb::Lease { lease_id, policy_version: state.version, prompts: wire_prompts, seed, deadline_ms })) })
+    Ok(pb::LeasePromptsResponse {
+        reply: Some(Reply::Lease(pb::Lease {
+            lease_id,
+            policy_version: state.version,
+            prompts: wire_prompts,
+            seed,
+            deadline_ms,
+        })),
+    })
 }
 
 fn submit<B: AutodiffKernels>(state: &mut State<B>, request: pb::SubmitRolloutsRequest) -> Result<u32, Status> {
     let Some(lease) = state.leases.get(&request.lease_id) else {
-        return Err(Status::failed_precondition(format!("lease {} is unknown, expired or already submitted; its prompts were re-issued", request.lease_id)));
+        return Err(Status::failed_precondition(format!(
+            "lease {} is unknown, expired or already submitted; its prompts were re-issued",
+            request.lease_id
+        )));
     };
-    let claim = LeaseClaim { lease_id: request.lease_id, worker_id: lease.worker_id, policy_version: lease.policy_version, prompts: &lease.prompts };
+    let claim = LeaseClaim {
+        lease_id: request.lease_id,
+        worker_id: lease.worker_id,
+        policy_version: lease.policy_version,
+        prompts: &lease.prompts,
+    };
     // Every field, before anything is accepted. The lease stays valid: the worker may submit
     // again, or the lease expires and its prompts are re-issued.
     if let Err(status) = check_submission(&request, &claim, &state.limits, |i| state.prompt(i)) {
@@ -431,8 +472,10 @@ fn submit<B: AutodiffKernels>(state: &mut State<B>, request: pb::SubmitRolloutsR
     let version = lease.policy_version;
     if version > state.version || state.version - version > lag {
         // Too stale to train on: drop it and roll the prompts out again with fresh weights.
-        let message =
-            format!("lease {} was rolled out with policy version {version}, but the learner is at {} (max_policy_lag {lag})", request.lease_id, state.version);
+        let message = format!(
+            "lease {} was rolled out with policy version {version}, but the learner is at {} (max_policy_lag {lag})",
+            request.lease_id, state.version
+        );
         state.reissue(request.lease_id, "rollouts too stale");
         return Err(Status::failed_precondition(message));
     }
@@ -441,7 +484,12 @@ fn submit<B: AutodiffKernels>(state: &mut State<B>, request: pb::SubmitRolloutsR
     for r in request.rollouts {
         // Exactly once: a prompt is accounted when its lease is accepted, never again.
         assert!(state.accounted.insert(r.prompt_index), "prompt {} accounted twice", r.prompt_index);
-        tracing::debug!(rollout_id = r.rollout_id, worker_id = r.worker_id, policy_version = r.policy_version, "rollout accepted");
+        tracing::debug!(
+            rollout_id = r.rollout_id,
+            worker_id = r.worker_id,
+            policy_version = r.policy_version,
+            "rollout accepted"
+        );
         let lineage = Lineage {
             rollout_id: r.rollout_id,
             worker_id: r.worker_id,
@@ -487,7 +535,8 @@ fn finish_update<B: AutodiffKernels>(state: &mut State<B>, result: Updated) -> R
     let weights = result.weights?;
     // This iteration's rollouts leave the buffer; later iterations' (max_policy_lag > 0) stay.
     let batch = state.config.train.batch_size as u64;
-    let trained: Vec<(Lineage, Rollout)> = (state.version * batch..(state.version + 1) * batch).filter_map(|i| state.buffer.remove(&i)).collect();
+    let trained: Vec<(Lineage, Rollout)> =
+        (state.version * batch..(state.version + 1) * batch).filter_map(|i| state.buffer.remove(&i)).collect();
     let n = trained.len() as f64;
     insert_reward_stats(&mut stats, trained.iter().map(|(_, r)| r.score));
     let mean = stats["env/reward_mean"];

@@ -25,7 +25,10 @@ pub use coordinator::{Coordinator, CoordinatorArgs};
 
 /// Logs a message handler's error at `error` level, naming the actor, before ractor stops the
 /// actor: a supervisor hears of a child's failure, but a root actor's error would vanish with it.
-pub(crate) fn logged(actor: &str, result: Result<(), ractor::ActorProcessingErr>) -> Result<(), ractor::ActorProcessingErr> {
+pub(crate) fn logged(
+    actor: &str,
+    result: Result<(), ractor::ActorProcessingErr>,
+) -> Result<(), ractor::ActorProcessingErr> {
     if let Err(error) = &result {
         tracing::error!(actor, %error, "actor failed");
     }
@@ -44,7 +47,11 @@ pub async fn serve<B: AutodiffKernels>(
     let grace = Duration::from_millis(args.config.runtime.heartbeat_interval_ms * 3);
     let (finished, finished_rx) = tokio::sync::oneshot::channel::<()>();
     if args.start_version as usize >= args.config.train.iterations {
-        return Err(format!("the run already has {} policy versions (train.iterations = {})", args.start_version, args.config.train.iterations).into());
+        return Err(format!(
+            "the run already has {} policy versions (train.iterations = {})",
+            args.start_version, args.config.train.iterations
+        )
+        .into());
     }
     let on_done = std::mem::replace(&mut args.on_done, Box::new(|_, _| {}));
     args.on_done = Box::new(move |trainer, totals| {
@@ -54,12 +61,13 @@ pub async fn serve<B: AutodiffKernels>(
     let (coordinator, mut handle) = Actor::spawn(Some("coordinator".into()), Coordinator::<B>::default(), args).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LearnerServer<service::LearnerService>>().await;
-    let child = |name: &str| ractor::registry::where_is(name.to_string()).ok_or(format!("the {name} actor did not start"));
+    let child = |name: &str| ractor::registry::where_is(name).ok_or(format!("the {name} actor did not start"));
     let membership: ActorRef<membership::MembershipMsg> = child(coordinator::MEMBERSHIP)?.into();
     let publisher: ActorRef<publisher::PublisherMsg> = child(coordinator::PUBLISHER)?.into();
-    let service = LearnerServer::new(service::LearnerService { coordinator: coordinator.clone(), membership, publisher })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service =
+        LearnerServer::new(service::LearnerService { coordinator: coordinator.clone(), membership, publisher })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut completed = false;
     let shutdown = async {
         tokio::select! {

@@ -65,7 +65,11 @@ impl Actor for Membership {
     type State = MembershipState;
     type Arguments = MembershipArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(200), || MembershipMsg::Tick);
         Ok(MembershipState {
             settings: args.settings,
@@ -78,19 +82,33 @@ impl Actor for Membership {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         crate::logged("membership", handle_message(myself, message, state).await)
     }
 }
 
-async fn handle_message(_myself: ActorRef<MembershipMsg>, message: MembershipMsg, state: &mut MembershipState) -> Result<(), ActorProcessingErr> {
+async fn handle_message(
+    _myself: ActorRef<MembershipMsg>,
+    message: MembershipMsg,
+    state: &mut MembershipState,
+) -> Result<(), ActorProcessingErr> {
     match message {
         MembershipMsg::Join { name, reply } => {
             let worker_id = state.next_worker_id;
             state.next_worker_id += 1;
             // The coordinator must know the worker before the worker asks it for a lease.
-            let known =
-                state.coordinator.call(|reply| CoordinatorMsg::WorkerJoined { worker_id, name: name.clone(), reply }, Some(Duration::from_secs(10))).await?;
+            let known = state
+                .coordinator
+                .call(
+                    |reply| CoordinatorMsg::WorkerJoined { worker_id, name: name.clone(), reply },
+                    Some(Duration::from_secs(10)),
+                )
+                .await?;
             if !matches!(known, CallResult::Success(())) {
                 return Err("the coordinator did not register the worker".into());
             }
@@ -122,8 +140,12 @@ async fn handle_message(_myself: ActorRef<MembershipMsg>, message: MembershipMsg
         }
         MembershipMsg::Tick => {
             let now = Instant::now();
-            let silent: Vec<u64> =
-                state.workers.iter().filter(|(_, (_, seen))| now.duration_since(*seen) > state.heartbeat_timeout).map(|(&id, _)| id).collect();
+            let silent: Vec<u64> = state
+                .workers
+                .iter()
+                .filter(|(_, (_, seen))| now.duration_since(*seen) > state.heartbeat_timeout)
+                .map(|(&id, _)| id)
+                .collect();
             for worker_id in silent {
                 let (name, _) = state.workers.remove(&worker_id).expect("listed above");
                 tracing::warn!(worker_id, worker = %name, "worker expired (no heartbeat)");

@@ -36,14 +36,17 @@ pub struct PpoLearnerArgs<B: AutodiffKernels> {
     pub coordinator: ActorRef<CoordinatorMsg>,
     pub total_optimizer_steps: usize,
     pub weights_dtype: WireDtype,
-    pub on_done: Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>,
+    pub on_done: OnDone<B>,
     /// Writes a checkpoint of the trainer at a policy version.
     pub on_checkpoint: Checkpointer<B>,
     /// Checkpoint every this many versions (0: never).
     pub checkpoint_every: u64,
 }
 
-/// Writes a checkpoint of the trainer at a policy version.
+/// Called once with the trained trainer and the run's totals when the run is over.
+pub type OnDone<B> = Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>;
+
+/// Writes a checkpoint of the trainer at a policy version, with the run's totals up to it.
 pub type Checkpointer<B> = Box<dyn FnMut(&PpoTrainer<B>, u64, &Accounting) -> Result<(), String> + Send>;
 
 pub struct PpoLearnerState<B: AutodiffKernels> {
@@ -52,7 +55,7 @@ pub struct PpoLearnerState<B: AutodiffKernels> {
     coordinator: ActorRef<CoordinatorMsg>,
     total_optimizer_steps: usize,
     weights_dtype: WireDtype,
-    on_done: Option<Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>>,
+    on_done: Option<OnDone<B>>,
     on_checkpoint: Checkpointer<B>,
     checkpoint_every: u64,
     /// The run's totals up to the version being trained, for its checkpoint.
@@ -72,7 +75,11 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
     type State = PpoLearnerState<B>;
     type Arguments = PpoLearnerArgs<B>;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(PpoLearnerState {
             trainer: Some(args.trainer),
             coordinator: args.coordinator,
@@ -85,7 +92,12 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         crate::logged("ppo-learner", handle_message(myself, message, state).await)
     }
 }
@@ -100,12 +112,13 @@ async fn handle_message<B: AutodiffKernels>(
             state.totals = totals;
             let mut trainer = state.trainer.take().ok_or("an update is already running")?;
             let (total_steps, dtype) = (state.total_optimizer_steps, state.weights_dtype);
-            let iteration = tracing::info_span!("iteration", iteration = next_version, policy_version = next_version - 1);
+            let iteration =
+                tracing::info_span!("iteration", iteration = next_version, policy_version = next_version - 1);
             tokio::task::spawn_blocking(move || {
                 let _iteration = iteration.enter();
                 let started = Instant::now();
-                let stats =
-                    tracing::info_span!("update", rollouts = rollouts.len()).in_scope(|| trainer.step(&rollouts, total_steps).map_err(|e| e.to_string()));
+                let stats = tracing::info_span!("update", rollouts = rollouts.len())
+                    .in_scope(|| trainer.step(&rollouts, total_steps).map_err(|e| e.to_string()));
                 let update_seconds = started.elapsed().as_secs_f64();
                 let started = Instant::now();
                 let weights = tracing::info_span!("weight_sync", policy_version = next_version)
@@ -116,12 +129,14 @@ async fn handle_message<B: AutodiffKernels>(
             });
         }
         PpoLearnerMsg::Finished(result) => {
-            let (trainer, updated) = *result.downcast::<(PpoTrainer<B>, Updated)>().map_err(|_| "unexpected update result")?;
+            let (trainer, updated) =
+                *result.downcast::<(PpoTrainer<B>, Updated)>().map_err(|_| "unexpected update result")?;
             if let Ok(weights) = &updated.weights {
                 let version = weights.version;
                 if state.checkpoint_every > 0 && version % state.checkpoint_every == 0 {
                     // File IO on this actor's thread: nothing else runs here meanwhile.
-                    let written = tokio::task::block_in_place(|| (state.on_checkpoint)(&trainer, version, &state.totals));
+                    let written =
+                        tokio::task::block_in_place(|| (state.on_checkpoint)(&trainer, version, &state.totals));
                     match written {
                         Ok(()) => tracing::info!(policy_version = version, "checkpoint written"),
                         Err(e) => {

@@ -18,18 +18,30 @@ impl Actor for Publisher {
     type State = WeightSnapshot;
     type Arguments = WeightSnapshot;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, first: WeightSnapshot) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        first: WeightSnapshot,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(first)
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, current: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        current: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             PublisherMsg::Publish(snapshot) => *current = snapshot,
             PublisherMsg::Get { version, reply } => {
                 let result = if version == current.version {
                     Ok(current.clone())
                 } else {
-                    Err(Status::failed_precondition(format!("policy version {version} is not available; the current version is {}", current.version)))
+                    Err(Status::failed_precondition(format!(
+                        "policy version {version} is not available; the current version is {}",
+                        current.version
+                    )))
                 };
                 let _ = reply.send(result);
             }

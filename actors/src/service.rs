@@ -23,7 +23,10 @@ pub struct LearnerService {
 }
 
 /// Sends a message built around a reply port to an actor and awaits the answer.
-async fn ask<M: ractor::Message, T: Send + 'static>(actor: &ActorRef<M>, message: impl FnOnce(RpcReplyPort<T>) -> M) -> Result<T, Status> {
+async fn ask<M: ractor::Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    message: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, Status> {
     match actor.call(message, Some(Duration::from_secs(30))).await {
         Ok(CallResult::Success(value)) => Ok(value),
         Ok(_) => Err(Status::unavailable("the learner did not answer in time")),
@@ -38,24 +41,37 @@ impl Learner for LearnerService {
         Ok(Response::new(ask(&self.membership, |reply| MembershipMsg::Join { name, reply }).await?))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let worker_id = request.into_inner().worker_id;
         Ok(Response::new(ask(&self.membership, |reply| MembershipMsg::Heartbeat { worker_id, reply }).await??))
     }
 
-    async fn lease_prompts(&self, request: Request<pb::LeasePromptsRequest>) -> Result<Response<pb::LeasePromptsResponse>, Status> {
+    async fn lease_prompts(
+        &self,
+        request: Request<pb::LeasePromptsRequest>,
+    ) -> Result<Response<pb::LeasePromptsResponse>, Status> {
         let worker_id = request.into_inner().worker_id;
         Ok(Response::new(ask(&self.coordinator, |reply| CoordinatorMsg::Lease { worker_id, reply }).await??))
     }
 
-    async fn submit_rollouts(&self, request: Request<pb::SubmitRolloutsRequest>) -> Result<Response<pb::SubmitRolloutsResponse>, Status> {
+    async fn submit_rollouts(
+        &self,
+        request: Request<pb::SubmitRolloutsRequest>,
+    ) -> Result<Response<pb::SubmitRolloutsResponse>, Status> {
         let request = request.into_inner();
         let score_seconds = request.score_seconds;
-        let accepted = ask(&self.coordinator, |reply| CoordinatorMsg::Submit { request, score_seconds, reply }).await??;
+        let accepted =
+            ask(&self.coordinator, |reply| CoordinatorMsg::Submit { request, score_seconds, reply }).await??;
         Ok(Response::new(pb::SubmitRolloutsResponse { accepted }))
     }
 
-    async fn return_lease(&self, request: Request<pb::ReturnLeaseRequest>) -> Result<Response<pb::ReturnLeaseResponse>, Status> {
+    async fn return_lease(
+        &self,
+        request: Request<pb::ReturnLeaseRequest>,
+    ) -> Result<Response<pb::ReturnLeaseResponse>, Status> {
         let pb::ReturnLeaseRequest { worker_id, lease_id } = request.into_inner();
         ask(&self.coordinator, |reply| CoordinatorMsg::Return { worker_id, lease_id, reply }).await??;
         Ok(Response::new(pb::ReturnLeaseResponse {}))
@@ -63,7 +79,10 @@ impl Learner for LearnerService {
 
     type GetWeightsStream = Pin<Box<dyn Stream<Item = Result<pb::WeightsChunk, Status>> + Send>>;
 
-    async fn get_weights(&self, request: Request<pb::GetWeightsRequest>) -> Result<Response<Self::GetWeightsStream>, Status> {
+    async fn get_weights(
+        &self,
+        request: Request<pb::GetWeightsRequest>,
+    ) -> Result<Response<Self::GetWeightsStream>, Status> {
         let version = request.into_inner().policy_version;
         let snapshot = ask(&self.publisher, |reply| PublisherMsg::Get { version, reply }).await??;
         // Every worker streams from the same shared buffer; chunks are cut as they are sent.

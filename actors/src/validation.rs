@@ -32,7 +32,10 @@ pub struct LeaseClaim<'a> {
 }
 
 fn invalid(rollout: &pb::Rollout, field: &str, expected: &str, got: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("rollout {} (prompt {}): {field}: expected {expected}, got {got}", rollout.rollout_id, rollout.prompt_index))
+    Status::invalid_argument(format!(
+        "rollout {} (prompt {}): {field}: expected {expected}, got {got}",
+        rollout.rollout_id, rollout.prompt_index
+    ))
 }
 
 /// Checks `request` against the lease it names and the run's limits; `prompt(i)` is the
@@ -65,16 +68,31 @@ pub fn check_submission(
     }
     for r in &request.rollouts {
         if r.worker_id != request.worker_id {
-            return Err(invalid(r, "worker_id", &format!("the submitting worker's id {}", request.worker_id), r.worker_id));
+            return Err(invalid(
+                r,
+                "worker_id",
+                &format!("the submitting worker's id {}", request.worker_id),
+                r.worker_id,
+            ));
         }
         if r.lease_id != request.lease_id {
             return Err(invalid(r, "lease_id", &format!("the submitted lease {}", request.lease_id), r.lease_id));
         }
         if r.policy_version != lease.policy_version {
-            return Err(invalid(r, "policy_version", &format!("the lease's version {}", lease.policy_version), r.policy_version));
+            return Err(invalid(
+                r,
+                "policy_version",
+                &format!("the lease's version {}", lease.policy_version),
+                r.policy_version,
+            ));
         }
         if r.query != prompt(r.prompt_index) {
-            return Err(invalid(r, "query", &format!("the ids of prompt {}", r.prompt_index), format!("{} other ids", r.query.len())));
+            return Err(invalid(
+                r,
+                "query",
+                &format!("the ids of prompt {}", r.prompt_index),
+                format!("{} other ids", r.query.len()),
+            ));
         }
         if r.response.is_empty() || r.response.len() > limits.max_new_tokens {
             let expected = format!("1 to {} tokens (max_new_tokens)", limits.max_new_tokens);
@@ -91,7 +109,8 @@ pub fn check_submission(
             let expected = format!("one per response token ({})", r.response.len());
             return Err(invalid(r, "logprobs", &expected, r.logprobs.len()));
         }
-        if let Some((j, lp)) = r.logprobs.iter().enumerate().find(|(_, lp)| !(lp.is_finite() && **lp <= LOGPROB_SLACK)) {
+        if let Some((j, lp)) = r.logprobs.iter().enumerate().find(|(_, lp)| !(lp.is_finite() && **lp <= LOGPROB_SLACK))
+        {
             return Err(invalid(r, &format!("logprobs[{j}]"), "a finite log-probability ≤ 0", lp));
         }
         if !r.score.is_finite() {
@@ -143,13 +162,19 @@ mod tests {
         check(|_| {}).unwrap();
     }
 
+    /// One change to an honest rollout.
+    type Edit = Box<dyn FnOnce(&mut pb::Rollout)>;
+
     #[test]
     fn every_bad_field_is_refused_and_named() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut pb::Rollout)>)> = vec![
+        let cases: Vec<(&str, Edit)> = vec![
             ("response[1]: expected a token id below 100, got 100", Box::new(|r| r.response[1] = 100)),
             ("response[0]: expected a token id below 100, got 4294967295", Box::new(|r| r.response[0] = u32::MAX)),
             ("logprobs[0]: expected a finite log-probability ≤ 0, got 3", Box::new(|r| r.logprobs[0] = 3.0)),
-            ("logprobs[2]: expected a finite log-probability ≤ 0, got -inf", Box::new(|r| r.logprobs[2] = f32::NEG_INFINITY)),
+            (
+                "logprobs[2]: expected a finite log-probability ≤ 0, got -inf",
+                Box::new(|r| r.logprobs[2] = f32::NEG_INFINITY),
+            ),
             ("logprobs[1]: expected a finite log-probability ≤ 0, got NaN", Box::new(|r| r.logprobs[1] = f32::NAN)),
             ("logprobs: expected one per response token (3), got 2", Box::new(|r| r.logprobs.truncate(2))),
             (

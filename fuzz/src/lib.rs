@@ -39,8 +39,13 @@ fn prompt(index: u64) -> Vec<u32> {
 fn worker_settings() -> rlhf_rollout_worker::peer_input::RunSettings {
     let join = pb::JoinResponse {
         worker_id: 1,
-        sampling_json: serde_json::to_string(&rlhf_trainer::SamplingConfig { max_new_tokens: MAX_NEW_TOKENS, ..Default::default() }).expect("serialises"),
-        model_config_json: serde_json::to_string(&rlhf_trainer::Gpt2Config::new(VOCAB, N_POSITIONS, 8, 1, 2)).expect("serialises"),
+        sampling_json: serde_json::to_string(&rlhf_trainer::SamplingConfig {
+            max_new_tokens: MAX_NEW_TOKENS,
+            ..Default::default()
+        })
+        .expect("serialises"),
+        model_config_json: serde_json::to_string(&rlhf_trainer::Gpt2Config::new(VOCAB, N_POSITIONS, 8, 1, 2))
+            .expect("serialises"),
         eos_id: 0,
         ..Default::default()
     };
@@ -59,8 +64,17 @@ fn check_message(data: &[u8]) -> Option<bool> {
         // Learner side: a worker's submission, then every check the service makes.
         0 => {
             let request = pb::SubmitRolloutsRequest::decode(bytes).ok()?;
-            let lease = rlhf_actors::validation::LeaseClaim { lease_id: 9, worker_id: 1, policy_version: 2, prompts: &LEASE_PROMPTS };
-            let limits = rlhf_actors::validation::RolloutLimits { vocab_size: VOCAB, n_positions: N_POSITIONS, max_new_tokens: MAX_NEW_TOKENS };
+            let lease = rlhf_actors::validation::LeaseClaim {
+                lease_id: 9,
+                worker_id: 1,
+                policy_version: 2,
+                prompts: &LEASE_PROMPTS,
+            };
+            let limits = rlhf_actors::validation::RolloutLimits {
+                vocab_size: VOCAB,
+                n_positions: N_POSITIONS,
+                max_new_tokens: MAX_NEW_TOKENS,
+            };
             return Some(rlhf_actors::validation::check_submission(&request, &lease, &limits, prompt).is_ok());
         }
         // Reward server: a score request, then its checks.
@@ -71,7 +85,9 @@ fn check_message(data: &[u8]) -> Option<bool> {
             return Some(rlhf_rollout_worker::peer_input::RunSettings::from_join(&joined).is_ok());
         }
         3 => {
-            let Ok(pb::LeasePromptsResponse { reply: Some(pb::lease_prompts_response::Reply::Lease(lease)) }) = pb::LeasePromptsResponse::decode(bytes) else {
+            let Ok(pb::LeasePromptsResponse { reply: Some(pb::lease_prompts_response::Reply::Lease(lease)) }) =
+                pb::LeasePromptsResponse::decode(bytes)
+            else {
                 return Some(false);
             };
             return Some(worker_settings().check_lease(&lease).is_ok());
@@ -166,7 +182,8 @@ pub fn safetensors(data: &[u8]) {
 }
 
 /// The dataset readers, by the file name they are given.
-const DATASET_FILES: [&str; 6] = ["rows.jsonl", "rows.csv", "rows.txt", "pairs.jsonl", "comparisons.jsonl", "rows.parquet"];
+const DATASET_FILES: [&str; 6] =
+    ["rows.jsonl", "rows.csv", "rows.txt", "pairs.jsonl", "comparisons.jsonl", "rows.parquet"];
 
 /// `datasets`: the first byte picks a reader and a format; the rest is the file.
 pub fn datasets(data: &[u8]) {
@@ -198,6 +215,7 @@ pub fn datasets(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// Every target by name.
-pub const TARGETS: [(&str, Target); 4] = [("messages", messages), ("weights", weights), ("safetensors", safetensors), ("datasets", datasets)];
+pub const TARGETS: [(&str, Target); 4] =
+    [("messages", messages), ("weights", weights), ("safetensors", safetensors), ("datasets", datasets)];
 
 pub mod seeds;

@@ -46,9 +46,15 @@ fn messages() -> Vec<Vec<u8>> {
     let text = pb::Sequence { query_text: "A film".into(), response_text: " I loved.".into(), ..Default::default() };
     let join = pb::JoinResponse {
         worker_id: 3,
-        sampling_json: serde_json::to_string(&rlhf_trainer::SamplingConfig { max_new_tokens: 8, temperature: 0.7, top_k: 5, ..Default::default() })
+        sampling_json: serde_json::to_string(&rlhf_trainer::SamplingConfig {
+            max_new_tokens: 8,
+            temperature: 0.7,
+            top_k: 5,
+            ..Default::default()
+        })
+        .expect("serialises"),
+        model_config_json: serde_json::to_string(&rlhf_trainer::Gpt2Config::new(VOCAB, N_POSITIONS, 8, 1, 2))
             .expect("serialises"),
-        model_config_json: serde_json::to_string(&rlhf_trainer::Gpt2Config::new(VOCAB, N_POSITIONS, 8, 1, 2)).expect("serialises"),
         eos_id: 7,
         heartbeat_interval_ms: 500,
         tokenizer_json: String::new(),
@@ -56,7 +62,10 @@ fn messages() -> Vec<Vec<u8>> {
     let lease = pb::Lease {
         lease_id: 4,
         policy_version: 1,
-        prompts: vec![pb::Prompt { prompt_index: 0, ids: vec![1, 2, 3] }, pb::Prompt { prompt_index: 1, ids: vec![9; 20] }],
+        prompts: vec![
+            pb::Prompt { prompt_index: 0, ids: vec![1, 2, 3] },
+            pb::Prompt { prompt_index: 1, ids: vec![9; 20] },
+        ],
         seed: 11,
         deadline_ms: 1000,
     };
@@ -65,14 +74,24 @@ fn messages() -> Vec<Vec<u8>> {
         tagged(1, pb::ScoreRequest { sequences: vec![ids.clone(), ids] }.encode_to_vec()),
         tagged(1, pb::ScoreRequest { sequences: vec![text] }.encode_to_vec()),
         tagged(2, join.encode_to_vec()),
-        tagged(3, pb::LeasePromptsResponse { reply: Some(pb::lease_prompts_response::Reply::Lease(lease)) }.encode_to_vec()),
+        tagged(
+            3,
+            pb::LeasePromptsResponse { reply: Some(pb::lease_prompts_response::Reply::Lease(lease)) }.encode_to_vec(),
+        ),
         tagged(4, pb::JoinRequest { name: "worker-1".into() }.encode_to_vec()),
         tagged(5, pb::GetWeightsRequest { policy_version: 3 }.encode_to_vec()),
         tagged(6, pb::ScoreResponse { scores: vec![0.5, -1.0], scorer: "lexicon".into() }.encode_to_vec()),
         tagged(
             7,
-            pb::WeightsChunk { policy_version: 1, total_bytes: 4, offset: 0, data: vec![1, 2, 3, 4].into(), crc32: 5, dtype: WireDtype::F32.name().into() }
-                .encode_to_vec(),
+            pb::WeightsChunk {
+                policy_version: 1,
+                total_bytes: 4,
+                offset: 0,
+                data: vec![1, 2, 3, 4].into(),
+                crc32: 5,
+                dtype: WireDtype::F32.name().into(),
+            }
+            .encode_to_vec(),
         ),
     ]
 }

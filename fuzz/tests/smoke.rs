@@ -87,7 +87,8 @@ fn every_fuzz_target_survives_its_seeds_mutations_and_regressions() {
             // Kept for replay (and for fuzz/regressions/ once fixed) if this input fails.
             let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-{name}-last-input"));
             std::fs::write(&kept, &input).expect("writable target dir");
-            let shown = format!("{} bytes (in {}): {:02x?}", input.len(), kept.display(), &input[..input.len().min(64)]);
+            let shown =
+                format!("{} bytes (in {}): {:02x?}", input.len(), kept.display(), &input[..input.len().min(64)]);
             std::thread::spawn(move || {
                 let _ = done.send(std::panic::catch_unwind(|| target(&input)).is_ok());
             });

@@ -53,12 +53,24 @@ impl Input {
     fn concat(inputs: &[&Input]) -> Input {
         match inputs[0] {
             Input::Ids { .. } => Input::Ids {
-                queries: inputs.iter().flat_map(|i| if let Input::Ids { queries, .. } = i { queries.clone() } else { vec![] }).collect(),
-                responses: inputs.iter().flat_map(|i| if let Input::Ids { responses, .. } = i { responses.clone() } else { vec![] }).collect(),
+                queries: inputs
+                    .iter()
+                    .flat_map(|i| if let Input::Ids { queries, .. } = i { queries.clone() } else { vec![] })
+                    .collect(),
+                responses: inputs
+                    .iter()
+                    .flat_map(|i| if let Input::Ids { responses, .. } = i { responses.clone() } else { vec![] })
+                    .collect(),
             },
             Input::Texts { .. } => Input::Texts {
-                queries: inputs.iter().flat_map(|i| if let Input::Texts { queries, .. } = i { queries.clone() } else { vec![] }).collect(),
-                responses: inputs.iter().flat_map(|i| if let Input::Texts { responses, .. } = i { responses.clone() } else { vec![] }).collect(),
+                queries: inputs
+                    .iter()
+                    .flat_map(|i| if let Input::Texts { queries, .. } = i { queries.clone() } else { vec![] })
+                    .collect(),
+                responses: inputs
+                    .iter()
+                    .flat_map(|i| if let Input::Texts { responses, .. } = i { responses.clone() } else { vec![] })
+                    .collect(),
             },
         }
     }
@@ -78,15 +90,23 @@ pub const MAX_SEQUENCE_TEXT_BYTES: usize = 1 << 20;
 fn check_request(request: ScoreRequest, vocab_size: usize) -> Result<Input, Status> {
     let sequences = request.sequences;
     if sequences.len() > MAX_SEQUENCES {
-        return Err(Status::invalid_argument(format!("sequences: expected at most {MAX_SEQUENCES}, got {}", sequences.len())));
+        return Err(Status::invalid_argument(format!(
+            "sequences: expected at most {MAX_SEQUENCES}, got {}",
+            sequences.len()
+        )));
     }
     let texts = !sequences.is_empty() && sequences.iter().all(|s| !s.response_text.is_empty());
     for (i, s) in sequences.iter().enumerate() {
-        let refuse = |field: &str, expected: String| Err(Status::invalid_argument(format!("sequence {i}: {field}: expected {expected}")));
+        let refuse = |field: &str, expected: String| {
+            Err(Status::invalid_argument(format!("sequence {i}: {field}: expected {expected}")))
+        };
         if texts {
             let bytes = s.query_text.len() + s.response_text.len();
             if bytes > MAX_SEQUENCE_TEXT_BYTES {
-                return refuse("query_text + response_text", format!("at most {MAX_SEQUENCE_TEXT_BYTES} bytes, got {bytes}"));
+                return refuse(
+                    "query_text + response_text",
+                    format!("at most {MAX_SEQUENCE_TEXT_BYTES} bytes, got {bytes}"),
+                );
             }
             continue;
         }
@@ -215,7 +235,11 @@ async fn score_group(scorer: Box<dyn Scorer>, group: Vec<Job>) -> Box<dyn Scorer
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown".into())
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Serves `scorer` on `listener` until `shutdown` resolves. Prints nothing; the caller reports

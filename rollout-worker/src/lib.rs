@@ -81,7 +81,11 @@ fn channel(url: &str, timeout: Duration) -> Result<Channel, WorkerError> {
 /// buffer (bf16 on the wire is widened).
 pub async fn download_weights(client: &mut LearnerClient<Channel>, version: u64) -> Result<Vec<u8>, WorkerError> {
     let bad = |message: String| WorkerError::Weights { version, message };
-    let mut stream = client.get_weights(pb::GetWeightsRequest { policy_version: version }).await.map_err(|status| bad(status.to_string()))?.into_inner();
+    let mut stream = client
+        .get_weights(pb::GetWeightsRequest { policy_version: version })
+        .await
+        .map_err(|status| bad(status.to_string()))?
+        .into_inner();
     let mut assembler = weights::Assembler::new(version);
     while let Some(chunk) = stream.message().await.map_err(|status| bad(status.to_string()))? {
         assembler.push(&chunk).map_err(bad)?;
@@ -90,7 +94,12 @@ pub async fn download_weights(client: &mut LearnerClient<Channel>, version: u64)
 }
 
 /// Fetches one weights version and builds the model from it.
-async fn fetch_weights<B: Kernels>(client: &mut LearnerClient<Channel>, version: u64, config: &Gpt2Config, device: &B::Device) -> Result<Gpt2<B>, WorkerError> {
+async fn fetch_weights<B: Kernels>(
+    client: &mut LearnerClient<Channel>,
+    version: u64,
+    config: &Gpt2Config,
+    device: &B::Device,
+) -> Result<Gpt2<B>, WorkerError> {
     let bad = |message: String| WorkerError::Weights { version, message };
     let bytes = download_weights(client, version).await?;
     weights::model_from_safetensors::<B>(bytes, config, device).map_err(bad)
@@ -131,7 +140,12 @@ impl Peers {
     async fn wait(&mut self, peer: &'static str, url: &str, status: &Status) -> Result<(), Flow> {
         let Some(delay) = self.backoff.next_delay() else {
             let seconds = self.backoff.since_progress().as_secs_f64();
-            return Err(Flow::Failed(WorkerError::GaveUp { peer, url: url.to_string(), seconds, last: status.to_string() }));
+            return Err(Flow::Failed(WorkerError::GaveUp {
+                peer,
+                url: url.to_string(),
+                seconds,
+                last: status.to_string(),
+            }));
         };
         tracing::warn!(peer, url, code = ?status.code(), retry_in_ms = delay.as_millis() as u64, "peer unavailable; backing off");
         if self.stopping() {
@@ -146,7 +160,11 @@ impl Peers {
 
     fn learner_error(&self, status: Status) -> WorkerError {
         if status.code() == Code::Unimplemented {
-            return WorkerError::WrongService { url: self.learner_url.clone(), service: "rlhf.v1.Learner", other: "reward server" };
+            return WorkerError::WrongService {
+                url: self.learner_url.clone(),
+                service: "rlhf.v1.Learner",
+                other: "reward server",
+            };
         }
         WorkerError::Learner { url: self.learner_url.clone(), status }
     }
@@ -182,7 +200,8 @@ impl Peers {
         loop {
             let i = self.rotation.choose(Instant::now());
             let (url, mut client) = self.rewards[i].clone();
-            let answer = client.score(pb::ScoreRequest { sequences: sequences.to_vec() }).await.map(|r| r.into_inner().scores);
+            let answer =
+                client.score(pb::ScoreRequest { sequences: sequences.to_vec() }).await.map(|r| r.into_inner().scores);
             let status = match answer {
                 Ok(scores) if scores.len() == sequences.len() && scores.iter().all(|s| s.is_finite()) => {
                     self.rotation.succeeded(i);
@@ -191,17 +210,31 @@ impl Peers {
                 }
                 Ok(scores) => {
                     let bad = scores.iter().filter(|s| !s.is_finite()).count();
-                    tracing::error!(url, expected = sequences.len(), got = scores.len(), non_finite = bad, "reward server answered with bad scores");
+                    tracing::error!(
+                        url,
+                        expected = sequences.len(),
+                        got = scores.len(),
+                        non_finite = bad,
+                        "reward server answered with bad scores"
+                    );
                     Status::unknown("bad scores")
                 }
                 Err(status) if status.code() == Code::Unimplemented => {
-                    return Err(Flow::Failed(WorkerError::WrongService { url, service: "rlhf.v1.RewardModel", other: "learner" }));
+                    return Err(Flow::Failed(WorkerError::WrongService {
+                        url,
+                        service: "rlhf.v1.RewardModel",
+                        other: "learner",
+                    }));
                 }
                 Err(status) if retryable(&status) => status,
                 Err(status) => return Err(Flow::Failed(WorkerError::Reward { url, status })),
             };
             if self.rotation.failed(i, Instant::now()) {
-                tracing::warn!(url, seconds = reward::SKIP_FOR.as_secs(), "reward server keeps failing; skipping it for a while");
+                tracing::warn!(
+                    url,
+                    seconds = reward::SKIP_FOR.as_secs(),
+                    "reward server keeps failing; skipping it for a while"
+                );
             }
             failed_in_a_row += 1;
             if failed_in_a_row < self.rewards.len() {
@@ -225,10 +258,19 @@ impl Drop for AbortOnDrop {
 
 /// Runs a worker until the learner says the run is done (`Ok`), or `stop` fires (returns the
 /// lease in hand, then `Ok`).
-pub async fn run<B: Kernels>(options: WorkerOptions, device: B::Device, stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
-    let learner = LearnerClient::new(channel(&options.learner, options.timeout)?).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-    let rewards: Vec<(String, RewardModelClient<Channel>)> =
-        options.rewards.iter().map(|url| Ok((url.clone(), RewardModelClient::new(channel(url, options.timeout)?)))).collect::<Result<_, WorkerError>>()?;
+pub async fn run<B: Kernels>(
+    options: WorkerOptions,
+    device: B::Device,
+    stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let learner = LearnerClient::new(channel(&options.learner, options.timeout)?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let rewards: Vec<(String, RewardModelClient<Channel>)> = options
+        .rewards
+        .iter()
+        .map(|url| Ok((url.clone(), RewardModelClient::new(channel(url, options.timeout)?))))
+        .collect::<Result<_, WorkerError>>()?;
     if rewards.is_empty() {
         return Err(WorkerError::Settings("no reward server address".into()));
     }
@@ -257,7 +299,12 @@ pub async fn run<B: Kernels>(options: WorkerOptions, device: B::Device, stop: wa
 
 /// One membership of the learner: join, then lease, roll out, score and submit until the run is
 /// done, the worker stops, or the learner forgets it.
-async fn session<B: Kernels>(peers: &mut Peers, options: &WorkerOptions, device: &B::Device, model: &mut Option<(u64, Generator<B>)>) -> Result<(), Flow> {
+async fn session<B: Kernels>(
+    peers: &mut Peers,
+    options: &WorkerOptions,
+    device: &B::Device,
+    model: &mut Option<(u64, Generator<B>)>,
+) -> Result<(), Flow> {
     let name = options.name.clone();
     let joined = peers
         .learner(|mut learner| {
@@ -297,7 +344,11 @@ async fn session<B: Kernels>(peers: &mut Peers, options: &WorkerOptions, device:
         }
         // Keep up with published versions even between leases, so every live worker holds every
         // version (and a lease never waits for a download it could have done earlier).
-        let current = peers.learner(|mut l| async move { l.heartbeat(pb::HeartbeatRequest { worker_id }).await.map(|r| r.into_inner()) }).await?;
+        let current = peers
+            .learner(
+                |mut l| async move { l.heartbeat(pb::HeartbeatRequest { worker_id }).await.map(|r| r.into_inner()) },
+            )
+            .await?;
         if current.done {
             return Ok(());
         }
@@ -314,7 +365,11 @@ async fn session<B: Kernels>(peers: &mut Peers, options: &WorkerOptions, device:
         }
         let held = model.as_ref().map(|(v, _)| *v).unwrap_or(u64::MAX);
         let reply = peers
-            .learner(|mut l| async move { l.lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: held }).await.map(|r| r.into_inner()) })
+            .learner(|mut l| async move {
+                l.lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: held })
+                    .await
+                    .map(|r| r.into_inner())
+            })
             .await?;
         let lease = match reply.reply {
             Some(pb::lease_prompts_response::Reply::Lease(lease)) => lease,
@@ -327,7 +382,8 @@ async fn session<B: Kernels>(peers: &mut Peers, options: &WorkerOptions, device:
         if let Err(e) = settings.check_lease(&lease) {
             return Err(Flow::Failed(WorkerError::Settings(e)));
         }
-        let outcome = roll_out::<B>(peers, options, device, model, &lease, worker_id, &settings, &mut next_rollout_id).await;
+        let outcome =
+            roll_out::<B>(peers, options, device, model, &lease, worker_id, &settings, &mut next_rollout_id).await;
         match outcome {
             Ok(()) => {}
             Err(Flow::Stopped) => {
@@ -358,7 +414,13 @@ async fn roll_out<B: Kernels>(
     settings: &RunSettings,
     next_rollout_id: &mut u64,
 ) -> Result<(), Flow> {
-    tracing::info!(worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version, prompts = lease.prompts.len(), "lease received");
+    tracing::info!(
+        worker_id,
+        lease_id = lease.lease_id,
+        policy_version = lease.policy_version,
+        prompts = lease.prompts.len(),
+        "lease received"
+    );
     if !options.hold_lease.is_zero() {
         let mut stop = peers.stop.clone();
         tokio::select! {
@@ -374,13 +436,22 @@ async fn roll_out<B: Kernels>(
         let started = Instant::now();
         match fetch_weights::<B>(&mut peers.learner, lease.policy_version, &settings.model_config, device).await {
             Ok(fresh) => {
-                tracing::info!(worker_id, policy_version = lease.policy_version, seconds = started.elapsed().as_secs_f64(), "loaded weights");
+                tracing::info!(
+                    worker_id,
+                    policy_version = lease.policy_version,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "loaded weights"
+                );
                 *model = Some((lease.policy_version, Generator::new(fresh)));
                 peers.backoff.progress();
             }
             Err(WorkerError::Weights { message, .. }) if message.contains("not available") => {
                 // The learner moved to a newer version: this lease is stale, drop it.
-                tracing::warn!(worker_id, lease_id = lease.lease_id, "the lease's weights are gone; dropping the lease");
+                tracing::warn!(
+                    worker_id,
+                    lease_id = lease.lease_id,
+                    "the lease's weights are gone; dropping the lease"
+                );
                 return Ok(());
             }
             Err(e) => {
@@ -394,11 +465,14 @@ async fn roll_out<B: Kernels>(
     let (lease_sampling, eos_id) = (SamplingConfig { seed: lease.seed, ..settings.sampling.clone() }, settings.eos_id);
     let generation = {
         let (policy, queries, device) = (policy.clone(), queries.clone(), device.clone());
-        let span = tracing::info_span!("rollout", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version);
-        tokio::task::spawn_blocking(move || span.in_scope(|| policy.generate(&queries, eos_id, &lease_sampling, &device)))
-            .await
-            .map_err(|e| Flow::Failed(WorkerError::Settings(format!("generation failed: {e}"))))?
-            .map_err(|e| Flow::Failed(e.into()))?
+        let span =
+            tracing::info_span!("rollout", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version);
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| policy.generate(&queries, eos_id, &lease_sampling, &device))
+        })
+        .await
+        .map_err(|e| Flow::Failed(WorkerError::Settings(format!("generation failed: {e}"))))?
+        .map_err(|e| Flow::Failed(e.into()))?
     };
     if peers.stopping() {
         return Err(Flow::Stopped);
@@ -416,8 +490,15 @@ async fn roll_out<B: Kernels>(
         })
         .collect();
     let started = Instant::now();
-    let scores =
-        peers.score(&sequences).instrument(tracing::info_span!("score", worker_id, lease_id = lease.lease_id, policy_version = lease.policy_version)).await?;
+    let scores = peers
+        .score(&sequences)
+        .instrument(tracing::info_span!(
+            "score",
+            worker_id,
+            lease_id = lease.lease_id,
+            policy_version = lease.policy_version
+        ))
+        .await?;
     let score_seconds = started.elapsed().as_secs_f64();
     let rollouts: Vec<pb::Rollout> = lease
         .prompts
@@ -448,7 +529,9 @@ async fn roll_out<B: Kernels>(
         })
         .await;
     match submitted {
-        Ok(reply) => tracing::debug!(worker_id, lease_id = lease.lease_id, accepted = reply.accepted, "rollouts submitted"),
+        Ok(reply) => {
+            tracing::debug!(worker_id, lease_id = lease.lease_id, accepted = reply.accepted, "rollouts submitted")
+        }
         // The lease expired while we worked (its prompts went to someone else), or the
         // learner refused the rollouts: the learner re-issues the prompts either way.
         Err(Flow::Failed(WorkerError::Learner { status, .. })) if status.code() == Code::FailedPrecondition => {

@@ -18,17 +18,25 @@ pub struct RunSettings {
 impl RunSettings {
     /// Parses and validates the settings of a `JoinResponse`.
     pub fn from_join(joined: &pb::JoinResponse) -> Result<Self, String> {
-        let sampling: SamplingConfig = serde_json::from_str(&joined.sampling_json).map_err(|e| format!("sampling_json: {e}"))?;
+        let sampling: SamplingConfig =
+            serde_json::from_str(&joined.sampling_json).map_err(|e| format!("sampling_json: {e}"))?;
         sampling.validate().map_err(|e| format!("sampling_json: {e}"))?;
-        let model_config: Gpt2Config = serde_json::from_str(&joined.model_config_json).map_err(|e| format!("model_config_json: {e}"))?;
+        let model_config: Gpt2Config =
+            serde_json::from_str(&joined.model_config_json).map_err(|e| format!("model_config_json: {e}"))?;
         model_config.validate().map_err(|e| format!("model_config_json: {e}"))?;
         if joined.eos_id as usize >= model_config.vocab_size {
-            return Err(format!("eos_id: expected a token id below {}, got {}", model_config.vocab_size, joined.eos_id));
+            return Err(format!(
+                "eos_id: expected a token id below {}, got {}",
+                model_config.vocab_size, joined.eos_id
+            ));
         }
         let text_tokenizer = if joined.tokenizer_json.is_empty() {
             None
         } else {
-            Some(Tokenizer::from_json(&joined.tokenizer_json, joined.eos_id).map_err(|e| format!("tokenizer_json: {e}"))?)
+            Some(
+                Tokenizer::from_json(&joined.tokenizer_json, joined.eos_id)
+                    .map_err(|e| format!("tokenizer_json: {e}"))?,
+            )
         };
         Ok(Self { sampling, model_config, text_tokenizer, eos_id: joined.eos_id })
     }
@@ -42,9 +50,14 @@ impl RunSettings {
             return Err(format!("lease {}: no prompts", lease.lease_id));
         }
         for prompt in &lease.prompts {
-            let refuse = |expected: String| Err(format!("lease {} prompt {}: ids: expected {expected}", lease.lease_id, prompt.prompt_index));
+            let refuse = |expected: String| {
+                Err(format!("lease {} prompt {}: ids: expected {expected}", lease.lease_id, prompt.prompt_index))
+            };
             if prompt.ids.is_empty() || prompt.ids.len() > room {
-                return refuse(format!("1 to {room} ids (context {context} less max_new_tokens), got {}", prompt.ids.len()));
+                return refuse(format!(
+                    "1 to {room} ids (context {context} less max_new_tokens), got {}",
+                    prompt.ids.len()
+                ));
             }
             if let Some(&id) = prompt.ids.iter().find(|&&id| id as usize >= vocab) {
                 return refuse(format!("token ids below {vocab}, got {id}"));
@@ -71,7 +84,11 @@ mod tests {
     #[test]
     fn settings_and_leases_from_a_learner_are_checked() {
         let settings = RunSettings::from_join(&join()).unwrap();
-        let lease = |ids: Vec<u32>| pb::Lease { lease_id: 7, prompts: vec![pb::Prompt { prompt_index: 3, ids }], ..Default::default() };
+        let lease = |ids: Vec<u32>| pb::Lease {
+            lease_id: 7,
+            prompts: vec![pb::Prompt { prompt_index: 3, ids }],
+            ..Default::default()
+        };
         settings.check_lease(&lease(vec![1, 2, 3])).unwrap();
         assert!(settings.check_lease(&lease(vec![1, 100])).unwrap_err().contains("below 100, got 100"));
         assert!(settings.check_lease(&lease(vec![1; 25])).unwrap_err().contains("1 to 24 ids"));

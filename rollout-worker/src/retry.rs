@@ -36,7 +36,14 @@ impl Backoff {
     /// nominal delay, so many workers do not retry in lockstep. `seed` picks the jitter stream.
     pub fn new(patience: Duration, seed: u64) -> Self {
         let initial = Duration::from_millis(50);
-        Self { patience, initial, max: Duration::from_secs(2), delay: initial, last_progress: Instant::now(), rng: StdRng::seed_from_u64(seed) }
+        Self {
+            patience,
+            initial,
+            max: Duration::from_secs(2),
+            delay: initial,
+            last_progress: Instant::now(),
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 
     /// A call succeeded: the patience budget and the delay start over.

@@ -31,16 +31,24 @@ impl Assembler {
     /// Appends one chunk; the first carries the header, each starts where the last ended.
     pub fn push(&mut self, chunk: &WeightsChunk) -> Result<(), String> {
         if chunk.policy_version != self.version {
-            return Err(format!("a chunk of version {} in the stream of version {}", chunk.policy_version, self.version));
+            return Err(format!(
+                "a chunk of version {} in the stream of version {}",
+                chunk.policy_version, self.version
+            ));
         }
         if chunk.offset != self.bytes.len() as u64 {
-            return Err(format!("chunk at offset {} out of order (expected offset {})", chunk.offset, self.bytes.len()));
+            return Err(format!(
+                "chunk at offset {} out of order (expected offset {})",
+                chunk.offset,
+                self.bytes.len()
+            ));
         }
         if self.header.is_none() {
             if chunk.total_bytes > MAX_WEIGHTS_BYTES {
                 return Err(format!("total_bytes {} is over the {MAX_WEIGHTS_BYTES}-byte limit", chunk.total_bytes));
             }
-            let dtype = WireDtype::parse(&chunk.dtype).ok_or_else(|| format!("unknown dtype {:?} (expected F32 or BF16)", chunk.dtype))?;
+            let dtype = WireDtype::parse(&chunk.dtype)
+                .ok_or_else(|| format!("unknown dtype {:?} (expected F32 or BF16)", chunk.dtype))?;
             self.bytes.reserve(chunk.total_bytes.min(RESERVE_AT_MOST) as usize);
             self.header = Some((chunk.total_bytes, chunk.crc32, dtype));
         }
@@ -71,7 +79,11 @@ impl Assembler {
 }
 
 /// A language model of `config` with every weight from the safetensors buffer `bytes`.
-pub fn model_from_safetensors<B: Kernels>(bytes: Vec<u8>, config: &Gpt2Config, device: &B::Device) -> Result<Gpt2<B>, String> {
+pub fn model_from_safetensors<B: Kernels>(
+    bytes: Vec<u8>,
+    config: &Gpt2Config,
+    device: &B::Device,
+) -> Result<Gpt2<B>, String> {
     let mut model = config.init_with::<B>(Heads::Lm, &mut Init::Zeros, device);
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let result = model.load_from(&mut store).map_err(|e| e.to_string())?;
@@ -88,7 +100,14 @@ mod tests {
     use rlhf_proto::bytes::Bytes;
 
     fn chunk(offset: u64, data: &[u8], total: u64, crc32: u32) -> WeightsChunk {
-        WeightsChunk { policy_version: 3, total_bytes: total, offset, data: Bytes::copy_from_slice(data), crc32, dtype: "F32".into() }
+        WeightsChunk {
+            policy_version: 3,
+            total_bytes: total,
+            offset,
+            data: Bytes::copy_from_slice(data),
+            crc32,
+            dtype: "F32".into(),
+        }
     }
 
     #[test]

@@ -53,11 +53,19 @@ fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
 fn crates_depend_only_on_the_crates_the_readme_allows() {
     let deps = dependencies();
     let names: BTreeSet<&str> = ALLOWED.iter().map(|(name, _)| *name).collect();
-    assert_eq!(deps.keys().map(String::as_str).collect::<BTreeSet<_>>(), names, "workspace members changed: update ALLOWED and the README");
+    assert_eq!(
+        deps.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        names,
+        "workspace members changed: update ALLOWED and the README"
+    );
     for (name, allowed) in ALLOWED {
         let internal: BTreeSet<&str> = deps[*name].iter().map(String::as_str).filter(|d| names.contains(d)).collect();
         let allowed: BTreeSet<&str> = allowed.iter().copied().collect();
-        assert!(internal.is_subset(&allowed), "{name} depends on {:?}, which the README does not allow", internal.difference(&allowed).collect::<Vec<_>>());
+        assert!(
+            internal.is_subset(&allowed),
+            "{name} depends on {:?}, which the README does not allow",
+            internal.difference(&allowed).collect::<Vec<_>>()
+        );
     }
     for (name, forbidden, why) in FORBIDDEN {
         assert!(!deps[*name].contains(*forbidden), "{name} must not depend on {forbidden}: {why}");

@@ -83,11 +83,25 @@ fn an_exported_model_generates_exactly_like_the_original() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("exported");
     rlhf_ok(&["export", "--model", path_str(&fixture("lm")), "--out", path_str(&out)]);
-    for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+    for file in
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+    {
         assert!(out.join(file).is_file(), "{file} missing from the export");
     }
-    let greedy =
-        |dir: &std::path::Path| rlhf_ok(&["generate", "--model", path_str(dir), "--prompt", "Why", "--max-new-tokens", "10", "--greedy", "--format", "json"]);
+    let greedy = |dir: &std::path::Path| {
+        rlhf_ok(&[
+            "generate",
+            "--model",
+            path_str(dir),
+            "--prompt",
+            "Why",
+            "--max-new-tokens",
+            "10",
+            "--greedy",
+            "--format",
+            "json",
+        ])
+    };
     assert_eq!(greedy(&fixture("lm")), greedy(&out));
     // A second export onto the same directory is refused.
     let err = rlhf_err(&["export", "--model", path_str(&fixture("lm")), "--out", path_str(&out)]);
@@ -136,7 +150,20 @@ fn a_hub_name_fails_fast_offline_and_says_what_to_do() {
 
 #[test]
 fn bench_generate_prints_a_table() {
-    let stdout = rlhf_ok(&["bench", "generate", "--config", "nano", "--batch", "1,2", "--prompt-len", "4", "--new-tokens", "3", "--runs", "1"]);
+    let stdout = rlhf_ok(&[
+        "bench",
+        "generate",
+        "--config",
+        "nano",
+        "--batch",
+        "1,2",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "3",
+        "--runs",
+        "1",
+    ]);
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| rlhf (cpu) | nano |")).collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     assert!(stdout.contains("tokens/s"));
@@ -146,7 +173,8 @@ fn bench_generate_prints_a_table() {
 fn parity_checks_run_from_the_binary() {
     let fixtures = super::root().join("trainer/fixtures");
     let stdout = rlhf_ok(&["parity", "--fixtures", path_str(&fixtures), "--device", "cpu"]);
-    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| gpt2: ") || l.starts_with("| ppo step: ")).collect();
+    let rows: Vec<&str> =
+        stdout.lines().filter(|l| l.starts_with("| gpt2: ") || l.starts_with("| ppo step: ")).collect();
     assert!(rows.len() >= 20, "{stdout}");
     assert!(rows.iter().all(|r| r.ends_with("| ok |")), "{stdout}");
     let err = rlhf_err(&["parity", "--fixtures", "/nonexistent/fixtures"]);
@@ -182,7 +210,8 @@ fn bench_ppo_prints_the_split_of_an_iteration() {
     for column in ["generate s", "old+ref logprobs s", "optimise s", "iteration s"] {
         assert!(header.contains(column), "{header}");
     }
-    let row: Vec<&str> = stdout.lines().find(|l| l.starts_with("| rlhf (cpu) | 1x32x2 |")).expect("a row").split('|').collect();
+    let row: Vec<&str> =
+        stdout.lines().find(|l| l.starts_with("| rlhf (cpu) | 1x32x2 |")).expect("a row").split('|').collect();
     // | impl | size | batch | mini-batch | epochs | response tokens | samples/s | ...
     assert_eq!(row[3].trim(), "6");
     assert_eq!(row[6].trim(), "3.0", "--no-eos-stop keeps every response at --new-tokens");
@@ -242,7 +271,8 @@ fn eval_compares_policies_with_a_reward_and_a_command_judge() {
     assert!(report["win_rate"]["judge"].as_str().unwrap().starts_with("lexicon:"));
     assert_eq!(report["best_of_n"]["n"], 2);
     assert!(report["best_of_n"]["reward"]["mean"].as_f64().unwrap().is_finite());
-    let report: serde_json::Value = serde_json::from_str(&rlhf_ok(&[&base[..], &["--judge", "command:cat > /dev/null; echo a"]].concat())).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&rlhf_ok(&[&base[..], &["--judge", "command:cat > /dev/null; echo a"]].concat())).unwrap();
     assert_eq!(report["win_rate"]["a_over_b"], 1.0);
     let err = rlhf_err(&[&base[..], &["--judge", "command:echo maybe"]].concat());
     assert!(err.contains("expected a, b or tie"), "{err}");

@@ -11,7 +11,11 @@ fn assets() -> PathBuf {
 }
 
 fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn eval_results(dir: &std::path::Path) -> serde_json::Value {
@@ -66,7 +70,10 @@ fn a_reward_model_on_imdb_pairs_beats_chance() {
         "--text",
         "Terrible, boring and stupid. The worst.",
     ]);
-    let scores: Vec<f64> = stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["score"].as_f64().unwrap()).collect();
+    let scores: Vec<f64> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["score"].as_f64().unwrap())
+        .collect();
     assert!(scores[0] > scores[1], "{scores:?}");
 }
 
@@ -141,7 +148,10 @@ fn local_ppo_raises_the_lexicon_reward_with_bounded_kl() {
     // Its report shows the curves and the resolved config.
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert_eq!(report.matches("data:image/png;base64,").count(), 5);
-    assert!(report.contains("ppo_config.toml") && report.contains("over 30 iterations"), "the report lacks the config or summary");
+    assert!(
+        report.contains("ppo_config.toml") && report.contains("over 30 iterations"),
+        "the report lacks the config or summary"
+    );
 }
 
 #[test]
@@ -259,11 +269,30 @@ fn training_commands_reject_bad_input_clearly() {
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"text\": \"fine\", \"label\": 1}\n{\"label\": 0}\n").unwrap();
     let out = tmp.path().join("rm");
-    let err = rlhf_err(&["reward", "train", "--model", path_str(&fixture("reward")), "--data", path_str(&bad), "--out", path_str(&out)]);
+    let err = rlhf_err(&[
+        "reward",
+        "train",
+        "--model",
+        path_str(&fixture("reward")),
+        "--data",
+        path_str(&bad),
+        "--out",
+        path_str(&out),
+    ]);
     assert!(err.contains("bad.jsonl:2: text: expected a string"), "{err}");
     assert!(!out.join("config.json").exists(), "no partial model on failure");
 
-    let err = rlhf_err(&["sft", "--model", path_str(&fixture("lm")), "--data", path_str(&bad), "--out", path_str(&out), "--set", "optim.learning_rat=1"]);
+    let err = rlhf_err(&[
+        "sft",
+        "--model",
+        path_str(&fixture("lm")),
+        "--data",
+        path_str(&bad),
+        "--out",
+        path_str(&out),
+        "--set",
+        "optim.learning_rat=1",
+    ]);
     assert!(err.contains("learning_rat"), "{err}");
 
     let err = rlhf_err(&["ppo", "--model", path_str(&fixture("lm")), "--lexicon", "x", "--prompts", "y", "--out", "z"]);

@@ -22,7 +22,12 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// Runs `rlhf` with `args` and returns its output (whatever the exit status).
 pub fn rlhf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).env("RUST_LOG", "warn").env("HF_HUB_OFFLINE", "0").output().expect("the rlhf binary runs")
+    Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("HF_HUB_OFFLINE", "0")
+        .output()
+        .expect("the rlhf binary runs")
 }
 
 /// Runs `rlhf` and returns stdout, failing the test with stderr if it did not succeed.

@@ -122,7 +122,8 @@ fn assert_accounted_once_with_lag(out: &Path, iterations: usize, batch: usize, l
         let generated = r["policy_version"].as_u64().unwrap();
         assert!(generated <= trained && trained - generated <= lag, "lineage beyond max_policy_lag {lag}: {r}");
     }
-    let accounting: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
+    let accounting: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
     assert_eq!(accounting["prompts_accounted"].as_u64().unwrap() as usize, iterations * batch);
     rollouts
 }
@@ -173,21 +174,41 @@ fn a_killed_worker_s_lease_is_reissued_and_the_run_completes() {
     let config = config(tmp.path(), 3, 16, 4, "lease_timeout_s = 60.0\n");
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let lexicon = assets().join("imdb-lexicon");
-    let (_reward, reward) = start(tmp.path(), "reward", &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))], true);
+    let (_reward, reward) = start(
+        tmp.path(),
+        "reward",
+        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))],
+        true,
+    );
     // Worker A takes a lease and sits on it; then it is killed.
-    let (mut doomed, _) =
-        start(tmp.path(), "doomed", &["worker", "--learner", &addr, "--reward", &reward, "--name", "doomed-worker", "--hold-lease-ms", "600000"], false);
-    wait_for("the doomed worker's lease", Duration::from_secs(60), &[&learner, &doomed], || doomed.log().contains("lease received"));
-    let (_survivor, _) = start(tmp.path(), "survivor", &["worker", "--learner", &addr, "--reward", &reward, "--name", "survivor"], false);
+    let (mut doomed, _) = start(
+        tmp.path(),
+        "doomed",
+        &["worker", "--learner", &addr, "--reward", &reward, "--name", "doomed-worker", "--hold-lease-ms", "600000"],
+        false,
+    );
+    wait_for("the doomed worker's lease", Duration::from_secs(60), &[&learner, &doomed], || {
+        doomed.log().contains("lease received")
+    });
+    let (_survivor, _) = start(
+        tmp.path(),
+        "survivor",
+        &["worker", "--learner", &addr, "--reward", &reward, "--name", "survivor"],
+        false,
+    );
     doomed.child.kill().unwrap(); // SIGKILL
     let status = learner.wait(Duration::from_secs(120));
     let log = learner.log();
     assert!(status.success(), "learner failed:\n{log}");
-    assert!(log.contains("worker expired") && log.contains("doomed-worker"), "no warning names the dead worker:\n{log}");
+    assert!(
+        log.contains("worker expired") && log.contains("doomed-worker"),
+        "no warning names the dead worker:\n{log}"
+    );
     assert!(log.contains("re-issuing its prompts"), "{log}");
     let out = tmp.path().join("out");
     assert_accounted_once(&out, 3, 16);
-    let accounting: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
+    let accounting: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
     assert!(accounting["leases_reissued"].as_u64().unwrap() >= 1);
 }
 
@@ -197,18 +218,30 @@ fn a_worker_that_joins_mid_run_gets_the_current_weights_and_work() {
     let config = config(tmp.path(), 8, 16, 2, "");
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let lexicon = assets().join("imdb-lexicon");
-    let (_reward, reward) = start(tmp.path(), "reward", &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))], true);
+    let (_reward, reward) = start(
+        tmp.path(),
+        "reward",
+        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))],
+        true,
+    );
     // The first worker rolls out slowly, so the run is still going when the second joins.
-    let (_first, _) = start(tmp.path(), "first", &["worker", "--learner", &addr, "--reward", &reward, "--name", "first", "--hold-lease-ms", "40"], false);
+    let (_first, _) = start(
+        tmp.path(),
+        "first",
+        &["worker", "--learner", &addr, "--reward", &reward, "--name", "first", "--hold-lease-ms", "40"],
+        false,
+    );
     let metrics = tmp.path().join("out/metrics.jsonl");
     wait_for("the first iteration", Duration::from_secs(60), &[&learner], || !lines(&metrics).is_empty());
-    let (late, _) = start(tmp.path(), "late", &["worker", "--learner", &addr, "--reward", &reward, "--name", "late"], false);
+    let (late, _) =
+        start(tmp.path(), "late", &["worker", "--learner", &addr, "--reward", &reward, "--name", "late"], false);
     let status = learner.wait(Duration::from_secs(120));
     assert!(status.success(), "learner failed:\n{}", learner.log());
     let rollouts = assert_accounted_once(&tmp.path().join("out"), 8, 16);
     let late_log = late.log();
     assert!(late_log.contains("loaded weights") && late_log.contains("worker_id=2"), "{late_log}");
-    let late_versions: BTreeSet<u64> = rollouts.iter().filter(|r| r["worker_id"] == 2).map(|r| r["policy_version"].as_u64().unwrap()).collect();
+    let late_versions: BTreeSet<u64> =
+        rollouts.iter().filter(|r| r["worker_id"] == 2).map(|r| r["policy_version"].as_u64().unwrap()).collect();
     assert!(!late_versions.is_empty(), "the late worker's id is in no rollout's lineage");
     assert!(!late_versions.contains(&0), "the late worker joined after version 0");
 }
@@ -232,11 +265,18 @@ fn workers_back_off_while_the_reward_server_restarts() {
     };
     let args = reward_args("127.0.0.1:0");
     let (reward, reward_addr) = start(tmp.path(), "reward", &args.iter().map(String::as_str).collect::<Vec<_>>(), true);
-    let (worker, _) = start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &reward_addr, "--hold-lease-ms", "30"], false);
+    let (worker, _) = start(
+        tmp.path(),
+        "worker",
+        &["worker", "--learner", &addr, "--reward", &reward_addr, "--hold-lease-ms", "30"],
+        false,
+    );
     let metrics = tmp.path().join("out/metrics.jsonl");
     wait_for("the first iteration", Duration::from_secs(60), &[&learner, &worker], || !lines(&metrics).is_empty());
     drop(reward); // killed
-    wait_for("the worker to back off", Duration::from_secs(30), &[&learner, &worker], || worker.log().contains("backing off"));
+    wait_for("the worker to back off", Duration::from_secs(30), &[&learner, &worker], || {
+        worker.log().contains("backing off")
+    });
     std::thread::sleep(Duration::from_millis(500));
     let args = reward_args(&reward_addr);
     let (_restarted, again) = start(tmp.path(), "reward2", &args.iter().map(String::as_str).collect::<Vec<_>>(), true);
@@ -251,7 +291,12 @@ fn workers_back_off_while_the_reward_server_restarts() {
 fn reward_server(dir: &Path, name: &str, listen: &str) -> (Proc, String) {
     let lexicon = assets().join("imdb-lexicon");
     let tokenizer = fixture("lm");
-    start(dir, name, &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&tokenizer), "--listen", listen], true)
+    start(
+        dir,
+        name,
+        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&tokenizer), "--listen", listen],
+        true,
+    )
 }
 
 #[test]
@@ -264,7 +309,12 @@ fn a_worker_fails_over_to_the_next_reward_server() {
     let rewards = format!("{first_addr},{second_addr}");
     // A patience far below the run's length: a worker that kept retrying the dead server would
     // give up long before the run ends.
-    let (worker, _) = start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &rewards, "--patience-s", "5", "--hold-lease-ms", "30"], false);
+    let (worker, _) = start(
+        tmp.path(),
+        "worker",
+        &["worker", "--learner", &addr, "--reward", &rewards, "--patience-s", "5", "--hold-lease-ms", "30"],
+        false,
+    );
     let metrics = tmp.path().join("out/metrics.jsonl");
     wait_for("the first iteration", Duration::from_secs(60), &[&learner, &worker], || !lines(&metrics).is_empty());
     drop(first); // killed, never restarted
@@ -282,17 +332,37 @@ fn workers_rejoin_a_restarted_learner_and_the_run_completes() {
     let config = config(tmp.path(), 8, 16, 4, "checkpoint_every = 1\n");
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let (_reward, reward_addr) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
-    let worker_args =
-        |name: &'static str| ["worker", "--learner", &addr, "--reward", &reward_addr, "--name", name, "--patience-s", "60", "--hold-lease-ms", "30"];
+    let worker_args = |name: &'static str| {
+        [
+            "worker",
+            "--learner",
+            &addr,
+            "--reward",
+            &reward_addr,
+            "--name",
+            name,
+            "--patience-s",
+            "60",
+            "--hold-lease-ms",
+            "30",
+        ]
+    };
     let (worker_a, _) = start(tmp.path(), "worker-a", &worker_args("a"), false);
     let (worker_b, _) = start(tmp.path(), "worker-b", &worker_args("b"), false);
     let out = tmp.path().join("out");
-    wait_for("a checkpoint", Duration::from_secs(60), &[&learner, &worker_a], || lines(&out.join("metrics.jsonl")).len() >= 2);
+    wait_for("a checkpoint", Duration::from_secs(60), &[&learner, &worker_a], || {
+        lines(&out.join("metrics.jsonl")).len() >= 2
+    });
     learner.child.kill().unwrap(); // SIGKILL: no goodbye to the workers
     learner.wait(Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
     let listen = addr.trim_start_matches("http://");
-    let (mut restarted, again) = start(tmp.path(), "learner2", &["learner", "--config", path_str(&config), "--resume", "--listen", listen], true);
+    let (mut restarted, again) = start(
+        tmp.path(),
+        "learner2",
+        &["learner", "--config", path_str(&config), "--resume", "--listen", listen],
+        true,
+    );
     assert_eq!(again, addr);
     let status = restarted.wait(Duration::from_secs(180));
     assert!(status.success(), "restarted learner failed:\n{}\nworker a:\n{}", restarted.log(), worker_a.log());
@@ -303,7 +373,8 @@ fn workers_rejoin_a_restarted_learner_and_the_run_completes() {
     let steps: Vec<u64> = lines(&out.join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=8).collect::<Vec<u64>>(), "the curve does not continue as one run");
     assert_accounted_once(&out, 8, 16);
-    let accounting: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
+    let accounting: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
     assert_eq!(accounting["resumes"], 1, "{accounting}");
     assert!(accounting["workers_joined"].as_u64().unwrap() >= 4, "each worker joined each learner: {accounting}");
 }
@@ -398,13 +469,27 @@ fn a_learner_resumes_from_its_checkpoint() {
     assert!(second.log().contains("resuming"), "{}", second.log());
     let steps: Vec<u64> = lines(&out.join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![1, 2, 3, 4], "records of the cut-short iteration 3 were kept");
-    let indices: Vec<u64> = lines(&out.join("rollouts.jsonl")).iter().map(|r| r["prompt_index"].as_u64().unwrap()).collect();
+    let indices: Vec<u64> =
+        lines(&out.join("rollouts.jsonl")).iter().map(|r| r["prompt_index"].as_u64().unwrap()).collect();
     assert_eq!(indices.len(), 32, "a prompt is in the lineage twice");
-    assert_eq!(indices.into_iter().collect::<BTreeSet<u64>>(), (0..32).collect(), "the resumed run continues the prompt stream");
+    assert_eq!(
+        indices.into_iter().collect::<BTreeSet<u64>>(),
+        (0..32).collect(),
+        "the resumed run continues the prompt stream"
+    );
     // The run's accounting covers both learners: 16 prompts from the checkpoint, 16 after it.
-    let accounting: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
-    assert_eq!((accounting["prompts_accounted"].as_u64(), accounting["resumes"].as_u64()), (Some(32), Some(1)), "{accounting}");
-    let staged: Vec<_> = std::fs::read_dir(out.join("checkpoints")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    let accounting: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
+    assert_eq!(
+        (accounting["prompts_accounted"].as_u64(), accounting["resumes"].as_u64()),
+        (Some(32), Some(1)),
+        "{accounting}"
+    );
+    let staged: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
     assert!(staged.is_empty(), "staging directories left behind: {staged:?}");
 }
 
@@ -468,7 +553,11 @@ mod hostile {
     pub async fn join_and_lease(learner: &mut LearnerClient<Channel>) -> (u64, pb::Lease) {
         let worker_id = learner.join(pb::JoinRequest { name: "hostile".into() }).await.unwrap().into_inner().worker_id;
         loop {
-            let reply = learner.lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: 0 }).await.unwrap().into_inner();
+            let reply = learner
+                .lease_prompts(pb::LeasePromptsRequest { worker_id, policy_version: 0 })
+                .await
+                .unwrap()
+                .into_inner();
             match reply.reply {
                 Some(pb::lease_prompts_response::Reply::Lease(lease)) => return (worker_id, lease),
                 _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
@@ -512,8 +601,14 @@ fn a_hostile_worker_is_refused_field_by_field_and_the_run_completes() {
         let cases: Vec<(&str, Edit)> = vec![
             ("response[0]: expected a token id below 384", Box::new(|r| r.rollouts[0].response[0] = 384)),
             ("response[1]: expected a token id below 384", Box::new(|r| r.rollouts[1].response[1] = u32::MAX)),
-            ("logprobs[0]: expected a finite log-probability ≤ 0, got 3", Box::new(|r| r.rollouts[0].logprobs[0] = 3.0)),
-            ("logprobs[2]: expected a finite log-probability ≤ 0, got -inf", Box::new(|r| r.rollouts[2].logprobs[2] = f32::NEG_INFINITY)),
+            (
+                "logprobs[0]: expected a finite log-probability ≤ 0, got 3",
+                Box::new(|r| r.rollouts[0].logprobs[0] = 3.0),
+            ),
+            (
+                "logprobs[2]: expected a finite log-probability ≤ 0, got -inf",
+                Box::new(|r| r.rollouts[2].logprobs[2] = f32::NEG_INFINITY),
+            ),
             (
                 "response: expected 1 to 8 tokens (max_new_tokens), got 100000 tokens",
                 Box::new(|r| {
@@ -521,7 +616,10 @@ fn a_hostile_worker_is_refused_field_by_field_and_the_run_completes() {
                     r.rollouts[0].logprobs = vec![-1.0; 100_000];
                 }),
             ),
-            ("logprobs: expected one per response token", Box::new(|r| r.rollouts[1].logprobs.pop().map(|_| ()).unwrap_or(()))),
+            (
+                "logprobs: expected one per response token",
+                Box::new(|r| r.rollouts[1].logprobs.pop().map(|_| ()).unwrap_or(())),
+            ),
             ("score: expected a finite number, got NaN", Box::new(|r| r.rollouts[3].score = f32::NAN)),
             ("policy_version: expected the lease's version", Box::new(|r| r.rollouts[0].policy_version += 7)),
             ("rollouts must cover exactly its 4 prompts", Box::new(|r| r.rollouts[1].prompt_index = 999_999)),
@@ -553,18 +651,28 @@ fn a_hostile_worker_is_refused_field_by_field_and_the_run_completes() {
     });
     for (expected, got) in &refusals {
         let code = if expected == "FailedPrecondition" { "FailedPrecondition" } else { "InvalidArgument" };
-        assert!(got.starts_with(code) && got.contains(expected.trim_start_matches("FailedPrecondition")), "expected {code} with {expected:?}, got {got}");
+        assert!(
+            got.starts_with(code) && got.contains(expected.trim_start_matches("FailedPrecondition")),
+            "expected {code} with {expected:?}, got {got}"
+        );
     }
     // The hostile worker's lease expires and is re-issued; an honest worker finishes the run.
     let lexicon = assets().join("imdb-lexicon");
-    let (_reward, reward) = start(tmp.path(), "reward", &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))], true);
-    let (_worker, _) = start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &reward, "--name", "honest"], false);
+    let (_reward, reward) = start(
+        tmp.path(),
+        "reward",
+        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))],
+        true,
+    );
+    let (_worker, _) =
+        start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &reward, "--name", "honest"], false);
     let status = learner.wait(Duration::from_secs(120));
     let log = learner.log();
     assert!(status.success(), "learner failed:\n{log}");
     assert!(log.contains("submission refused"), "{log}");
     assert_accounted_once(&tmp.path().join("out"), 2, 8);
-    let accounting: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out/accounting.json")).unwrap()).unwrap();
+    let accounting: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out/accounting.json")).unwrap()).unwrap();
     assert!(accounting["submissions_refused"].as_u64().unwrap() >= 12, "{accounting}");
 }
 
@@ -579,7 +687,8 @@ fn live_children(pid: u32) -> Vec<u32> {
             continue;
         };
         // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
         if fields.len() > 1 && fields[0] != "Z" && fields[1] == pid.to_string() {
             children.push(child);
         }
@@ -588,8 +697,9 @@ fn live_children(pid: u32) -> Vec<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z"))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
+    })
 }
 
 /// `rlhf run` with 2 workers, waited on until its 4 children run.
@@ -616,7 +726,10 @@ fn sigterm_to_rlhf_run_stops_all_its_children() {
     let log = run.log();
     assert!(log.contains("forwarding SIGTERM"), "{log}");
     wait_for("every child to exit", Duration::from_secs(10), &[&run], || children.iter().all(|&c| !alive(c)));
-    assert!(log.contains("returned the lease before stopping") || log.contains("worker finished"), "the workers did not stop cleanly:\n{log}");
+    assert!(
+        log.contains("returned the lease before stopping") || log.contains("worker finished"),
+        "the workers did not stop cleanly:\n{log}"
+    );
     // Workers stop before the learner, so handing back a lease does not fail.
     assert!(!log.contains("could not return the lease"), "{log}");
 }
@@ -637,11 +750,30 @@ fn a_worker_pointed_at_the_wrong_service_names_itself_and_the_role_that_answered
     let (_learner, learner) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     // The reward server given as the learner.
-    let err = super::rlhf_err(&["worker", "--name", "w7", "--learner", &reward, "--reward", &reward, "--patience-s", "5"]);
-    assert!(err.contains("worker w7") && err.contains("does not serve rlhf.v1.Learner (is it the reward server?)"), "{err}");
+    let err =
+        super::rlhf_err(&["worker", "--name", "w7", "--learner", &reward, "--reward", &reward, "--patience-s", "5"]);
+    assert!(
+        err.contains("worker w7") && err.contains("does not serve rlhf.v1.Learner (is it the reward server?)"),
+        "{err}"
+    );
     // The learner given as the reward server.
-    let err = super::rlhf_err(&["worker", "--name", "w8", "--learner", &learner, "--reward", &learner, "--patience-s", "5", "--hold-lease-ms", "0"]);
-    assert!(err.contains("worker w8") && err.contains("does not serve rlhf.v1.RewardModel (is it the learner?)"), "{err}");
+    let err = super::rlhf_err(&[
+        "worker",
+        "--name",
+        "w8",
+        "--learner",
+        &learner,
+        "--reward",
+        &learner,
+        "--patience-s",
+        "5",
+        "--hold-lease-ms",
+        "0",
+    ]);
+    assert!(
+        err.contains("worker w8") && err.contains("does not serve rlhf.v1.RewardModel (is it the learner?)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -650,13 +782,22 @@ fn a_reward_server_refuses_bad_requests_and_keeps_serving() {
     use rlhf_proto::v1::{ScoreRequest, Sequence};
     let tmp = tempfile::tempdir().unwrap();
     // A reward model: an id beyond its vocabulary would index past its embedding.
-    let (reward, addr) = start(tmp.path(), "reward", &["reward-server", "--model", path_str(&fixture("reward")), "--listen", "127.0.0.1:0"], true);
+    let (reward, addr) = start(
+        tmp.path(),
+        "reward",
+        &["reward-server", "--model", path_str(&fixture("reward")), "--listen", "127.0.0.1:0"],
+        true,
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut client = RewardModelClient::connect(format!("http://{addr}")).await.expect("the reward server accepts connections");
+        let mut client =
+            RewardModelClient::connect(format!("http://{addr}")).await.expect("the reward server accepts connections");
         let seq = |query: Vec<u32>, response: Vec<u32>| Sequence { query, response, ..Default::default() };
         let cases = [
-            (vec![seq(vec![1], vec![2]), seq(vec![1], vec![2, 384])], "sequence 1: response[1]: expected a token id below 384, got 384"),
+            (
+                vec![seq(vec![1], vec![2]), seq(vec![1], vec![2, 384])],
+                "sequence 1: response[1]: expected a token id below 384, got 384",
+            ),
             (vec![seq(vec![u32::MAX], vec![2])], "sequence 0: query[0]: expected a token id below 384"),
             (vec![seq(vec![1], vec![])], "sequence 0: response: expected a non-empty response"),
             (vec![seq(vec![1; 20_000], vec![2])], "expected at most 16384 tokens, got 20001"),
@@ -667,7 +808,12 @@ fn a_reward_server_refuses_bad_requests_and_keeps_serving() {
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
             assert!(status.message().contains(expected), "expected {expected:?}, got {status}");
         }
-        let scores = client.score(ScoreRequest { sequences: vec![seq(vec![1, 2], vec![3, 4])] }).await.expect("still serving").into_inner().scores;
+        let scores = client
+            .score(ScoreRequest { sequences: vec![seq(vec![1, 2], vec![3, 4])] })
+            .await
+            .expect("still serving")
+            .into_inner()
+            .scores;
         assert_eq!(scores.len(), 1);
         assert!(scores[0].is_finite());
     });

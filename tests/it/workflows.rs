@@ -37,7 +37,8 @@ fn demo(out: &Path, extra: &[&str]) -> (String, String) {
     args.extend_from_slice(SMALL);
     args.extend_from_slice(extra);
     let output = rlhf(&args);
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
     assert!(output.status.success(), "rlhf demo failed:\n{stderr}");
     (stdout, stderr)
 }
@@ -143,7 +144,17 @@ fn the_imdb_workflow_runs_as_documented_on_the_asset_data() {
     );
     super::rlhf_ok(&["run", "--config", path_str(&config), "--workers", "2"]);
     let pessimistic_out = format!("out={}", path_str(&t("pessimistic")));
-    super::rlhf_ok(&["run", "--config", path_str(&config), "--workers", "2", "--set", &pessimistic_out, "--set", "reward.negate=true"]);
+    super::rlhf_ok(&[
+        "run",
+        "--config",
+        path_str(&config),
+        "--workers",
+        "2",
+        "--set",
+        &pessimistic_out,
+        "--set",
+        "reward.negate=true",
+    ]);
     #[rustfmt::skip]
     super::rlhf_ok(&[
         "eval", "--policy", &format!("sft={}", path_str(&t("sft"))), "--policy", &format!("happy={}", path_str(&t("happy"))),
@@ -151,7 +162,15 @@ fn the_imdb_workflow_runs_as_documented_on_the_asset_data() {
         "--reward-model", path_str(&t("rm")), "--n-prompts", "8", "--best-of", "2", "--max-new-tokens", "8",
         "--out", path_str(&t("eval.json")),
     ]);
-    let report = super::rlhf_ok(&["report", "--run", path_str(&t("happy")), "--eval", path_str(&t("eval.json")), "--reward-model", path_str(&t("rm"))]);
+    let report = super::rlhf_ok(&[
+        "report",
+        "--run",
+        path_str(&t("happy")),
+        "--eval",
+        path_str(&t("eval.json")),
+        "--reward-model",
+        path_str(&t("rm")),
+    ]);
     assert_eq!(report.trim(), path_str(&t("happy").join("report.html")));
 
     let eval = read_json(&t("eval.json"));
@@ -159,7 +178,10 @@ fn the_imdb_workflow_runs_as_documented_on_the_asset_data() {
     for name in ["sft", "happy", "pessimistic"] {
         assert!(eval["policies"][name]["reward"]["mean"].as_f64().unwrap().is_finite(), "{name}");
     }
-    assert!(eval["policies"]["sft"]["kl_to_reference"]["mean"].as_f64().unwrap().abs() < 1e-3, "the reference is the first policy");
+    assert!(
+        eval["policies"]["sft"]["kl_to_reference"]["mean"].as_f64().unwrap().abs() < 1e-3,
+        "the reference is the first policy"
+    );
     assert!(read_json(&t("rm/eval_results.json"))["eval/accuracy"].as_f64().is_some());
     // SFT and reward-model runs get their own report: losses, the held-out metric, the optimizer.
     for (run, needle) in [("sft", "final eval/perplexity"), ("rm", "final eval/accuracy")] {

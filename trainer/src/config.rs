@@ -131,8 +131,10 @@ impl Gpt2Config {
 
     /// Reads `config.json` and checks that rlhf implements what it describes.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })?;
-        let config: Self = serde_json::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_path_buf(), error })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })?;
+        let config: Self =
+            serde_json::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_path_buf(), error })?;
         config.validate().map_err(|reason| ConfigError::Unsupported { path: path.to_path_buf(), reason })?;
         Ok(config)
     }
@@ -166,14 +168,17 @@ impl Gpt2Config {
 
     /// Checks the sizes and the options rlhf does not implement.
     pub fn validate(&self) -> Result<(), String> {
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!("n_embd ({}) must be a multiple of n_head ({})", self.n_embd, self.n_head));
         }
         if self.vocab_size == 0 || self.n_positions == 0 || self.n_layer == 0 {
             return Err("vocab_size, n_positions and n_layer must be positive".into());
         }
         if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu_pytorch_tanh") {
-            return Err(format!("activation_function {:?} is not supported (expected \"gelu_new\")", self.activation_function));
+            return Err(format!(
+                "activation_function {:?} is not supported (expected \"gelu_new\")",
+                self.activation_function
+            ));
         }
         if !self.scale_attn_weights || self.scale_attn_by_inverse_layer_idx || self.reorder_and_upcast_attn {
             return Err("scale_attn_weights=false, scale_attn_by_inverse_layer_idx and reorder_and_upcast_attn are not supported".into());

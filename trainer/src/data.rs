@@ -30,7 +30,9 @@ pub enum DataError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path}:{line}: {field}: expected {expected}")]
     Malformed { path: PathBuf, line: usize, field: String, expected: String },
-    #[error("{path}: cannot tell the format (expected .jsonl, .csv, .parquet, or an aclImdb folder with pos/ and neg/)")]
+    #[error(
+        "{path}: cannot tell the format (expected .jsonl, .csv, .parquet, or an aclImdb folder with pos/ and neg/)"
+    )]
     UnknownFormat { path: PathBuf },
     #[error("{path}: no usable rows")]
     Empty { path: PathBuf },
@@ -118,7 +120,10 @@ fn too_long(path: &Path, line: usize, field: &str) -> DataError {
 /// Calls `each(line_number, line)` for every non-empty line of `path` (split on '\n' only:
 /// review texts may hold other Unicode line separators). A line over [`MAX_ROW_BYTES`] is read
 /// past, not kept, and passed as `Err(length)`.
-fn for_each_line(path: &Path, mut each: impl FnMut(usize, Result<&str, usize>) -> Result<(), DataError>) -> Result<(), DataError> {
+fn for_each_line(
+    path: &Path,
+    mut each: impl FnMut(usize, Result<&str, usize>) -> Result<(), DataError>,
+) -> Result<(), DataError> {
     use std::io::{BufRead, Read};
     let file = std::fs::File::open(path).map_err(io_error(path))?;
     let mut reader = std::io::BufReader::new(file);
@@ -127,7 +132,8 @@ fn for_each_line(path: &Path, mut each: impl FnMut(usize, Result<&str, usize>) -
     loop {
         buffer.clear();
         number += 1;
-        let read = reader.by_ref().take(MAX_ROW_BYTES as u64 + 1).read_until(b'\n', &mut buffer).map_err(io_error(path))?;
+        let read =
+            reader.by_ref().take(MAX_ROW_BYTES as u64 + 1).read_until(b'\n', &mut buffer).map_err(io_error(path))?;
         if read == 0 {
             return Ok(());
         }
@@ -164,7 +170,11 @@ fn for_each_line(path: &Path, mut each: impl FnMut(usize, Result<&str, usize>) -
 }
 
 /// Parses each non-empty line of a JSONL file with `parse`, honouring `on_malformed`.
-fn read_jsonl<T>(path: &Path, on_malformed: OnMalformed, mut parse: impl FnMut(&Value, usize) -> Result<T, DataError>) -> Result<Loaded<T>, DataError> {
+fn read_jsonl<T>(
+    path: &Path,
+    on_malformed: OnMalformed,
+    mut parse: impl FnMut(&Value, usize) -> Result<T, DataError>,
+) -> Result<Loaded<T>, DataError> {
     let mut loaded = Loaded::new();
     for_each_line(path, |number, line| {
         let row = match line {
@@ -225,7 +235,8 @@ pub fn load_unlabelled(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<
     if path.extension().is_some_and(|e| e == "txt") {
         let mut loaded = Loaded::new();
         for_each_line(path, |number, line| {
-            let row = line.map(|l| TextExample { text: l.to_string(), label: 0 }).map_err(|_| too_long(path, number, "line"));
+            let row =
+                line.map(|l| TextExample { text: l.to_string(), label: 0 }).map_err(|_| too_long(path, number, "line"));
             loaded.push(row, on_malformed)
         })?;
         return loaded.finish(path);
@@ -234,7 +245,12 @@ pub fn load_unlabelled(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<
 }
 
 /// [`load_text`] with the column names given; `label_field_name: None` reads no label (0).
-pub fn load_text_fields(path: &Path, text_field: &str, label_field_name: Option<&str>, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+pub fn load_text_fields(
+    path: &Path,
+    text_field: &str,
+    label_field_name: Option<&str>,
+    on_malformed: OnMalformed,
+) -> Result<Loaded<TextExample>, DataError> {
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
     if path.is_dir() {
         return load_aclimdb(path);
@@ -253,10 +269,18 @@ pub fn load_text_fields(path: &Path, text_field: &str, label_field_name: Option<
     }
 }
 
-fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?;
+fn load_csv(
+    path: &Path,
+    text_field: &str,
+    label_field_name: Option<&str>,
+    on_malformed: OnMalformed,
+) -> Result<Loaded<TextExample>, DataError> {
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?;
     let headers = reader.headers().map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?.clone();
-    let column = |name: &str| headers.iter().position(|h| h == name).ok_or_else(|| malformed(path, 1, name, "a column of that name"));
+    let column = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| malformed(path, 1, name, "a column of that name"))
+    };
     let text_col = column(text_field)?;
     let label_col = label_field_name.map(column).transpose()?;
     let mut loaded = Loaded::new();
@@ -268,7 +292,9 @@ fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_ma
                 return Err(too_long(path, line, text_field));
             }
             let label = match (label_col, label_field_name) {
-                (Some(col), Some(name)) => r.get(col).and_then(parse_label).ok_or_else(|| malformed(path, line, name, LABEL_EXPECTED))?,
+                (Some(col), Some(name)) => {
+                    r.get(col).and_then(parse_label).ok_or_else(|| malformed(path, line, name, LABEL_EXPECTED))?
+                }
                 _ => 0,
             };
             let text = text.to_string();
@@ -288,9 +314,15 @@ fn load_csv(path: &Path, text_field: &str, label_field_name: Option<&str>, on_ma
 /// rows than the file's metadata declares.
 pub const PARQUET_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn load_parquet(path: &Path, text_field: &str, label_field_name: Option<&str>, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+fn load_parquet(
+    path: &Path,
+    text_field: &str,
+    label_field_name: Option<&str>,
+    on_malformed: OnMalformed,
+) -> Result<Loaded<TextExample>, DataError> {
     let (sender, rows) = std::sync::mpsc::sync_channel(256);
-    let (owned_path, text_field_owned, label_owned) = (path.to_path_buf(), text_field.to_string(), label_field_name.map(str::to_string));
+    let (owned_path, text_field_owned, label_owned) =
+        (path.to_path_buf(), text_field.to_string(), label_field_name.map(str::to_string));
     // On a stall the reader thread is left behind (nothing can stop it); the command fails.
     std::thread::spawn(move || read_parquet_rows(&owned_path, &text_field_owned, label_owned.as_deref(), sender));
     let mut loaded = Loaded::new();
@@ -301,12 +333,22 @@ fn load_parquet(path: &Path, text_field: &str, label_field_name: Option<&str>, o
             Ok(Err(fatal)) => return Err(fatal),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 // The reader panicked (the parquet crate does on some corrupt files).
-                return Err(malformed(path, loaded.rows.len() + loaded.skipped + 1, "file", "a parquet file the reader can decode"));
+                return Err(malformed(
+                    path,
+                    loaded.rows.len() + loaded.skipped + 1,
+                    "file",
+                    "a parquet file the reader can decode",
+                ));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let seconds = PARQUET_STALL.as_secs();
                 let row = loaded.rows.len() + loaded.skipped + 1;
-                return Err(malformed(path, row, "file", &format!("a parquet file the reader can get through (no row for {seconds} s)")));
+                return Err(malformed(
+                    path,
+                    row,
+                    "file",
+                    &format!("a parquet file the reader can get through (no row for {seconds} s)"),
+                ));
             }
         }
     }
@@ -317,14 +359,26 @@ fn load_parquet(path: &Path, text_field: &str, label_field_name: Option<&str>, o
 /// end; `Err` when the file cannot be read at all.
 type ParquetRow = Result<Option<Result<TextExample, DataError>>, DataError>;
 
-fn read_parquet_rows(path: &Path, text_field: &str, label_field_name: Option<&str>, rows: std::sync::mpsc::SyncSender<ParquetRow>) {
+fn read_parquet_rows(
+    path: &Path,
+    text_field: &str,
+    label_field_name: Option<&str>,
+    rows: std::sync::mpsc::SyncSender<ParquetRow>,
+) {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::RowAccessor;
     let opened = (|| {
         let file = std::fs::File::open(path).map_err(io_error(path))?;
-        let reader = SerializedFileReader::new(file).map_err(|e| malformed(path, 0, "file", &format!("a parquet file ({e})")))?;
+        let reader = SerializedFileReader::new(file)
+            .map_err(|e| malformed(path, 0, "file", &format!("a parquet file ({e})")))?;
         let schema = reader.metadata().file_metadata().schema_descr_ptr();
-        let column = |name: &str| schema.columns().iter().position(|c| c.name() == name).ok_or_else(|| malformed(path, 0, name, "a column of that name"));
+        let column = |name: &str| {
+            schema
+                .columns()
+                .iter()
+                .position(|c| c.name() == name)
+                .ok_or_else(|| malformed(path, 0, name, "a column of that name"))
+        };
         let text_col = column(text_field)?;
         let label_col = label_field_name.map(column).transpose()?;
         Ok((reader, text_col, label_col))
@@ -348,7 +402,12 @@ fn read_parquet_rows(path: &Path, text_field: &str, label_field_name: Option<&st
     for (index, row) in iter.enumerate() {
         let line = index + 1;
         if index >= declared {
-            let _ = rows.send(Err(malformed(path, line, "file", &format!("no more rows than its metadata declares ({declared})"))));
+            let _ = rows.send(Err(malformed(
+                path,
+                line,
+                "file",
+                &format!("no more rows than its metadata declares ({declared})"),
+            )));
             return;
         }
         let row = row.map_err(|e| malformed(path, line, "row", &format!("a readable row ({e})"))).and_then(|row| {
@@ -428,7 +487,11 @@ fn split_implicit_prompt(chosen: &str, rejected: &str) -> PreferencePair {
     }
     let byte = chars.get(common).map(|(i, _)| *i).unwrap_or(chosen.len());
     let rejected_byte = rejected.char_indices().nth(common).map(|(i, _)| i).unwrap_or(rejected.len());
-    PreferencePair { prompt: chosen[..byte].to_string(), chosen: chosen[byte..].to_string(), rejected: rejected[rejected_byte..].to_string() }
+    PreferencePair {
+        prompt: chosen[..byte].to_string(),
+        chosen: chosen[byte..].to_string(),
+        rejected: rejected[rejected_byte..].to_string(),
+    }
 }
 
 /// The TL;DR prompt of a summarize-from-feedback post (the format of Stiennon et al.).
@@ -441,7 +504,8 @@ pub fn tldr_prompt(subreddit: &str, title: &str, post: &str) -> String {
 pub fn load_comparisons(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<PreferencePair>, DataError> {
     read_jsonl(path, on_malformed, |v, line| {
         let info = v.get("info").ok_or_else(|| malformed(path, line, "info", "an object"))?;
-        let post = info.get("post").and_then(Value::as_str).ok_or_else(|| malformed(path, line, "info.post", "a string"))?;
+        let post =
+            info.get("post").and_then(Value::as_str).ok_or_else(|| malformed(path, line, "info.post", "a string"))?;
         let title = info.get("title").and_then(Value::as_str).unwrap_or_default();
         let subreddit = info.get("subreddit").and_then(Value::as_str).unwrap_or_default();
         let summaries = v.get("summaries").and_then(Value::as_array).filter(|s| s.len() == 2);
@@ -455,7 +519,11 @@ pub fn load_comparisons(path: &Path, on_malformed: OnMalformed) -> Result<Loaded
         };
         let choice = v.get("choice").and_then(Value::as_u64).filter(|&c| c < 2);
         let choice = choice.ok_or_else(|| malformed(path, line, "choice", "0 or 1"))? as usize;
-        Ok(PreferencePair { prompt: tldr_prompt(subreddit, title, post), chosen: text(choice)?, rejected: text(1 - choice)? })
+        Ok(PreferencePair {
+            prompt: tldr_prompt(subreddit, title, post),
+            chosen: text(choice)?,
+            rejected: text(1 - choice)?,
+        })
     })
 }
 
@@ -490,7 +558,11 @@ pub fn sentiment_pairs(
             PairTruncation::Tokens(n) => Ok(tokenizer.decode(&tokenizer.encode_prefix(&clean_review(text), n)?)?),
         }
     };
-    preferred.iter().zip(&other).map(|(p, o)| Ok(PreferencePair { prompt: String::new(), chosen: cut(&p.text)?, rejected: cut(&o.text)? })).collect()
+    preferred
+        .iter()
+        .zip(&other)
+        .map(|(p, o)| Ok(PreferencePair { prompt: String::new(), chosen: cut(&p.text)?, rejected: cut(&o.text)? }))
+        .collect()
 }
 
 /// IMDb reviews carry HTML line breaks; they become spaces.
@@ -518,7 +590,11 @@ impl PromptConfig {
         if !self.whole {
             at_least_one("min_tokens", self.min_tokens)?;
             if self.min_tokens > self.max_tokens {
-                return Err(InvalidSetting::new("min_tokens", &format!("at most max_tokens ({})", self.max_tokens), self.min_tokens));
+                return Err(InvalidSetting::new(
+                    "min_tokens",
+                    &format!("at most max_tokens ({})", self.max_tokens),
+                    self.min_tokens,
+                ));
             }
         }
         Ok(())
@@ -542,7 +618,9 @@ pub fn is_comparisons(path: &Path) -> bool {
         return false;
     };
     let first = std::io::BufReader::new(file).lines().map_while(Result::ok).find(|l| !l.trim().is_empty());
-    first.and_then(|l| serde_json::from_str::<Value>(&l).ok()).is_some_and(|v| v.get("info").is_some() && v.get("summaries").is_some())
+    first
+        .and_then(|l| serde_json::from_str::<Value>(&l).ok())
+        .is_some_and(|v| v.get("info").is_some() && v.get("summaries").is_some())
 }
 
 /// Texts to cut RL prompts from: any text dataset of [`load_unlabelled`], or comparisons, whose
@@ -553,7 +631,12 @@ pub fn load_prompt_texts(path: &Path, on_malformed: OnMalformed) -> Result<Loade
     }
     let loaded = load_comparisons(path, on_malformed)?;
     let mut seen = std::collections::HashSet::new();
-    let rows = loaded.rows.into_iter().filter(|p| seen.insert(p.prompt.clone())).map(|p| TextExample { text: p.prompt, label: 0 }).collect();
+    let rows = loaded
+        .rows
+        .into_iter()
+        .filter(|p| seen.insert(p.prompt.clone()))
+        .map(|p| TextExample { text: p.prompt, label: 0 })
+        .collect();
     Ok(Loaded { rows, skipped: loaded.skipped })
 }
 
@@ -564,18 +647,27 @@ pub fn load_sft_texts(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<T
         return load_unlabelled(path, on_malformed);
     }
     let loaded = load_comparisons(path, on_malformed)?;
-    let rows = loaded.rows.into_iter().map(|p| TextExample { text: format!("{}{}", p.prompt, p.chosen), label: 0 }).collect();
+    let rows =
+        loaded.rows.into_iter().map(|p| TextExample { text: format!("{}{}", p.prompt, p.chosen), label: 0 }).collect();
     Ok(Loaded { rows, skipped: loaded.skipped })
 }
 
 /// Token-id prompts from reviews.
-pub fn rl_prompts(examples: &[TextExample], tokenizer: &Tokenizer, config: &PromptConfig) -> Result<Vec<Vec<u32>>, DataError> {
+pub fn rl_prompts(
+    examples: &[TextExample],
+    tokenizer: &Tokenizer,
+    config: &PromptConfig,
+) -> Result<Vec<Vec<u32>>, DataError> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut prompts = Vec::new();
     for example in examples.iter().filter(|e| e.text.chars().count() > config.min_chars) {
         let text = clean_review(&example.text);
         // Review prompts are a review's first tokens: never tokenise more than those.
-        let ids = if config.whole { tokenizer.encode(&text)? } else { tokenizer.encode_prefix(&text, config.max_tokens.max(config.min_tokens))? };
+        let ids = if config.whole {
+            tokenizer.encode(&text)?
+        } else {
+            tokenizer.encode_prefix(&text, config.max_tokens.max(config.min_tokens))?
+        };
         if config.whole {
             let keep = if config.max_tokens == 0 { ids.len() } else { config.max_tokens.min(ids.len()) };
             if keep > 0 {
@@ -643,7 +735,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("huge.jsonl");
         let huge = "x".repeat(MAX_ROW_BYTES + 10);
-        let text = format!("{{\"text\": \"ok\", \"label\": 1}}\n{{\"text\": \"{huge}\", \"label\": 0}}\n{{\"text\": \"ok too\", \"label\": 0}}\n");
+        let text = format!(
+            "{{\"text\": \"ok\", \"label\": 1}}\n{{\"text\": \"{huge}\", \"label\": 0}}\n{{\"text\": \"ok too\", \"label\": 0}}\n"
+        );
         std::fs::write(&path, text).unwrap();
         let err = load_text(&path, OnMalformed::Error).unwrap_err().to_string();
         assert!(err.contains("huge.jsonl:2: line: expected at most 1048576 bytes"), "{err}");
@@ -662,7 +756,13 @@ mod tests {
         let csv = dir.path().join("reviews.csv");
         std::fs::write(&csv, "review,sentiment\n\"Great, really\",positive\nAwful,negative\n").unwrap();
         let loaded = load_text_fields(&csv, "review", Some("sentiment"), OnMalformed::Error).unwrap();
-        assert_eq!(loaded.rows, vec![TextExample { text: "Great, really".into(), label: 1 }, TextExample { text: "Awful".into(), label: 0 }]);
+        assert_eq!(
+            loaded.rows,
+            vec![
+                TextExample { text: "Great, really".into(), label: 1 },
+                TextExample { text: "Awful".into(), label: 0 }
+            ]
+        );
         let err = load_text(&csv, OnMalformed::Error).unwrap_err().to_string();
         assert!(err.contains("reviews.csv:1: text: expected a column"), "{err}");
 
@@ -706,12 +806,17 @@ mod tests {
         .unwrap();
         let loaded = load_preferences(&path, OnMalformed::Error).unwrap();
         assert_eq!(loaded.rows[0].prompt, "Q: hi");
-        assert_eq!(loaded.rows[1], PreferencePair { prompt: "The film was ".into(), chosen: "great".into(), rejected: "bad".into() });
+        assert_eq!(
+            loaded.rows[1],
+            PreferencePair { prompt: "The film was ".into(), chosen: "great".into(), rejected: "bad".into() }
+        );
     }
 
     #[test]
     fn tldr_comparisons_load_with_the_chosen_summary() {
-        let loaded = load_comparisons(&assets().join("tldr-comparisons/comparisons_batch13_first500.jsonl"), OnMalformed::Error).unwrap();
+        let loaded =
+            load_comparisons(&assets().join("tldr-comparisons/comparisons_batch13_first500.jsonl"), OnMalformed::Error)
+                .unwrap();
         assert_eq!(loaded.rows.len(), 500);
         let first = &loaded.rows[0];
         assert!(first.prompt.starts_with("SUBREDDIT: r/") && first.prompt.ends_with("\nTL;DR:"));

@@ -61,7 +61,9 @@ pub enum TokenizerError {
     NotFound { dir: PathBuf },
     #[error("cannot load tokenizer from {path}: {message}")]
     Load { path: PathBuf, message: String },
-    #[error("tokenizer from {path} has no end-of-text token: set eos_token in tokenizer_config.json or add <|endoftext|>")]
+    #[error(
+        "tokenizer from {path} has no end-of-text token: set eos_token in tokenizer_config.json or add <|endoftext|>"
+    )]
     NoEos { path: PathBuf },
     #[error("cannot {action} with the tokenizer: {message}")]
     Codec { action: &'static str, message: String },
@@ -80,7 +82,9 @@ pub enum HubError {
     Unreachable { name: String, message: String },
     #[error("{path}: no such file or directory")]
     NoSuchDir { path: PathBuf },
-    #[error("{name:?} is not a local directory, and this build has no hub support (feature `hub`); pass a model directory")]
+    #[error(
+        "{name:?} is not a local directory, and this build has no hub support (feature `hub`); pass a model directory"
+    )]
     Disabled { name: String },
 }
 
@@ -110,9 +114,13 @@ pub enum InputError {
     TooLong { field: &'static str, len: usize, n_positions: usize },
     #[error("{field} must be {expected}, got {got}")]
     Invalid { field: &'static str, expected: &'static str, got: String },
-    #[error("max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's context of {n_positions} positions")]
+    #[error(
+        "max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's context of {n_positions} positions"
+    )]
     NoRoomForPrompt { max_new_tokens: usize, n_positions: usize },
-    #[error("a prompt of {len} tokens plus max_new_tokens {max_new_tokens} exceeds the model's context of {n_positions} positions")]
+    #[error(
+        "a prompt of {len} tokens plus max_new_tokens {max_new_tokens} exceeds the model's context of {n_positions} positions"
+    )]
     PromptTooLong { len: usize, max_new_tokens: usize, n_positions: usize },
     #[error(transparent)]
     Setting(#[from] crate::validate::InvalidSetting),

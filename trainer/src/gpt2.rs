@@ -78,7 +78,12 @@ impl<B: Backend> Attention<B> {
     /// - `x`: `[batch, seq, n_embd]`
     /// - `blocked`: `[batch, 1, seq, past + seq]`, true where a query may not see a key
     /// - returns `[batch, seq, n_embd]`
-    pub fn forward(&self, x: Tensor<B, 3>, blocked: Tensor<B, 4, Bool>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        blocked: Tensor<B, 4, Bool>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
         let [batch, seq, n_embd] = x.dims();
         let head_dim = n_embd / self.n_head;
         let qkv = dense(&self.c_attn, x); // [batch, seq, 3 * n_embd]
@@ -132,7 +137,12 @@ pub struct Block<B: Backend> {
 }
 
 impl<B: Kernels> Block<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, blocked: Tensor<B, 4, Bool>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        blocked: Tensor<B, 4, Bool>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), blocked, cache);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
@@ -182,7 +192,9 @@ impl<B: Kernels> Gpt2Model<B> {
         let total = past + seq;
         let device = input_ids.device();
         // A query at absolute position past + i sees keys 0..=past + i that are real tokens.
-        let causal = Tensor::<B, 2, Bool>::tril_mask([seq, total], past as i64, &device).reshape([1, 1, seq, total]).expand([batch, 1, seq, total]);
+        let causal = Tensor::<B, 2, Bool>::tril_mask([seq, total], past as i64, &device)
+            .reshape([1, 1, seq, total])
+            .expand([batch, 1, seq, total]);
         let padding = key_mask.bool_not().reshape([batch, 1, 1, total]).expand([batch, 1, seq, total]);
         let blocked = causal.bool_or(padding); // [batch, 1, seq, total]
 
@@ -201,7 +213,13 @@ impl<B: Kernels> Gpt2Model<B> {
     /// # Shapes
     /// - `hidden`: `[rows, n_embd]`, one row per target (pick them with
     ///   [`crate::batch::select_rows`]); returns `[rows]` and `[rows]`
-    pub fn token_logprobs(&self, hidden: Tensor<B, 2>, targets: &[u32], temperature: f32, with_entropy: bool) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
+    pub fn token_logprobs(
+        &self,
+        hidden: Tensor<B, 2>,
+        targets: &[u32],
+        temperature: f32,
+        with_entropy: bool,
+    ) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
         let weight = self.wte.weight.val().into_primitive().tensor();
         let out = B::lm_head_forward(hidden.into_primitive().tensor(), weight, targets, temperature, with_entropy);
         let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
@@ -271,6 +289,7 @@ pub struct Gpt2Output<B: Backend> {
 
 /// Where initial weights come from: a seeded host RNG (the same weights on every backend and in
 /// every process), or zeros for a model whose weights are about to be loaded.
+#[allow(clippy::large_enum_variant)] // one short-lived value per model initialisation
 pub enum Init {
     Seeded(StdRng),
     Zeros,
@@ -321,12 +340,24 @@ impl Gpt2Config {
                     n_head: self.n_head,
                 },
                 ln_2: ln(),
-                mlp: Mlp { c_fc: lin(self.n_embd, self.n_inner(), 0.02), c_proj: lin(self.n_inner(), self.n_embd, proj_std), dropout: drop() },
+                mlp: Mlp {
+                    c_fc: lin(self.n_embd, self.n_inner(), 0.02),
+                    c_proj: lin(self.n_inner(), self.n_embd, proj_std),
+                    dropout: drop(),
+                },
             })
             .collect();
-        let mut embedding = |n: usize| Embedding { weight: Param::from_tensor(init.normal([n, self.n_embd], 0.02, device)) };
-        let transformer = Gpt2Model { wte: embedding(self.vocab_size), wpe: embedding(self.n_positions), h, ln_f: ln(), drop: drop() };
-        let v_head = matches!(heads, Heads::LmValue).then(|| ValueHead { summary: TorchLinear::init(self.n_embd, 1, true, init, device) });
+        let mut embedding =
+            |n: usize| Embedding { weight: Param::from_tensor(init.normal([n, self.n_embd], 0.02, device)) };
+        let transformer = Gpt2Model {
+            wte: embedding(self.vocab_size),
+            wpe: embedding(self.n_positions),
+            h,
+            ln_f: ln(),
+            drop: drop(),
+        };
+        let v_head = matches!(heads, Heads::LmValue)
+            .then(|| ValueHead { summary: TorchLinear::init(self.n_embd, 1, true, init, device) });
         let score = match heads {
             Heads::Score { num_labels } => Some(TorchLinear::init(self.n_embd, num_labels, false, init, device)),
             _ => None,

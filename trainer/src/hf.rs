@@ -41,12 +41,17 @@ fn is_ignored_key(key: &str) -> bool {
 }
 
 fn load_remapper() -> KeyRemapper {
-    KeyRemapper::from_patterns(vec![(r"^(wte|wpe|h|ln_f)\.", "transformer.$1."), (r"(ln_[12f])\.weight$", "$1.gamma"), (r"(ln_[12f])\.bias$", "$1.beta")])
-        .expect("static patterns compile")
+    KeyRemapper::from_patterns(vec![
+        (r"^(wte|wpe|h|ln_f)\.", "transformer.$1."),
+        (r"(ln_[12f])\.weight$", "$1.gamma"),
+        (r"(ln_[12f])\.bias$", "$1.beta"),
+    ])
+    .expect("static patterns compile")
 }
 
 fn save_remapper() -> KeyRemapper {
-    KeyRemapper::from_patterns(vec![(r"(ln_[12f])\.gamma$", "$1.weight"), (r"(ln_[12f])\.beta$", "$1.bias")]).expect("static patterns compile")
+    KeyRemapper::from_patterns(vec![(r"(ln_[12f])\.gamma$", "$1.weight"), (r"(ln_[12f])\.beta$", "$1.bias")])
+        .expect("static patterns compile")
 }
 
 /// The checkpoint name of a burn module path (for error messages).
@@ -56,7 +61,8 @@ fn hf_name(path: &str) -> String {
 
 /// The heads a directory's `config.json` and files describe.
 pub fn heads_in(dir: &Path, config: &Gpt2Config) -> Heads {
-    let architecture = config.extra.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("GPT2LMHeadModel");
+    let architecture =
+        config.extra.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("GPT2LMHeadModel");
     if architecture.ends_with("ForSequenceClassification") {
         Heads::Score { num_labels: config.num_labels() }
     } else if dir.join(VALUE_HEAD_FILE).exists() {
@@ -77,20 +83,30 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, G
 /// Loads a model directory as a model with `heads`: the trunk must be complete; a head the
 /// checkpoint lacks is freshly initialised (a reward model or critic started from an LM), and a
 /// head the checkpoint has but `heads` does not want is left out.
-pub fn load_as<B: Backend>(dir: &Path, heads: Heads, device: &B::Device) -> Result<(Gpt2Config, Gpt2<B>), CheckpointError> {
+pub fn load_as<B: Backend>(
+    dir: &Path,
+    heads: Heads,
+    device: &B::Device,
+) -> Result<(Gpt2Config, Gpt2<B>), CheckpointError> {
     let config = Gpt2Config::load(&dir.join(CONFIG_FILE))?;
     let model = load_weights(dir, &config, heads, device)?;
     Ok((config, model))
 }
 
-fn load_weights<B: Backend>(dir: &Path, config: &Gpt2Config, heads: Heads, device: &B::Device) -> Result<Gpt2<B>, CheckpointError> {
+fn load_weights<B: Backend>(
+    dir: &Path,
+    config: &Gpt2Config,
+    heads: Heads,
+    device: &B::Device,
+) -> Result<Gpt2<B>, CheckpointError> {
     // Zeros, not random draws: every tensor is about to be overwritten (heads the file lacks are
     // initialised from a seed below).
     let mut model = config.init_with::<B>(heads, &mut Init::Zeros, device);
     let safetensors = dir.join(SAFETENSORS_FILE);
     let pytorch = dir.join(PYTORCH_FILE);
     let (path, result) = if safetensors.exists() {
-        let mut store = SafetensorsStore::from_file(&safetensors).remap(load_remapper()).allow_partial(true).validate(false);
+        let mut store =
+            SafetensorsStore::from_file(&safetensors).remap(load_remapper()).allow_partial(true).validate(false);
         let result = model.load_from(&mut store).map_err(|e| read_error(&safetensors, e))?;
         (safetensors, result)
     } else if pytorch.exists() {
@@ -115,7 +131,9 @@ fn load_weights<B: Backend>(dir: &Path, config: &Gpt2Config, heads: Heads, devic
     // declare is newly initialised: the caller asked for one on top of an LM.
     let value_head_file = dir.join(VALUE_HEAD_FILE);
     let declares_score = matches!(heads_in(dir, config), Heads::Score { .. });
-    check_result(&path, &result, |missing| missing.starts_with("v_head.") || (missing.starts_with("score.") && !declares_score))?;
+    check_result(&path, &result, |missing| {
+        missing.starts_with("v_head.") || (missing.starts_with("score.") && !declares_score)
+    })?;
     if model.v_head.is_some() {
         if value_head_file.exists() {
             let mut store = SafetensorsStore::from_file(&value_head_file).allow_partial(true).validate(false);
@@ -138,17 +156,29 @@ fn read_error(path: &Path, error: impl std::fmt::Display) -> CheckpointError {
 
 /// Turns burn-store's report into an error naming every missing, unexpected and mis-shaped tensor.
 /// `may_be_missing` says which module paths the caller initialises itself.
-fn check_result(path: &Path, result: &ApplyResult, may_be_missing: impl Fn(&str) -> bool) -> Result<(), CheckpointError> {
-    let missing: Vec<String> = result.missing.iter().map(|(p, _)| p.as_str()).filter(|p| !may_be_missing(p)).map(hf_name).collect();
+fn check_result(
+    path: &Path,
+    result: &ApplyResult,
+    may_be_missing: impl Fn(&str) -> bool,
+) -> Result<(), CheckpointError> {
+    let missing: Vec<String> =
+        result.missing.iter().map(|(p, _)| p.as_str()).filter(|p| !may_be_missing(p)).map(hf_name).collect();
     // Head tensors of another architecture (e.g. `score.weight` when loading an LM) are not errors.
-    let unexpected: Vec<String> =
-        result.unused.iter().filter(|k| !is_ignored_key(k) && !k.starts_with("score.") && !k.starts_with("v_head.")).map(|k| hf_name(k)).collect();
+    let unexpected: Vec<String> = result
+        .unused
+        .iter()
+        .filter(|k| !is_ignored_key(k) && !k.starts_with("score.") && !k.starts_with("v_head."))
+        .map(|k| hf_name(k))
+        .collect();
     let mut misshaped = Vec::new();
     for error in &result.errors {
         match error {
-            ApplyError::ShapeMismatch { path, expected, found } => {
-                misshaped.push(format!("{} expected {:?} found {:?}", hf_name(path), expected.as_slice(), found.as_slice()))
-            }
+            ApplyError::ShapeMismatch { path, expected, found } => misshaped.push(format!(
+                "{} expected {:?} found {:?}",
+                hf_name(path),
+                expected.as_slice(),
+                found.as_slice()
+            )),
             other => {
                 return Err(CheckpointError::Read { path: path.to_path_buf(), message: other.to_string() });
             }
@@ -167,13 +197,22 @@ fn check_result(path: &Path, result: &ApplyResult, may_be_missing: impl Fn(&str)
 ///
 /// The directory is written next to `out` and renamed into place, so a failure leaves no
 /// partial output; an existing `out` is an error.
-pub fn export<B: Backend>(model: &Gpt2<B>, config: &Gpt2Config, tokenizer: &Tokenizer, out: &Path) -> Result<(), CheckpointError> {
+pub fn export<B: Backend>(
+    model: &Gpt2<B>,
+    config: &Gpt2Config,
+    tokenizer: &Tokenizer,
+    out: &Path,
+) -> Result<(), CheckpointError> {
     if out.exists() {
-        return Err(CheckpointError::Write { path: out.to_path_buf(), message: "already exists; choose a new directory or remove it first".into() });
+        return Err(CheckpointError::Write {
+            path: out.to_path_buf(),
+            message: "already exists; choose a new directory or remove it first".into(),
+        });
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| write_error(parent, e))?;
-    let staging = tempfile::Builder::new().prefix(".rlhf-export-").tempdir_in(parent).map_err(|e| write_error(parent, e))?;
+    let staging =
+        tempfile::Builder::new().prefix(".rlhf-export-").tempdir_in(parent).map_err(|e| write_error(parent, e))?;
     write_dir(model, config, tokenizer, staging.path())?;
     let staged = staging.keep();
     std::fs::rename(&staged, out).map_err(|e| {
@@ -185,7 +224,12 @@ pub fn export<B: Backend>(model: &Gpt2<B>, config: &Gpt2Config, tokenizer: &Toke
 
 /// Writes the files of [`export`] into an existing directory (a run directory that also holds
 /// checkpoints and metrics), staging them first so a failure leaves the old files in place.
-pub fn export_into<B: Backend>(model: &Gpt2<B>, config: &Gpt2Config, tokenizer: &Tokenizer, dir: &Path) -> Result<(), CheckpointError> {
+pub fn export_into<B: Backend>(
+    model: &Gpt2<B>,
+    config: &Gpt2Config,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
     let staging = tempfile::Builder::new().prefix(".rlhf-export-").tempdir_in(dir).map_err(|e| write_error(dir, e))?;
     write_dir(model, config, tokenizer, staging.path())?;
@@ -211,7 +255,12 @@ pub fn non_finite_tensors<B: Backend>(model: &Gpt2<B>) -> Vec<String> {
         .collect()
 }
 
-fn write_dir<B: Backend>(model: &Gpt2<B>, config: &Gpt2Config, tokenizer: &Tokenizer, dir: &Path) -> Result<(), CheckpointError> {
+fn write_dir<B: Backend>(
+    model: &Gpt2<B>,
+    config: &Gpt2Config,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+) -> Result<(), CheckpointError> {
     // A model with NaN or infinite weights is never written: it could only produce garbage.
     let bad = non_finite_tensors(model);
     if !bad.is_empty() {
@@ -228,12 +277,16 @@ fn write_dir<B: Backend>(model: &Gpt2<B>, config: &Gpt2Config, tokenizer: &Token
 
     // transformers refuses safetensors files whose metadata lacks format=pt.
     let weights = dir.join(SAFETENSORS_FILE);
-    let mut store =
-        SafetensorsStore::from_file(&weights).with_regex(r"^(transformer|score)\.").remap(save_remapper()).clear_metadata().metadata("format", "pt");
+    let mut store = SafetensorsStore::from_file(&weights)
+        .with_regex(r"^(transformer|score)\.")
+        .remap(save_remapper())
+        .clear_metadata()
+        .metadata("format", "pt");
     model.save_into(&mut store).map_err(|e| write_error(&weights, e))?;
     if model.v_head.is_some() {
         let path = dir.join(VALUE_HEAD_FILE);
-        let mut store = SafetensorsStore::from_file(&path).with_regex(r"^v_head\.").clear_metadata().metadata("format", "pt");
+        let mut store =
+            SafetensorsStore::from_file(&path).with_regex(r"^v_head\.").clear_metadata().metadata("format", "pt");
         model.save_into(&mut store).map_err(|e| write_error(&path, e))?;
     }
     tokenizer.save_hf(dir)?;

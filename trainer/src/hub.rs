@@ -7,7 +7,15 @@ use crate::error::HubError;
 
 /// Files a GPT-2 directory needs; others in the repository are not downloaded.
 #[cfg(feature = "hub")]
-const WANTED: &[&str] = &["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"];
+const WANTED: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 /// `Some(path)` when `name` is an existing local path; an error when it was meant as a path but
 /// does not exist; `None` when it is a hub id (`name` or `owner/name`). `dots_mean_path`: a dot
@@ -17,8 +25,11 @@ fn local_path(name: &str, dots_mean_path: bool) -> Result<Option<PathBuf>, HubEr
     if path.exists() {
         return Ok(Some(path.to_path_buf()));
     }
-    let looks_like_path =
-        name.is_empty() || name.starts_with(['.', '/', '~']) || name.matches('/').count() > 1 || name.contains('\\') || (dots_mean_path && name.contains('.'));
+    let looks_like_path = name.is_empty()
+        || name.starts_with(['.', '/', '~'])
+        || name.matches('/').count() > 1
+        || name.contains('\\')
+        || (dots_mean_path && name.contains('.'));
     if looks_like_path {
         return Err(HubError::NoSuchDir { path: path.to_path_buf() });
     }
@@ -45,7 +56,8 @@ pub fn resolve_dataset(name: &str, split: &str) -> Result<PathBuf, HubError> {
 
 #[cfg(feature = "hub")]
 fn download_dataset(name: &str, split: &str) -> Result<PathBuf, HubError> {
-    let unreachable = |e: &dyn std::fmt::Display| HubError::Unreachable { name: name.to_string(), message: e.to_string() };
+    let unreachable =
+        |e: &dyn std::fmt::Display| HubError::Unreachable { name: name.to_string(), message: e.to_string() };
     let (owner, repo) = hf_hub::split_id(name);
     let client = hf_hub::HFClient::builder().retry_max_attempts(1).build_sync().map_err(|e| unreachable(&e))?;
     let dataset = client.dataset(owner, repo);
@@ -79,16 +91,17 @@ fn download_dataset(name: &str, _split: &str) -> Result<PathBuf, HubError> {
 
 #[cfg(feature = "hub")]
 fn download(name: &str) -> Result<PathBuf, HubError> {
-    let unreachable = |e: &dyn std::fmt::Display| HubError::Unreachable { name: name.to_string(), message: e.to_string() };
+    let unreachable =
+        |e: &dyn std::fmt::Display| HubError::Unreachable { name: name.to_string(), message: e.to_string() };
     let (owner, repo) = hf_hub::split_id(name);
     // One attempt, no retries: offline, the answer should come in seconds, not minutes.
     let client = hf_hub::HFClient::builder().retry_max_attempts(1).build_sync().map_err(|e| unreachable(&e))?;
     let model = client.model(owner, repo);
     let allow: Vec<String> = WANTED.iter().map(|s| s.to_string()).collect();
-    if let Ok(dir) = model.snapshot_download().allow_patterns(allow.clone()).local_files_only(true).send() {
-        if dir.join("config.json").exists() {
-            return Ok(dir);
-        }
+    if let Ok(dir) = model.snapshot_download().allow_patterns(allow.clone()).local_files_only(true).send()
+        && dir.join("config.json").exists()
+    {
+        return Ok(dir);
     }
     tracing::info!(model = name, "downloading from the Hugging Face hub");
     model.snapshot_download().allow_patterns(allow).send().map_err(|e| unreachable(&e))

@@ -63,7 +63,13 @@ pub trait Kernels: Backend {
     ///
     /// # Shapes
     /// - `hidden`: `[n, n_embd]`; `weight`: `[vocab, n_embd]` (GPT-2's `wte`); `targets`: `n` ids
-    fn lm_head_forward(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: &[u32], temperature: f32, with_entropy: bool) -> LmHeadOutput<Self> {
+    fn lm_head_forward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: &[u32],
+        temperature: f32,
+        with_entropy: bool,
+    ) -> LmHeadOutput<Self> {
         lm_head_forward_rows::<Self>(hidden, weight, targets, temperature, with_entropy)
     }
 
@@ -143,7 +149,13 @@ where
 }
 
 impl Kernels for burn::backend::Flex {
-    fn lm_head_forward(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: &[u32], temperature: f32, with_entropy: bool) -> LmHeadOutput<Self> {
+    fn lm_head_forward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: &[u32],
+        temperature: f32,
+        with_entropy: bool,
+    ) -> LmHeadOutput<Self> {
         cpu::lm_head_forward(hidden, weight, targets, temperature, with_entropy)
     }
 
@@ -272,7 +284,8 @@ pub const GELU_CUBIC: f64 = 0.044715;
 pub fn gelu_backward_with_tensor_ops<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
     let shape = burn::tensor::TensorMetadata::shape(&x);
     let numel = shape.num_elements();
-    let flat = |t: FloatTensor<B>| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(t, [numel].into())));
+    let flat =
+        |t: FloatTensor<B>| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(t, [numel].into())));
     let (x, grad) = (flat(x), flat(grad));
     let x2 = x.clone().square();
     let t = ((x.clone() + x.clone() * x2.clone() * GELU_CUBIC) * GELU_SQRT_2_OVER_PI).tanh();
@@ -290,13 +303,15 @@ pub fn adamw_step_with_tensor_ops<B: Backend>(
 ) -> AdamWMoments<B> {
     let shape = burn::tensor::TensorMetadata::shape(&param);
     let numel = shape.num_elements();
-    let flat = |t: FloatTensor<B>| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(t, [numel].into())));
+    let flat =
+        |t: FloatTensor<B>| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(t, [numel].into())));
     let (param, grad) = (flat(param), flat(grad));
     let (factor_1, factor_2) = (1.0 - step.beta_1, 1.0 - step.beta_2);
     let (m, v) = match moments {
-        Some((m, v)) => {
-            (flat(m).mul_scalar(step.beta_1).add(grad.clone().mul_scalar(factor_1)), flat(v).mul_scalar(step.beta_2).add(grad.square().mul_scalar(factor_2)))
-        }
+        Some((m, v)) => (
+            flat(m).mul_scalar(step.beta_1).add(grad.clone().mul_scalar(factor_1)),
+            flat(v).mul_scalar(step.beta_2).add(grad.square().mul_scalar(factor_2)),
+        ),
         None => (grad.clone().mul_scalar(factor_1), grad.square().mul_scalar(factor_2)),
     };
     let m_hat = m.clone().div_scalar(1.0 - step.beta_1.powi(step.time));
@@ -311,7 +326,11 @@ pub fn adamw_step_with_tensor_ops<B: Backend>(
 
 /// The default [`Kernels::sample`]: filtering, softmax and cumulative sums as tensor ops on
 /// the device; only the tokens and their log-probs are read back.
-pub fn sample_with_tensor_ops<B: Backend>(logits: FloatTensor<B>, uniform: &[f32], config: &SamplingConfig) -> (Vec<u32>, Vec<f32>) {
+pub fn sample_with_tensor_ops<B: Backend>(
+    logits: FloatTensor<B>,
+    uniform: &[f32],
+    config: &SamplingConfig,
+) -> (Vec<u32>, Vec<f32>) {
     let logits: Tensor<B, 2> = float(logits);
     let [batch, vocab] = logits.dims();
     let device = logits.device();
@@ -400,7 +419,11 @@ mod tests {
             // Exact reference in f64 on the host.
             let (mut want_logprobs, mut want_entropy) = (Vec::new(), Vec::new());
             for i in 0..N {
-                let z: Vec<f64> = (0..VOCAB).map(|v| (0..D).map(|k| h[i * D + k] as f64 * w[v * D + k] as f64).sum::<f64>() / temperature as f64).collect();
+                let z: Vec<f64> = (0..VOCAB)
+                    .map(|v| {
+                        (0..D).map(|k| h[i * D + k] as f64 * w[v * D + k] as f64).sum::<f64>() / temperature as f64
+                    })
+                    .collect();
                 let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let lse = max + z.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
                 want_logprobs.push((z[targets[i] as usize] - lse) as f32);
@@ -424,8 +447,20 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let out = cpu::lm_head_forward(prim(&hidden), prim(&weight), &targets, 0.9, true);
-                let grads = cpu::lm_head_backward(prim(&hidden), prim(&weight), &targets, 0.9, out.lse.clone(), grad.clone().into_primitive().tensor());
-                (values::<1>(out.logprobs), values::<1>(out.entropy.unwrap()), values::<2>(grads.0), values::<2>(grads.1))
+                let grads = cpu::lm_head_backward(
+                    prim(&hidden),
+                    prim(&weight),
+                    &targets,
+                    0.9,
+                    out.lse.clone(),
+                    grad.clone().into_primitive().tensor(),
+                );
+                (
+                    values::<1>(out.logprobs),
+                    values::<1>(out.entropy.unwrap()),
+                    values::<2>(grads.0),
+                    values::<2>(grads.1),
+                )
             })
         };
         let one = run(1);
@@ -444,7 +479,13 @@ mod tests {
             let h = Tensor::<A, 2>::from_inner(hidden.clone()).require_grad();
             let w = Tensor::<A, 2>::from_inner(weight.clone()).require_grad();
             let logprobs: Tensor<A, 1> = if fused {
-                let out = A::lm_head_forward(h.clone().into_primitive().tensor(), w.clone().into_primitive().tensor(), &targets, temperature, false);
+                let out = A::lm_head_forward(
+                    h.clone().into_primitive().tensor(),
+                    w.clone().into_primitive().tensor(),
+                    &targets,
+                    temperature,
+                    false,
+                );
                 float(out.logprobs)
             } else {
                 let logp = log_softmax(h.clone().matmul(w.clone().transpose()) / temperature as f64, 1);
@@ -461,7 +502,8 @@ mod tests {
         let prim = |t: &Tensor<B, 2>| t.clone().into_primitive().tensor();
         let lse = cpu::lm_head_forward(prim(&hidden), prim(&weight), &targets, temperature, false).lse;
         let grad = grad_out.clone().into_primitive().tensor();
-        let (d_hidden, d_weight) = lm_head_backward_rows::<B>(prim(&hidden), prim(&weight), &targets, temperature, lse, grad);
+        let (d_hidden, d_weight) =
+            lm_head_backward_rows::<B>(prim(&hidden), prim(&weight), &targets, temperature, lse, grad);
         assert_close("d_hidden (tensor ops)", &values::<2>(d_hidden), &plain.0, 1e-5);
         assert_close("d_weight (tensor ops)", &values::<2>(d_weight), &plain.1, 1e-5);
     }
@@ -473,8 +515,11 @@ mod tests {
         let grad_out = random([64, 300], 1.0, 11);
         let run = |fused: bool| {
             let input = Tensor::<A, 2>::from_inner(x.clone()).require_grad();
-            let y: Tensor<A, 2> =
-                if fused { float(A::tanh_gelu(input.clone().into_primitive().tensor())) } else { burn::tensor::activation::gelu_approximate(input.clone()) };
+            let y: Tensor<A, 2> = if fused {
+                float(A::tanh_gelu(input.clone().into_primitive().tensor()))
+            } else {
+                burn::tensor::activation::gelu_approximate(input.clone())
+            };
             let grads = (y.clone() * Tensor::from_inner(grad_out.clone())).sum().backward();
             let read = |t: Tensor<B, 2>| t.into_data().iter::<f32>().collect::<Vec<_>>();
             (read(y.inner()), read(input.grad(&grads).unwrap()))

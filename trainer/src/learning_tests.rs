@@ -24,8 +24,15 @@ fn a_reward_model_learns_which_token_is_preferred_and_normalises() {
     let device = Default::default();
     let model = tiny_config().init::<A>(Heads::Score { num_labels: 1 }, &device);
     // Chosen texts contain token 7, rejected ones token 9, amid shared filler.
-    let pairs: Vec<PairIds> = (0..32u32).map(|i| PairIds { chosen: vec![1 + i % 5, 7, 2 + i % 3], rejected: vec![1 + i % 5, 9, 2 + i % 3] }).collect();
-    let config = RewardConfig { optim: OptimConfig { learning_rate: 3e-3, ..Default::default() }, epochs: 6, batch_size: 8, ..Default::default() };
+    let pairs: Vec<PairIds> = (0..32u32)
+        .map(|i| PairIds { chosen: vec![1 + i % 5, 7, 2 + i % 3], rejected: vec![1 + i % 5, 9, 2 + i % 3] })
+        .collect();
+    let config = RewardConfig {
+        optim: OptimConfig { learning_rate: 3e-3, ..Default::default() },
+        epochs: 6,
+        batch_size: 8,
+        ..Default::default()
+    };
     let before = reward::evaluate(&model.valid(), &pairs, &config, 0, &device);
     let (model, evals) = reward::train(model, &pairs, &pairs, &config, 0, &device, &mut |_| {}).unwrap();
     let after = evals.last().unwrap();
@@ -39,15 +46,22 @@ fn a_reward_model_learns_which_token_is_preferred_and_normalises() {
     assert_eq!(stats["eval/accuracy"], 1.0);
 }
 
+/// A model and optimizer as a checkpoint callback saw them.
+type Saved = (crate::Gpt2<A>, crate::optim::AdamWOptimizer<crate::Gpt2<A>, A>);
+
 #[test]
 fn sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one() {
     let device = Default::default();
     let rows: Vec<Vec<u32>> = (0..24u32).map(|i| (0..12).map(|j| (i + j) % 8 + 1).collect()).collect();
-    let config =
-        SftConfig { optim: OptimConfig { learning_rate: 3e-3, warmup_steps: 2, ..Default::default() }, epochs: 2, batch_size: 6, ..Default::default() };
+    let config = SftConfig {
+        optim: OptimConfig { learning_rate: 3e-3, warmup_steps: 2, ..Default::default() },
+        epochs: 2,
+        batch_size: 6,
+        ..Default::default()
+    };
     let init = config_model(&device);
     let before = sft::evaluate(&init.valid(), &rows, 8, 0, &device)["eval/loss"];
-    let run = |model, optim, start, checkpoints: &mut Vec<(crate::Gpt2<A>, crate::optim::AdamWOptimizer<crate::Gpt2<A>, A>)>| {
+    let run = |model, optim, start, checkpoints: &mut Vec<Saved>| {
         sft::train(model, optim, &rows, &rows, &config, start, 0, &device, &mut |_| {}, &mut |m, o, _, _| {
             checkpoints.push((m.clone(), o.clone()));
             Ok(())
@@ -64,7 +78,8 @@ fn sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one() {
     let tokenizer = crate::Tokenizer::load(&crate::testutil::fixtures().join("gpt2/lm")).unwrap();
     let (model, optim) = &checkpoints[0];
     let state = crate::train::TrainerState { step: 4, total_steps: 8, config: serde_json::Value::Null };
-    crate::train::save_checkpoint(&dir.path().join("step-4"), model, &tiny_config(), &tokenizer, optim, &state).unwrap();
+    crate::train::save_checkpoint(&dir.path().join("step-4"), model, &tiny_config(), &tokenizer, optim, &state)
+        .unwrap();
     let latest = crate::train::latest_checkpoint(dir.path()).unwrap();
     let (_, model, optim, state) = crate::train::load_checkpoint::<A>(&latest, config.optim.adamw(), &device).unwrap();
     assert_eq!(state.step, 4);
@@ -137,18 +152,30 @@ fn a_ppo_step_is_deterministic() {
     let policy = tiny_config().init::<A>(Heads::LmValue, &device);
     let reference = policy.valid();
     let rollouts: Vec<crate::ppo_update::Rollout> = (0..8u32)
-        .map(|i| crate::ppo_update::Rollout { query: vec![1 + i % 4, 2], response: vec![3, 4 + i % 5, 5], logprobs: vec![-1.0; 3], score: i as f32 * 0.1 })
+        .map(|i| crate::ppo_update::Rollout {
+            query: vec![1 + i % 4, 2],
+            response: vec![3, 4 + i % 5, 5],
+            logprobs: vec![-1.0; 3],
+            score: i as f32 * 0.1,
+        })
         .collect();
-    let config = PpoConfig { optim: OptimConfig { learning_rate: 1e-3, ..Default::default() }, mini_batch_size: 4, ..Default::default() };
+    let config = PpoConfig {
+        optim: OptimConfig { learning_rate: 1e-3, ..Default::default() },
+        mini_batch_size: 4,
+        ..Default::default()
+    };
     let run = || {
-        let mut trainer = PpoTrainer::<A>::new(policy.clone(), None, reference.clone(), config.clone(), 0, &device).unwrap();
+        let mut trainer =
+            PpoTrainer::<A>::new(policy.clone(), None, reference.clone(), config.clone(), 0, &device).unwrap();
         let a = trainer.step(&rollouts, 10).unwrap();
         let b = trainer.step(&rollouts, 10).unwrap();
         (a, b, crate::testutil::values(trainer.policy.valid().transformer.wte.weight.val()))
     };
     let (a1, b1, w1) = run();
     let (a2, b2, w2) = run();
-    let strip = |s: &crate::ppo_update::Stats| s.iter().filter(|(k, _)| !k.starts_with("time/")).map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>();
+    let strip = |s: &crate::ppo_update::Stats| {
+        s.iter().filter(|(k, _)| !k.starts_with("time/")).map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>()
+    };
     assert_eq!(strip(&a1), strip(&a2));
     assert_eq!(strip(&b1), strip(&b2));
     assert_eq!(w1, w2);
@@ -164,7 +191,8 @@ fn poisoned(device: &burn::backend::flex::FlexDevice) -> crate::Gpt2<A> {
     values[0] = f64::INFINITY;
     let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
     let n = values.len();
-    model.transformer.h[0].mlp.c_fc.bias = Some(Param::from_tensor(Tensor::from_data(burn::tensor::TensorData::new(values, [n]), device)));
+    model.transformer.h[0].mlp.c_fc.bias =
+        Some(Param::from_tensor(Tensor::from_data(burn::tensor::TensorData::new(values, [n]), device)));
     model
 }
 
@@ -176,24 +204,38 @@ fn non_finite_steps_change_nothing_and_too_many_stop_training() {
     let model = poisoned(&device);
     let before = crate::testutil::values(model.valid().transformer.wte.weight.val());
     let mut checkpoints = 0;
-    let err = sft::train(model, config.optim.adamw(), &rows, &[], &config, 0, 0, &device, &mut |_| {}, &mut |_, _, _, _| {
-        checkpoints += 1;
-        Ok(())
-    })
-    .err()
-    .expect("training stops");
+    let err =
+        sft::train(model, config.optim.adamw(), &rows, &[], &config, 0, 0, &device, &mut |_| {}, &mut |_, _, _, _| {
+            checkpoints += 1;
+            Ok(())
+        })
+        .err()
+        .expect("training stops");
     assert!(err.to_string().contains("3 optimizer steps in a row had a non-finite loss"), "{err}");
     assert_eq!(checkpoints, 0, "nothing is checkpointed after a skipped step");
 
     // A skipped step leaves the weights as they were: compare after exactly the allowed skips.
     let config = SftConfig { epochs: 1, batch_size: 4, max_skipped_steps: 10, ..Default::default() };
-    let outcome = sft::train(poisoned(&device), config.optim.adamw(), &rows, &[], &config, 0, 0, &device, &mut |_| {}, &mut |_, _, _, _| Ok(())).unwrap();
+    let outcome = sft::train(
+        poisoned(&device),
+        config.optim.adamw(),
+        &rows,
+        &[],
+        &config,
+        0,
+        0,
+        &device,
+        &mut |_| {},
+        &mut |_, _, _, _| Ok(()),
+    )
+    .unwrap();
     assert_eq!(crate::testutil::values(outcome.model.valid().transformer.wte.weight.val()), before);
 
     // And such a model is never written.
     let tokenizer = crate::Tokenizer::load(&crate::testutil::fixtures().join("gpt2/lm")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let err = crate::hf::export(&poisoned(&device).valid(), &tiny_config(), &tokenizer, &dir.path().join("out")).unwrap_err();
+    let err =
+        crate::hf::export(&poisoned(&device).valid(), &tiny_config(), &tokenizer, &dir.path().join("out")).unwrap_err();
     assert!(err.to_string().contains("transformer.h.0.mlp.c_fc.bias"), "{err}");
     assert!(!dir.path().join("out").exists(), "no partial output");
 }
@@ -205,8 +247,14 @@ fn ppo_stops_after_too_many_non_finite_mini_batches() {
     let policy = poisoned(&device).with_value_head(0);
     let reference = tiny_config().init::<Flex>(Heads::Lm, &device);
     let mut trainer = PpoTrainer::<A>::new(policy, None, reference, config, 0, &device).unwrap();
-    let rollouts: Vec<crate::ppo_update::Rollout> =
-        (0..4u32).map(|i| crate::ppo_update::Rollout { query: vec![1, 2 + i], response: vec![3, 4], logprobs: vec![-1.0, -1.0], score: 1.0 }).collect();
+    let rollouts: Vec<crate::ppo_update::Rollout> = (0..4u32)
+        .map(|i| crate::ppo_update::Rollout {
+            query: vec![1, 2 + i],
+            response: vec![3, 4],
+            logprobs: vec![-1.0, -1.0],
+            score: 1.0,
+        })
+        .collect();
     let err = trainer.step(&rollouts, 8).unwrap_err().to_string();
     assert!(err.contains("3 optimizer steps in a row"), "{err}");
     assert_eq!(trainer.optimizer_steps, 0);

@@ -3,7 +3,9 @@
 
 use crate::kernels::AutodiffKernels;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamWState, AdaptiveMomentumState, GradientsParams, LearningRate, SimpleOptimizer, adaptor::OptimizerAdaptor};
+use burn::optim::{
+    AdamWState, AdaptiveMomentumState, GradientsParams, LearningRate, SimpleOptimizer, adaptor::OptimizerAdaptor,
+};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
@@ -38,7 +40,16 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { learning_rate: 5e-5, weight_decay: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, warmup_steps: 0, schedule: Schedule::Constant, max_grad_norm: 1.0 }
+        Self {
+            learning_rate: 5e-5,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 0,
+            schedule: Schedule::Constant,
+            max_grad_norm: 1.0,
+        }
     }
 }
 
@@ -64,8 +75,16 @@ impl<B: Kernels> SimpleOptimizer<B> for FusedAdamW {
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
         let time = state.as_ref().map_or(1, |s| s.momentum.time + 1);
-        let moments = state.map(|s| (s.momentum.moment_1.into_primitive().tensor(), s.momentum.moment_2.into_primitive().tensor()));
-        let step = AdamWStep { lr, beta_1: self.beta_1, beta_2: self.beta_2, epsilon: self.epsilon, weight_decay: self.weight_decay, time: time as i32 };
+        let moments = state
+            .map(|s| (s.momentum.moment_1.into_primitive().tensor(), s.momentum.moment_2.into_primitive().tensor()));
+        let step = AdamWStep {
+            lr,
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            epsilon: self.epsilon,
+            weight_decay: self.weight_decay,
+            time: time as i32,
+        };
         let out = B::adamw_step(tensor.into_primitive().tensor(), grad.into_primitive().tensor(), moments, &step);
         let float = |t| Tensor::<B, D>::from_primitive(TensorPrimitive::Float(t));
         let momentum = AdaptiveMomentumState::new(time, float(out.moment_1), float(out.moment_2));
@@ -147,7 +166,11 @@ impl<B: AutodiffKernels> ModuleVisitor<B> for GlobalNorm<'_, B> {
 
 /// Clips the global L2 norm of `module`'s gradients to `max_norm` (0: no clipping); returns the norm before
 /// clipping (logged as `grad_norm`).
-pub fn clip_grad_norm<B: AutodiffKernels, M: AutodiffModule<B>>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+pub fn clip_grad_norm<B: AutodiffKernels, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
     let mut visitor = GlobalNorm::<B> { grads, sum_sq: None, scale: None, ids: Vec::new() };
     module.visit(&mut visitor);
     let norm = visitor.sum_sq.take().map(|s| s.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0);
@@ -205,7 +228,8 @@ mod tests {
 
     #[test]
     fn schedules_warm_up_then_decay() {
-        let config = OptimConfig { learning_rate: 1.0, warmup_steps: 2, schedule: Schedule::Linear, ..Default::default() };
+        let config =
+            OptimConfig { learning_rate: 1.0, warmup_steps: 2, schedule: Schedule::Linear, ..Default::default() };
         let lrs: Vec<f64> = (0..6).map(|s| config.lr_at(s, 6)).collect();
         assert_eq!(lrs, vec![0.5, 1.0, 1.0, 0.75, 0.5, 0.25]);
         let cosine = OptimConfig { schedule: Schedule::Cosine, ..config };

@@ -59,7 +59,8 @@ pub struct ReferenceFile {
 
 impl ReferenceFile {
     pub fn load(path: &Path) -> Result<Self, ParityError> {
-        let bytes = std::fs::read(path).map_err(|e| ParityError::Fixture { path: path.to_path_buf(), message: e.to_string() })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| ParityError::Fixture { path: path.to_path_buf(), message: e.to_string() })?;
         Ok(Self { path: path.to_path_buf(), bytes })
     }
 
@@ -81,14 +82,21 @@ impl ReferenceFile {
     /// The first value of a tensor (a scalar statistic).
     fn scalar(&self, name: &str) -> Result<f64, ParityError> {
         let (_, values) = self.get(name)?;
-        values.first().copied().ok_or_else(|| ParityError::Fixture { path: self.path.clone(), message: format!("{name} is empty") })
+        values
+            .first()
+            .copied()
+            .ok_or_else(|| ParityError::Fixture { path: self.path.clone(), message: format!("{name} is empty") })
     }
 
     /// Rows of token ids stored padded, cut to their lengths.
     fn rows(&self, ids: &str, lengths: &str) -> Result<Vec<Vec<u32>>, ParityError> {
         let (shape, ids) = self.get(ids)?;
         let (_, lengths) = self.get(lengths)?;
-        Ok(lengths.iter().enumerate().map(|(i, &n)| ids[i * shape[1]..i * shape[1] + n as usize].iter().map(|&t| t as u32).collect()).collect())
+        Ok(lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| ids[i * shape[1]..i * shape[1] + n as usize].iter().map(|&t| t as u32).collect())
+            .collect())
     }
 }
 
@@ -97,7 +105,10 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() || m.is_nan() { f64::NAN } else { m.max(d) })
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, d| if d.is_nan() || m.is_nan() { f64::NAN } else { m.max(d) })
 }
 
 /// The GPT-2 references of `fixtures/gpt2/`: inputs, outputs and checkpoints.
@@ -146,7 +157,8 @@ pub fn logits<B: Kernels>(fixtures: &Path, device: &B::Device) -> Result<Check, 
     let (_, want) = f.reference.get("logits")?;
     let vocab = want.len() / mask.len();
     // The real positions only; padding positions are garbage in both implementations.
-    let real: Vec<usize> = (0..mask.len()).filter(|&i| mask[i] > 0.5).flat_map(|i| i * vocab..(i + 1) * vocab).collect();
+    let real: Vec<usize> =
+        (0..mask.len()).filter(|&i| mask[i] > 0.5).flat_map(|i| i * vocab..(i + 1) * vocab).collect();
     let pick = |v: &[f64]| real.iter().map(|&i| v[i]).collect::<Vec<_>>();
     Ok(Check::new("gpt2: padded-batch logits vs transformers", max_abs_diff(&pick(&logits), &pick(&want)), 1e-4))
 }
@@ -177,7 +189,11 @@ pub fn greedy_generation<B: Kernels>(fixtures: &Path, device: &B::Device) -> Res
     let config = SamplingConfig { greedy: true, max_new_tokens: shape[1], stop_at_eos: false, ..Default::default() };
     let out = generate(&model, &f.prompts()?, 0, &config, device)?;
     let got: Vec<f64> = out.completion_ids.iter().flat_map(|row| row.iter().map(|&t| t as f64)).collect();
-    let differing = if got.len() == want.len() { got.iter().zip(&want).filter(|(a, b)| a != b).count() as f64 } else { f64::INFINITY };
+    let differing = if got.len() == want.len() {
+        got.iter().zip(&want).filter(|(a, b)| a != b).count() as f64
+    } else {
+        f64::INFINITY
+    };
     Ok(Check::new("gpt2: greedy generation vs transformers (tokens that differ)", differing, 0.0))
 }
 
@@ -186,7 +202,10 @@ pub fn reward_scores<B: Kernels>(fixtures: &Path, device: &B::Device) -> Result<
     let f = Gpt2Fixtures::load(fixtures)?;
     let model = f.model::<B>("reward", device)?;
     if model.heads() != (Heads::Score { num_labels: 1 }) {
-        return Err(ParityError::Fixture { path: f.dir.join("reward"), message: "not a one-label reward model".into() });
+        return Err(ParityError::Fixture {
+            path: f.dir.join("reward"),
+            message: "not a one-label reward model".into(),
+        });
     }
     let scored = score(&model, &f.prompts()?, 0, 1.0, false, device)?;
     let got: Vec<f64> = scored.scores.unwrap_or_default().iter().map(|s| s[0] as f64).collect();
@@ -200,9 +219,17 @@ pub fn sampled_logprobs<B: Kernels>(fixtures: &Path, device: &B::Device) -> Resu
     let f = Gpt2Fixtures::load(fixtures)?;
     let model = f.model::<B>("lm", device)?;
     let prompts = f.prompts()?;
-    let config = SamplingConfig { max_new_tokens: 12, temperature: 0.7, top_k: 40, seed: 3, stop_at_eos: false, ..Default::default() };
+    let config = SamplingConfig {
+        max_new_tokens: 12,
+        temperature: 0.7,
+        top_k: 40,
+        seed: 3,
+        stop_at_eos: false,
+        ..Default::default()
+    };
     let out = generate(&model, &prompts, 0, &config, device)?;
-    let full: Vec<Vec<u32>> = prompts.iter().zip(&out.completion_ids).map(|(p, c)| [p.clone(), c.clone()].concat()).collect();
+    let full: Vec<Vec<u32>> =
+        prompts.iter().zip(&out.completion_ids).map(|(p, c)| [p.clone(), c.clone()].concat()).collect();
     let scored = score(&model, &full, 0, 0.7, true, device)?;
     let mut worst = 0.0f64;
     for (sampled, whole) in out.logprobs.iter().zip(&scored.logprobs) {
@@ -243,11 +270,17 @@ pub const STEP_STATISTICS: &[&str] = &[
 /// One [`PpoTrainer::step`] (one epoch, one mini-batch) against TRL 0.11.4's statistics for the
 /// same policy, reference, rollouts and scores, before any parameter update. Each check's
 /// difference is relative to `max(|TRL|, 1)`. Returns the checks and the trainer after its step.
-pub fn ppo_step<B: AutodiffKernels>(fixtures: &Path, device: &B::Device) -> Result<(Vec<Check>, PpoTrainer<B>), ParityError> {
+pub fn ppo_step<B: AutodiffKernels>(
+    fixtures: &Path,
+    device: &B::Device,
+) -> Result<(Vec<Check>, PpoTrainer<B>), ParityError> {
     let dir = fixtures.join("trl");
     let (_, policy) = hf::load::<B>(&dir.join("policy"), device)?;
     if policy.v_head.is_none() {
-        return Err(ParityError::Fixture { path: dir.join("policy"), message: "value_head.safetensors was not loaded".into() });
+        return Err(ParityError::Fixture {
+            path: dir.join("policy"),
+            message: "value_head.safetensors was not loaded".into(),
+        });
     }
     let (_, reference) = hf::load::<B::InnerBackend>(&dir.join("reference"), device)?;
     let r = ReferenceFile::load(&dir.join("ppo_step.safetensors"))?;
@@ -269,7 +302,11 @@ pub fn ppo_step<B: AutodiffKernels>(fixtures: &Path, device: &B::Device) -> Resu
     for &key in STEP_STATISTICS {
         let want = r.scalar(key)?;
         let got = stats.get(key).copied().unwrap_or(f64::NAN);
-        checks.push(Check::new(format!("ppo step: {key} vs TRL (relative)"), (got - want).abs() / want.abs().max(1.0), 1e-4));
+        checks.push(Check::new(
+            format!("ppo step: {key} vs TRL (relative)"),
+            (got - want).abs() / want.abs().max(1.0),
+            1e-4,
+        ));
     }
     Ok((checks, trainer))
 }

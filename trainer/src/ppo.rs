@@ -35,7 +35,11 @@ pub enum KlEstimator {
 /// Per-token KL penalty.
 ///
 /// `logprobs`, `ref_logprobs`: `[batch, resp]` -> `[batch, resp]`
-pub fn kl_penalty<B: Backend>(logprobs: Tensor<B, 2>, ref_logprobs: Tensor<B, 2>, estimator: KlEstimator) -> Tensor<B, 2> {
+pub fn kl_penalty<B: Backend>(
+    logprobs: Tensor<B, 2>,
+    ref_logprobs: Tensor<B, 2>,
+    estimator: KlEstimator,
+) -> Tensor<B, 2> {
     let diff = logprobs - ref_logprobs;
     match estimator {
         KlEstimator::K1 => diff,
@@ -137,7 +141,12 @@ pub struct ShapedRewards<B: Backend> {
 
 /// TRL's `compute_rewards`: `r_t = −β·kl_t`, with the sequence score added at the last masked
 /// token. `scores`: `[batch]`; `kl`, `mask`: `[batch, resp]`.
-pub fn shape_rewards<B: Backend>(scores: Tensor<B, 1>, kl: Tensor<B, 2>, mask: Tensor<B, 2>, kl_coef: f64) -> ShapedRewards<B> {
+pub fn shape_rewards<B: Backend>(
+    scores: Tensor<B, 1>,
+    kl: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+    kl_coef: f64,
+) -> ShapedRewards<B> {
     let [batch, _] = kl.dims();
     let non_score_rewards = kl * (-kl_coef);
     let rewards = non_score_rewards.clone() + last_token_one_hot(mask) * scores.reshape([batch, 1]);
@@ -156,7 +165,14 @@ pub struct Advantages<B: Backend> {
 
 /// TRL's `compute_advantages`: GAE with `gamma` and `lam`, value 0 after the last token;
 /// `whiten_rewards` whitens rewards first without re-centring them.
-pub fn gae<B: Backend>(values: Tensor<B, 2>, rewards: Tensor<B, 2>, mask: Tensor<B, 2>, gamma: f64, lam: f64, whiten_rewards: bool) -> Advantages<B> {
+pub fn gae<B: Backend>(
+    values: Tensor<B, 2>,
+    rewards: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+    gamma: f64,
+    lam: f64,
+    whiten_rewards: bool,
+) -> Advantages<B> {
     let [batch, resp] = values.dims();
     let values = values * mask.clone();
     let mut rewards = rewards * mask.clone();
@@ -225,7 +241,13 @@ pub struct ValueLoss<B: Backend> {
 }
 
 /// Clipped value loss. `vpreds`, `old_values`, `returns`, `mask`: `[batch, resp]`.
-pub fn value_loss<B: Backend>(vpreds: Tensor<B, 2>, old_values: Tensor<B, 2>, returns: Tensor<B, 2>, mask: Tensor<B, 2>, cliprange_value: f64) -> ValueLoss<B> {
+pub fn value_loss<B: Backend>(
+    vpreds: Tensor<B, 2>,
+    old_values: Tensor<B, 2>,
+    returns: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+    cliprange_value: f64,
+) -> ValueLoss<B> {
     let clipped = vpreds.clone().max_pair(old_values.clone() - cliprange_value).min_pair(old_values + cliprange_value);
     let unclipped_error = (vpreds.clone() - returns.clone()).powi_scalar(2);
     let clipped_error = (clipped - returns).powi_scalar(2);
@@ -294,7 +316,9 @@ impl KlController {
         match self {
             Self::Fixed { value } => section("fixed", finite_at_least("value", *value, 0.0)),
             Self::Adaptive { value, target, horizon } => section("adaptive", {
-                finite_at_least("value", *value, 0.0).and_then(|()| finite_positive("target", *target)).and_then(|()| finite_positive("horizon", *horizon))
+                finite_at_least("value", *value, 0.0)
+                    .and_then(|()| finite_positive("target", *target))
+                    .and_then(|()| finite_positive("horizon", *horizon))
             }),
         }
     }
@@ -367,7 +391,8 @@ mod tests {
     fn missing_eos_rules() {
         let scores = Tensor::<B, 1>::from_floats([1.0, 2.0], &Default::default());
         let has_eos = Tensor::<B, 1>::from_floats([1.0, 0.0], &Default::default());
-        let get = |rule| adjust_scores(scores.clone(), has_eos.clone(), rule).into_data().iter::<f32>().collect::<Vec<_>>();
+        let get =
+            |rule| adjust_scores(scores.clone(), has_eos.clone(), rule).into_data().iter::<f32>().collect::<Vec<_>>();
         assert_eq!(get(MissingEos::Keep), vec![1.0, 2.0]);
         assert_eq!(get(MissingEos::Penalty(1.5)), vec![1.0, 0.5]);
         assert_eq!(get(MissingEos::Replace(-1.0)), vec![1.0, -1.0]);

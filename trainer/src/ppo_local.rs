@@ -45,7 +45,11 @@ impl LocalConfig {
         at_least_one("iterations", self.iterations)?;
         at_least_one("batch_size", self.batch_size)?;
         if self.ppo.mini_batch_size > self.batch_size {
-            return Err(InvalidSetting::new("ppo.mini_batch_size", &format!("at most batch_size ({})", self.batch_size), self.ppo.mini_batch_size));
+            return Err(InvalidSetting::new(
+                "ppo.mini_batch_size",
+                &format!("at most batch_size ({})", self.batch_size),
+                self.ppo.mini_batch_size,
+            ));
         }
         section("sampling", self.sampling.validate())?;
         section("ppo", self.ppo.validate())?;
@@ -137,7 +141,8 @@ pub fn run<B: AutodiffKernels>(
         let queries = prompts_for(prompts, config.batch_size, index);
         let started = Instant::now();
         // A different, repeatable seed per iteration.
-        let sampling = SamplingConfig { seed: config.sampling.seed.wrapping_add(index as u64), ..config.sampling.clone() };
+        let sampling =
+            SamplingConfig { seed: config.sampling.seed.wrapping_add(index as u64), ..config.sampling.clone() };
         let generation = generate(&trainer.policy.valid(), &queries, eos_id, &sampling, device)?;
         let rollout_time = started.elapsed().as_secs_f64();
         let started = Instant::now();

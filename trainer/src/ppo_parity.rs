@@ -104,7 +104,8 @@ fn adaptive_kl_controller_matches_trl() {
 /// mini-batch's losses before any parameter update (`make_trl_fixtures.py::model_step`).
 #[test]
 fn first_ppo_step_statistics_match_trl_on_a_tiny_gpt2() {
-    let (checks, trainer) = crate::parity::ppo_step::<burn::backend::Autodiff<Flex>>(&fixtures(), &Default::default()).unwrap();
+    let (checks, trainer) =
+        crate::parity::ppo_step::<burn::backend::Autodiff<Flex>>(&fixtures(), &Default::default()).unwrap();
     for check in checks {
         crate::parity::tests::assert_passes(check);
     }

@@ -30,9 +30,12 @@ use crate::gpt2::{Gpt2, Gpt2Output};
 use crate::kernels::{AutodiffKernels, Kernels};
 use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
 use crate::ppo::{
-    KlController, KlEstimator, MissingEos, RunningMoments, adjust_scores, gae, kl_penalty, masked_mean, masked_var, policy_loss, shape_rewards, value_loss,
+    KlController, KlEstimator, MissingEos, RunningMoments, adjust_scores, gae, kl_penalty, masked_mean, masked_var,
+    policy_loss, shape_rewards, value_loss,
 };
-use crate::validate::{Checked, InvalidSetting, at_least_one, finite_at_least, finite_positive, in_closed_range, section};
+use crate::validate::{
+    Checked, InvalidSetting, at_least_one, finite_at_least, finite_positive, in_closed_range, section,
+};
 
 /// One scored rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,10 +266,18 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         device: &B::Device,
     ) -> Result<Self, InputError> {
         if critic.is_none() && policy.v_head.is_none() {
-            return Err(InputError::Invalid { field: "policy", expected: "a value head or a separate critic", got: "neither".into() });
+            return Err(InputError::Invalid {
+                field: "policy",
+                expected: "a value head or a separate critic",
+                got: "neither".into(),
+            });
         }
         if config.mini_batch_size == 0 || config.ppo_epochs == 0 {
-            return Err(InputError::Invalid { field: "mini_batch_size/ppo_epochs", expected: "at least 1", got: "0".into() });
+            return Err(InputError::Invalid {
+                field: "mini_batch_size/ppo_epochs",
+                expected: "at least 1",
+                got: "0".into(),
+            });
         }
         let policy_optim = config.optim.adamw::<B, Gpt2<B>>();
         let critic_optim = critic.as_ref().map(|_| config.optim.adamw::<B, Gpt2<B>>());
@@ -306,7 +317,11 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                 });
             }
             if !r.score.is_finite() {
-                return Err(InputError::Invalid { field: "rollout score", expected: "a finite number", got: r.score.to_string() });
+                return Err(InputError::Invalid {
+                    field: "rollout score",
+                    expected: "a finite number",
+                    got: r.score.to_string(),
+                });
             }
         }
         Ok(())
@@ -323,13 +338,22 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         // 1. Old log-probs, values and reference log-probs, without gradients.
         let resp = rollouts.iter().map(|r| r.response.len()).max().unwrap_or(0);
         let inner = Batch::<B::InnerBackend>::new(rollouts, resp, self.eos_id, &device);
-        let forward =
-            |model: &Gpt2<B::InnerBackend>| model.forward(inner.seqs.input_ids.clone(), inner.seqs.position_ids.clone(), inner.seqs.key_mask.clone(), None);
+        let forward = |model: &Gpt2<B::InnerBackend>| {
+            model.forward(
+                inner.seqs.input_ids.clone(),
+                inner.seqs.position_ids.clone(),
+                inner.seqs.key_mask.clone(),
+                None,
+            )
+        };
         let policy = self.policy.valid();
         let policy_out = forward(&policy);
         let mut old_logprobs = response_logprobs(&policy, policy_out.hidden.clone(), &inner, temperature, false).0;
         if self.config.old_logprobs == OldLogprobs::Behaviour {
-            let flat: Vec<f32> = rollouts.iter().flat_map(|r| r.logprobs.iter().copied().chain(std::iter::repeat_n(0.0, resp - r.logprobs.len()))).collect();
+            let flat: Vec<f32> = rollouts
+                .iter()
+                .flat_map(|r| r.logprobs.iter().copied().chain(std::iter::repeat_n(0.0, resp - r.logprobs.len())))
+                .collect();
             old_logprobs = Tensor::from_data(TensorData::new(flat, [n, resp]), &device);
         }
         let critic_out = self.critic.as_ref().map(|c| forward(&c.valid()));
@@ -349,13 +373,25 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         if self.config.score_clip > 0.0 {
             raw_scores.iter_mut().for_each(|s| *s = s.clamp(-self.config.score_clip, self.config.score_clip));
         }
-        let scores = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(raw_scores.iter().map(|&s| s as f32).collect::<Vec<_>>(), [n]), &device);
-        let has_eos: Vec<f32> = rollouts.iter().map(|r| (r.response.last() == Some(&self.eos_id)) as u8 as f32).collect();
-        let scores = adjust_scores(scores, Tensor::from_data(TensorData::new(has_eos, [n]), &device), self.config.missing_eos);
+        let scores = Tensor::<B::InnerBackend, 1>::from_data(
+            TensorData::new(raw_scores.iter().map(|&s| s as f32).collect::<Vec<_>>(), [n]),
+            &device,
+        );
+        let has_eos: Vec<f32> =
+            rollouts.iter().map(|r| (r.response.last() == Some(&self.eos_id)) as u8 as f32).collect();
+        let scores =
+            adjust_scores(scores, Tensor::from_data(TensorData::new(has_eos, [n]), &device), self.config.missing_eos);
         let kl = kl_penalty(old_logprobs.clone(), ref_logprobs, self.config.kl_estimator);
         let kl_coef = self.kl.value();
         let shaped = shape_rewards(scores.clone(), kl.clone(), inner.mask.clone(), kl_coef);
-        let adv = gae(values.clone(), shaped.rewards, inner.mask.clone(), self.config.gamma, self.config.lam, self.config.whiten_rewards);
+        let adv = gae(
+            values.clone(),
+            shaped.rewards,
+            inner.mask.clone(),
+            self.config.gamma,
+            self.config.lam,
+            self.config.whiten_rewards,
+        );
         let forward_time = started.elapsed().as_secs_f64();
 
         let mut stats = Stats::new();
@@ -363,7 +399,10 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         let mean_kl = scalar((kl * mask.clone()).sum_dim(1).mean().reshape([1]));
         stats.insert("objective/kl".into(), mean_kl);
         stats.insert("objective/kl_coef".into(), kl_coef);
-        stats.insert("objective/entropy".into(), scalar((old_logprobs.clone().neg() * mask.clone()).sum_dim(1).mean().reshape([1])));
+        stats.insert(
+            "objective/entropy".into(),
+            scalar((old_logprobs.clone().neg() * mask.clone()).sum_dim(1).mean().reshape([1])),
+        );
         stats.insert("ppo/mean_non_score_reward".into(), scalar(masked_mean(shaped.non_score_rewards, mask.clone())));
         let score_values: Vec<f64> = scores.into_data().iter::<f32>().map(f64::from).collect();
         let mean_score = score_values.iter().sum::<f64>() / n as f64;
@@ -393,11 +432,21 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                 // The mini-batch is padded to its own longest sequence.
                 let picked: Vec<Rollout> = chunk.iter().map(|&i| rollouts[i].clone()).collect();
                 let mb = Batch::<B>::new(&picked, resp, self.eos_id, &device);
-                let out = self.policy.forward(mb.seqs.input_ids.clone(), mb.seqs.position_ids.clone(), mb.seqs.key_mask.clone(), None);
+                let out = self.policy.forward(
+                    mb.seqs.input_ids.clone(),
+                    mb.seqs.position_ids.clone(),
+                    mb.seqs.key_mask.clone(),
+                    None,
+                );
                 let (logprobs, entropy) = response_logprobs(&self.policy, out.hidden.clone(), &mb, temperature, true);
                 let entropy = entropy.expect("asked for the entropy");
                 let vpred_out = match &self.critic {
-                    Some(critic) => critic.forward(mb.seqs.input_ids.clone(), mb.seqs.position_ids.clone(), mb.seqs.key_mask.clone(), None),
+                    Some(critic) => critic.forward(
+                        mb.seqs.input_ids.clone(),
+                        mb.seqs.position_ids.clone(),
+                        mb.seqs.key_mask.clone(),
+                        None,
+                    ),
                     None => out,
                 };
                 let vpreds = token_values(&vpred_out).expect("a value head or critic");
@@ -405,7 +454,13 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                 let (mb_old_logprobs, mb_values) = (pick2(&old_logprobs), pick2(&old_values));
                 let (mb_adv, mb_returns) = (pick2(&advantages), pick2(&returns));
                 let pg = policy_loss(logprobs, mb_old_logprobs, mb_adv.clone(), mb.mask.clone(), self.config.cliprange);
-                let vf = value_loss(vpreds, mb_values.clone(), mb_returns.clone(), mb.mask.clone(), self.config.cliprange_value);
+                let vf = value_loss(
+                    vpreds,
+                    mb_values.clone(),
+                    mb_returns.clone(),
+                    mb.mask.clone(),
+                    self.config.cliprange_value,
+                );
                 let loss = pg.loss.clone() + vf.loss.clone() * self.config.vf_coef;
                 let ratio_mean = scalar(pg.ratio_mean.clone().detach());
                 let total = scalar(loss.clone().detach());
@@ -435,7 +490,11 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                 }
                 n_minibatches += 1;
                 if skip_ratio {
-                    tracing::warn!(ratio_mean, threshold = self.config.ratio_threshold, "mini-batch ratio above ratio_threshold: skipped");
+                    tracing::warn!(
+                        ratio_mean,
+                        threshold = self.config.ratio_threshold,
+                        "mini-batch ratio above ratio_threshold: skipped"
+                    );
                     skipped_ratio += 1;
                     continue;
                 }
@@ -452,9 +511,16 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                     // Nothing moves: the weights and the optimizer state stay as they were.
                     skipped_nonfinite += 1;
                     self.skipped_in_a_row += 1;
-                    tracing::warn!(loss = total, skipped_in_a_row = self.skipped_in_a_row, "non-finite PPO loss or gradient: mini-batch skipped");
+                    tracing::warn!(
+                        loss = total,
+                        skipped_in_a_row = self.skipped_in_a_row,
+                        "non-finite PPO loss or gradient: mini-batch skipped"
+                    );
                     if self.skipped_in_a_row >= self.config.max_skipped_steps {
-                        return Err(TrainError::Diverged { step: self.optimizer_steps, skipped: self.skipped_in_a_row });
+                        return Err(TrainError::Diverged {
+                            step: self.optimizer_steps,
+                            skipped: self.skipped_in_a_row,
+                        });
                     }
                     continue;
                 };
@@ -478,7 +544,10 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         stats.insert("ppo/val/var_explained".into(), 1.0 - error / returns_var);
         stats.insert("ppo/skipped_minibatches/ratio".into(), skipped_ratio as f64);
         stats.insert("ppo/skipped_minibatches/nonfinite".into(), skipped_nonfinite as f64);
-        stats.insert("ppo/learning_rate".into(), self.config.optim.lr_at(self.optimizer_steps.saturating_sub(1), total_optimizer_steps));
+        stats.insert(
+            "ppo/learning_rate".into(),
+            self.config.optim.lr_at(self.optimizer_steps.saturating_sub(1), total_optimizer_steps),
+        );
         if !grad_norms.is_empty() {
             stats.insert("ppo/grad_norm".into(), grad_norms.iter().sum::<f64>() / grad_norms.len() as f64);
         }
@@ -517,7 +586,12 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
     ) -> Result<(), crate::error::CheckpointError> {
         crate::hf::export(&self.policy.valid(), model_config, tokenizer, dir)?;
         crate::train::save_optimizer(dir, &self.policy, &self.policy_optim)?;
-        let state = PpoState { version, optimizer_steps: self.optimizer_steps, kl: self.kl.clone(), score_moments: self.score_moments.clone() };
+        let state = PpoState {
+            version,
+            optimizer_steps: self.optimizer_steps,
+            kl: self.kl.clone(),
+            score_moments: self.score_moments.clone(),
+        };
         let path = dir.join(PPO_STATE_FILE);
         std::fs::write(&path, serde_json::to_string_pretty(&state).expect("state serialises"))
             .map_err(|e| crate::error::CheckpointError::Write { path, message: e.to_string() })
@@ -528,7 +602,10 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
     /// mini-batch shuffling RNG is re-seeded from the step count, so a resumed run is not
     /// bit-identical to an uninterrupted one.
     pub fn restore_checkpoint(&mut self, dir: &std::path::Path) -> Result<PpoState, crate::error::CheckpointError> {
-        let read_error = |path: std::path::PathBuf, e: &dyn std::fmt::Display| crate::error::CheckpointError::Read { path, message: e.to_string() };
+        let read_error = |path: std::path::PathBuf, e: &dyn std::fmt::Display| crate::error::CheckpointError::Read {
+            path,
+            message: e.to_string(),
+        };
         let path = dir.join(PPO_STATE_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| read_error(path.clone(), &e))?;
         let state: PpoState = serde_json::from_str(&text).map_err(|e| read_error(path.clone(), &e))?;

@@ -90,7 +90,11 @@ pub struct PairIds {
 /// Tokenizes pairs to at most `max_length` tokens each side. A text that is too long loses the
 /// start of its prompt, so the response (what the pair is about) stays whole; without a prompt,
 /// or with a response longer than `max_length` on its own, it keeps its first `max_length` tokens.
-pub fn tokenize_pairs(pairs: &[PreferencePair], tokenizer: &Tokenizer, max_length: usize) -> Result<Vec<PairIds>, TokenizerError> {
+pub fn tokenize_pairs(
+    pairs: &[PreferencePair],
+    tokenizer: &Tokenizer,
+    max_length: usize,
+) -> Result<Vec<PairIds>, TokenizerError> {
     let max_length = max_length.max(1);
     let encode = |prompt: &str, text: &str| -> Result<Vec<u32>, TokenizerError> {
         let mut ids = tokenizer.encode(&format!("{prompt}{text}"))?;
@@ -108,7 +112,10 @@ pub fn tokenize_pairs(pairs: &[PreferencePair], tokenizer: &Tokenizer, max_lengt
         }
         Ok(ids)
     };
-    pairs.iter().map(|p| Ok(PairIds { chosen: encode(&p.prompt, &p.chosen)?, rejected: encode(&p.prompt, &p.rejected)? })).collect()
+    pairs
+        .iter()
+        .map(|p| Ok(PairIds { chosen: encode(&p.prompt, &p.chosen)?, rejected: encode(&p.prompt, &p.rejected)? }))
+        .collect()
 }
 
 /// Scores of a batch of sequences. `[batch]`
@@ -129,7 +136,8 @@ fn pair_loss<B: Kernels>(
     device: &B::Device,
 ) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
     let n = pairs.len();
-    let rows: Vec<Vec<u32>> = pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
+    let rows: Vec<Vec<u32>> =
+        pairs.iter().map(|p| p.chosen.clone()).chain(pairs.iter().map(|p| p.rejected.clone())).collect();
     let scores = sequence_scores(model, &rows, pad_id, device); // [2n]: chosen, then rejected
     let chosen = scores.clone().narrow(0, 0, n);
     let rejected = scores.narrow(0, n, n);
@@ -142,7 +150,13 @@ fn pair_loss<B: Kernels>(
 
 /// Evaluation metrics on `pairs`: `eval/loss`, `eval/accuracy` (chosen scored higher),
 /// `eval/margin` (mean r_chosen − r_rejected), `eval/reward_mean`, `eval/reward_std`.
-pub fn evaluate<B: Kernels>(model: &Gpt2<B>, pairs: &[PairIds], config: &RewardConfig, pad_id: u32, device: &B::Device) -> Stats {
+pub fn evaluate<B: Kernels>(
+    model: &Gpt2<B>,
+    pairs: &[PairIds],
+    config: &RewardConfig,
+    pad_id: u32,
+    device: &B::Device,
+) -> Stats {
     let (mut loss_sum, mut chosen_all, mut rejected_all) = (0.0, Vec::new(), Vec::new());
     let refs: Vec<&PairIds> = pairs.iter().collect();
     for chunk in refs.chunks(config.batch_size.max(1)) {
@@ -178,7 +192,12 @@ pub fn train<B: AutodiffKernels>(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Gpt2<B>, Vec<Stats>), TrainError> {
     if model.score.is_none() {
-        return Err(InputError::Invalid { field: "model", expected: "a score head (a reward model)", got: "an LM".into() }.into());
+        return Err(InputError::Invalid {
+            field: "model",
+            expected: "a score head (a reward model)",
+            got: "an LM".into(),
+        }
+        .into());
     }
     for (field, set) in [("train pairs", train), ("eval pairs", eval)] {
         let rows: Vec<Vec<u32>> = set.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
@@ -213,14 +232,23 @@ pub fn train<B: AutodiffKernels>(
             } else {
                 // Nothing moves: the weights and the optimizer state stay as they were.
                 skipped_in_a_row += 1;
-                tracing::warn!(step, loss = loss_value, grad_norm, skipped_in_a_row, "non-finite reward-model loss or gradient: batch skipped");
+                tracing::warn!(
+                    step,
+                    loss = loss_value,
+                    grad_norm,
+                    skipped_in_a_row,
+                    "non-finite reward-model loss or gradient: batch skipped"
+                );
                 if skipped_in_a_row >= config.max_skipped_steps {
                     return Err(TrainError::Diverged { step, skipped: skipped_in_a_row });
                 }
             }
             step += 1;
-            let mut metrics =
-                Stats::from([("train/loss".to_string(), loss_value), ("train/accuracy".to_string(), accuracy), ("train/learning_rate".to_string(), lr)]);
+            let mut metrics = Stats::from([
+                ("train/loss".to_string(), loss_value),
+                ("train/accuracy".to_string(), accuracy),
+                ("train/learning_rate".to_string(), lr),
+            ]);
             let end_of_epoch = step % steps_per_epoch == 0;
             let due = if config.eval_every > 0 { step % config.eval_every == 0 || step == total } else { end_of_epoch };
             if due && !eval.is_empty() {
@@ -236,7 +264,13 @@ pub fn train<B: AutodiffKernels>(
 
 /// Rescales the score head so that `rows` score with mean 0 and std 1. Returns `(mean, std)`
 /// before the change.
-pub fn normalize<B: Kernels>(model: &mut Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, batch_size: usize, device: &B::Device) -> (f64, f64) {
+pub fn normalize<B: Kernels>(
+    model: &mut Gpt2<B>,
+    rows: &[Vec<u32>],
+    pad_id: u32,
+    batch_size: usize,
+    device: &B::Device,
+) -> (f64, f64) {
     let mut scores = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(batch_size.max(1)) {
         scores.extend(sequence_scores(model, chunk, pad_id, device).into_data().iter::<f32>().map(f64::from));
@@ -269,10 +303,17 @@ mod tests {
 
     #[test]
     fn long_pairs_lose_the_start_of_their_prompt_not_their_response() {
-        let tokenizer = Tokenizer::load(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/assets/gpt2-tokenizer")).unwrap();
-        let pair = |prompt: &str| PreferencePair { prompt: prompt.into(), chosen: " a fine short summary".into(), rejected: " bad".into() };
+        let tokenizer = Tokenizer::load(
+            &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/assets/gpt2-tokenizer"),
+        )
+        .unwrap();
+        let pair = |prompt: &str| PreferencePair {
+            prompt: prompt.into(),
+            chosen: " a fine short summary".into(),
+            rejected: " bad".into(),
+        };
         let long = pair("POST: a very long post that goes on and on about nothing in particular at all.\nTL;DR:");
-        let ids = &tokenize_pairs(&[long.clone()], &tokenizer, 12).unwrap()[0];
+        let ids = &tokenize_pairs(std::slice::from_ref(&long), &tokenizer, 12).unwrap()[0];
         assert_eq!(ids.chosen.len(), 12);
         assert_eq!(tokenizer.decode(&ids.chosen).unwrap(), " at all.\nTL;DR: a fine short summary");
         assert!(tokenizer.decode(&ids.rejected).unwrap().ends_with("TL;DR: bad"));

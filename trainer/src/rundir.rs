@@ -30,7 +30,9 @@ pub enum RunDirError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path} is in use by another rlhf process ({holder}); wait for it to finish or choose another directory")]
     Locked { path: PathBuf, holder: String },
-    #[error("{path} already holds a run ({entries}); pass --resume to continue it or --overwrite to start over, or choose another directory")]
+    #[error(
+        "{path} already holds a run ({entries}); pass --resume to continue it or --overwrite to start over, or choose another directory"
+    )]
     NotEmpty { path: PathBuf, entries: String },
 }
 
@@ -51,13 +53,20 @@ impl RunDir {
     pub fn open(path: &Path, existing: Existing) -> Result<Self, RunDirError> {
         std::fs::create_dir_all(path).map_err(io(path))?;
         let lock_path = path.join(LOCK_FILE);
-        let mut lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(io(&lock_path))?;
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = lock.read_to_string(&mut holder);
-                let holder = if holder.trim().is_empty() { "unknown pid".to_string() } else { holder.trim().to_string() };
+                let holder =
+                    if holder.trim().is_empty() { "unknown pid".to_string() } else { holder.trim().to_string() };
                 return Err(RunDirError::Locked { path: path.to_path_buf(), holder });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
@@ -78,13 +87,23 @@ impl RunDir {
             match existing {
                 Existing::Resume => {}
                 Existing::Refuse => {
-                    let names: Vec<String> = entries.iter().take(4).filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
-                    let more = if entries.len() > 4 { format!(" and {} more", entries.len() - 4) } else { String::new() };
-                    return Err(RunDirError::NotEmpty { path: path.to_path_buf(), entries: format!("{}{more}", names.join(", ")) });
+                    let names: Vec<String> = entries
+                        .iter()
+                        .take(4)
+                        .filter_map(|p| p.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .collect();
+                    let more =
+                        if entries.len() > 4 { format!(" and {} more", entries.len() - 4) } else { String::new() };
+                    return Err(RunDirError::NotEmpty {
+                        path: path.to_path_buf(),
+                        entries: format!("{}{more}", names.join(", ")),
+                    });
                 }
                 Existing::Overwrite => {
                     for entry in entries {
-                        let removed = if entry.is_dir() { std::fs::remove_dir_all(&entry) } else { std::fs::remove_file(&entry) };
+                        let removed =
+                            if entry.is_dir() { std::fs::remove_dir_all(&entry) } else { std::fs::remove_file(&entry) };
                         removed.map_err(io(&entry))?;
                     }
                 }
@@ -141,7 +160,10 @@ mod tests {
         let dir = tmp.path().join("run");
         let first = RunDir::open(&dir, Existing::Refuse).unwrap();
         let err = RunDir::open(&dir, Existing::Resume).unwrap_err().to_string();
-        assert!(err.contains("in use by another rlhf process") && err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.contains("in use by another rlhf process") && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(first);
         // Once released, the directory (holding only its lock file) is free again.
         RunDir::open(&dir, Existing::Refuse).unwrap();
@@ -154,7 +176,12 @@ mod tests {
         std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
         std::fs::write(dir.join("metrics.jsonl"), "{}\n").unwrap();
         let err = RunDir::open(&dir, Existing::Refuse).unwrap_err().to_string();
-        assert!(err.contains("already holds a run (checkpoints, metrics.jsonl)") && err.contains("--resume") && err.contains("--overwrite"), "{err}");
+        assert!(
+            err.contains("already holds a run (checkpoints, metrics.jsonl)")
+                && err.contains("--resume")
+                && err.contains("--overwrite"),
+            "{err}"
+        );
         drop(RunDir::open(&dir, Existing::Resume).unwrap());
         assert!(dir.join("metrics.jsonl").exists(), "resume keeps the run");
         drop(RunDir::open(&dir, Existing::Overwrite).unwrap());

@@ -47,7 +47,11 @@ impl SamplingConfig {
     pub fn validate(&self) -> Checked {
         at_least_one("max_new_tokens", self.max_new_tokens)?;
         if self.max_new_tokens > MAX_NEW_TOKENS {
-            return Err(InvalidSetting::new("max_new_tokens", &format!("at most {MAX_NEW_TOKENS} (GPT-2's largest context)"), self.max_new_tokens));
+            return Err(InvalidSetting::new(
+                "max_new_tokens",
+                &format!("at most {MAX_NEW_TOKENS} (GPT-2's largest context)"),
+                self.max_new_tokens,
+            ));
         }
         if !self.greedy {
             finite_positive("temperature", self.temperature as f64)?;
@@ -93,7 +97,13 @@ impl<B: Kernels> Generator<B> {
 
     /// Generates continuations of `prompts` (token ids). `eos_id` is the end-of-text token that
     /// finishes a row (with `stop_at_eos`) and pads the batch.
-    pub fn generate(&self, prompts: &[Vec<u32>], eos_id: u32, config: &SamplingConfig, device: &B::Device) -> Result<Generation, InputError> {
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        eos_id: u32,
+        config: &SamplingConfig,
+        device: &B::Device,
+    ) -> Result<Generation, InputError> {
         let model = &self.model;
         config.validate()?;
         let n_positions = model.n_positions();
@@ -149,7 +159,13 @@ impl<B: Kernels> Generator<B> {
 }
 
 /// [`Generator::generate`] for a model used once (the decoding layout is built for this call).
-pub fn generate<B: Kernels>(model: &Gpt2<B>, prompts: &[Vec<u32>], eos_id: u32, config: &SamplingConfig, device: &B::Device) -> Result<Generation, InputError> {
+pub fn generate<B: Kernels>(
+    model: &Gpt2<B>,
+    prompts: &[Vec<u32>],
+    eos_id: u32,
+    config: &SamplingConfig,
+    device: &B::Device,
+) -> Result<Generation, InputError> {
     Generator::new(model.clone()).generate(prompts, eos_id, config, device)
 }
 
@@ -258,7 +274,10 @@ mod tests {
         // Make token 3 overwhelmingly likely everywhere by biasing... instead: find the greedy
         // first token and use it as "eos".
         let greedy = SamplingConfig { greedy: true, max_new_tokens: 6, ..Default::default() };
-        let first = generate(&model, &[vec![1, 2]], 0, &SamplingConfig { stop_at_eos: false, ..greedy.clone() }, &device).unwrap().completion_ids[0][0];
+        let first =
+            generate(&model, &[vec![1, 2]], 0, &SamplingConfig { stop_at_eos: false, ..greedy.clone() }, &device)
+                .unwrap()
+                .completion_ids[0][0];
         let out = generate(&model, &[vec![1, 2], vec![9, 9, 9]], first, &greedy, &device).unwrap();
         assert_eq!(out.completion_ids[0], vec![first]);
         assert_eq!(out.logprobs[0].len(), 1);

@@ -78,7 +78,11 @@ impl<B: Kernels> Scorer for RewardModelScorer<B> {
     }
 
     fn score_texts(&mut self, queries: &[String], responses: &[String]) -> Result<Vec<f32>, ScoreError> {
-        let rows: Vec<Vec<u32>> = queries.iter().zip(responses).map(|(q, r)| self.tokenizer.encode(&format!("{q}{r}"))).collect::<Result<_, _>>()?;
+        let rows: Vec<Vec<u32>> = queries
+            .iter()
+            .zip(responses)
+            .map(|(q, r)| self.tokenizer.encode(&format!("{q}{r}")))
+            .collect::<Result<_, _>>()?;
         self.score_rows(rows)
     }
 
@@ -113,10 +117,16 @@ impl Lexicon {
             let (vocab, er) = (read(&vocab_path)?, read(&er_path)?);
             let (words, values): (Vec<&str>, Vec<&str>) = (vocab.lines().collect(), er.lines().collect());
             if words.len() != values.len() {
-                return Err(error(path, format!("imdb.vocab has {} lines but imdbEr.txt {}", words.len(), values.len())));
+                return Err(error(
+                    path,
+                    format!("imdb.vocab has {} lines but imdbEr.txt {}", words.len(), values.len()),
+                ));
             }
             for (i, (word, value)) in words.iter().zip(&values).enumerate() {
-                let weight = value.trim().parse::<f32>().map_err(|_| error(&er_path, format!("line {}: expected a number, got {value:?}", i + 1)))?;
+                let weight = value
+                    .trim()
+                    .parse::<f32>()
+                    .map_err(|_| error(&er_path, format!("line {}: expected a number, got {value:?}", i + 1)))?;
                 weights.insert(word.trim().to_string(), weight);
             }
         } else {
@@ -128,7 +138,9 @@ impl Lexicon {
                     }
                     return Err(error(path, format!("line {}: expected `word weight`", i + 1)));
                 };
-                let weight = value.parse::<f32>().map_err(|_| error(path, format!("line {}: expected a number, got {value:?}", i + 1)))?;
+                let weight = value
+                    .parse::<f32>()
+                    .map_err(|_| error(path, format!("line {}: expected a number, got {value:?}", i + 1)))?;
                 weights.insert(word.to_lowercase(), weight);
             }
         }

@@ -28,7 +28,8 @@ pub fn score_index(rows: &[Vec<u32>], pad_id: u32, width: usize) -> Vec<i64> {
 /// Picks each row's score at its column. `scores`: `[batch, width, n_labels]` -> `[batch, n_labels]`
 pub fn gather_scores<B: Backend>(scores: Tensor<B, 3>, index: &[i64], device: &B::Device) -> Tensor<B, 2> {
     let [batch, _, n_labels] = scores.dims();
-    let index = Tensor::<B, 3, Int>::from_data(TensorData::new(index.to_vec(), [batch, 1, 1]), device).expand([batch, 1, n_labels]);
+    let index = Tensor::<B, 3, Int>::from_data(TensorData::new(index.to_vec(), [batch, 1, 1]), device)
+        .expand([batch, 1, n_labels]);
     scores.gather(1, index).reshape([batch, n_labels])
 }
 
@@ -58,7 +59,11 @@ pub fn score<B: Kernels>(
 ) -> Result<Scored, InputError> {
     validate("sequence", rows, model.vocab_size(), model.n_positions())?;
     if with_logprobs && rows.iter().any(|r| r.len() < 2) {
-        return Err(InputError::Invalid { field: "sequence", expected: "at least 2 tokens for log-probabilities", got: "1".into() });
+        return Err(InputError::Invalid {
+            field: "sequence",
+            expected: "at least 2 tokens for log-probabilities",
+            got: "1".into(),
+        });
     }
     let padded = left_pad::<B>(rows, pad_id, device);
     let out = model.forward(padded.input_ids, padded.position_ids, padded.key_mask, None);

@@ -43,7 +43,12 @@ pub struct SftConfig {
 impl Default for SftConfig {
     fn default() -> Self {
         Self {
-            optim: OptimConfig { learning_rate: 5e-5, warmup_steps: 10, schedule: crate::optim::Schedule::Cosine, ..Default::default() },
+            optim: OptimConfig {
+                learning_rate: 5e-5,
+                warmup_steps: 10,
+                schedule: crate::optim::Schedule::Cosine,
+                ..Default::default()
+            },
             epochs: 1,
             batch_size: 8,
             grad_accum: 1,
@@ -72,7 +77,12 @@ impl SftConfig {
 
 /// Mean negative log-likelihood of every real token after a row's first, `[1]`, and the number
 /// of tokens it averages over.
-pub fn lm_loss<B: Kernels>(model: &Gpt2<B>, rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> (Tensor<B, 1>, usize) {
+pub fn lm_loss<B: Kernels>(
+    model: &Gpt2<B>,
+    rows: &[Vec<u32>],
+    pad_id: u32,
+    device: &B::Device,
+) -> (Tensor<B, 1>, usize) {
     let padded = left_pad::<B>(rows, pad_id, device);
     let out = model.forward(padded.input_ids, padded.position_ids, padded.key_mask, None);
     let hidden = select_rows(out.hidden, &next_token_rows(&padded.lengths, padded.width)); // [n_tokens, n_embd]
@@ -91,7 +101,13 @@ pub fn length_buckets(lengths: &[usize], batch_size: usize, seed: u64, epoch: us
 }
 
 /// `eval/loss` (per token) and `eval/perplexity` on `rows`.
-pub fn evaluate<B: Kernels>(model: &Gpt2<B>, rows: &[Vec<u32>], batch_size: usize, pad_id: u32, device: &B::Device) -> Stats {
+pub fn evaluate<B: Kernels>(
+    model: &Gpt2<B>,
+    rows: &[Vec<u32>],
+    batch_size: usize,
+    pad_id: u32,
+    device: &B::Device,
+) -> Stats {
     let (mut nll, mut tokens) = (0.0, 0usize);
     let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
     for batch in length_buckets(&lengths, batch_size, 0, 0) {
@@ -112,6 +128,10 @@ pub struct SftOutcome<B: AutodiffKernels> {
     pub total_steps: usize,
 }
 
+/// Writes a checkpoint of the model and optimizer after `(step, total)` optimizer steps.
+pub type SaveCheckpoint<'a, B> =
+    dyn FnMut(&Gpt2<B>, &AdamWOptimizer<Gpt2<B>, B>, usize, usize) -> Result<(), CheckpointError> + 'a;
+
 /// Fine-tunes `model` on `train_rows` from optimizer step `start_step` (0, or a checkpoint's).
 /// `checkpoint(model, optim, step, total)` is called every `checkpoint_every` steps and at the end.
 #[allow(clippy::too_many_arguments)]
@@ -125,7 +145,7 @@ pub fn train<B: AutodiffKernels>(
     pad_id: u32,
     device: &B::Device,
     progress: &mut dyn FnMut(Progress),
-    checkpoint: &mut dyn FnMut(&Gpt2<B>, &AdamWOptimizer<Gpt2<B>, B>, usize, usize) -> Result<(), CheckpointError>,
+    checkpoint: &mut SaveCheckpoint<'_, B>,
 ) -> Result<SftOutcome<B>, TrainError> {
     if train_rows.is_empty() {
         return Err(InputError::Empty { field: "training texts" }.into());
@@ -168,7 +188,13 @@ pub fn train<B: AutodiffKernels>(
             } else {
                 // Nothing moves: the weights and the optimizer state stay as they were.
                 skipped_in_a_row += 1;
-                tracing::warn!(step, loss = train_loss, grad_norm, skipped_in_a_row, "non-finite SFT loss or gradient: step skipped");
+                tracing::warn!(
+                    step,
+                    loss = train_loss,
+                    grad_norm,
+                    skipped_in_a_row,
+                    "non-finite SFT loss or gradient: step skipped"
+                );
                 if skipped_in_a_row >= config.max_skipped_steps {
                     return Err(TrainError::Diverged { step, skipped: skipped_in_a_row });
                 }
@@ -180,9 +206,9 @@ pub fn train<B: AutodiffKernels>(
                 ("train/grad_norm".to_string(), grad_norm),
                 ("train/tokens".to_string(), tokens as f64),
             ]);
-            let end_of_epoch = step % steps_per_epoch == 0;
+            let end_of_epoch = step.is_multiple_of(steps_per_epoch);
             let every = |n: usize| {
-                if n > 0 { step % n == 0 || step == total } else { end_of_epoch }
+                if n > 0 { step.is_multiple_of(n) || step == total } else { end_of_epoch }
             };
             if every(config.eval_every) && !eval_rows.is_empty() {
                 let stats = evaluate(&model.valid(), eval_rows, config.batch_size, pad_id, device);

@@ -59,7 +59,8 @@ impl Tokenizer {
 
     /// Wraps a tokenizer built in code (e.g. trained by the demo).
     pub fn from_tokenizer(inner: tokenizers::Tokenizer, eos_token: &str) -> Result<Self, TokenizerError> {
-        let eos_id = inner.token_to_id(eos_token).ok_or_else(|| TokenizerError::NoEos { path: PathBuf::from("<memory>") })?;
+        let eos_id =
+            inner.token_to_id(eos_token).ok_or_else(|| TokenizerError::NoEos { path: PathBuf::from("<memory>") })?;
         Ok(Self { inner, eos_token: eos_token.to_string(), eos_id, pad_id: eos_id })
     }
 
@@ -70,7 +71,10 @@ impl Tokenizer {
 
     /// A tokenizer from `tokenizer.json` text, with end-of-text id `eos_id`.
     pub fn from_json(json: &str, eos_id: u32) -> Result<Self, TokenizerError> {
-        let load = |message: String| TokenizerError::Load { path: PathBuf::from("<tokenizer.json from the learner>"), message };
+        let load = |message: String| TokenizerError::Load {
+            path: PathBuf::from("<tokenizer.json from the learner>"),
+            message,
+        };
         let inner: tokenizers::Tokenizer = json.parse().map_err(|e: tokenizers::Error| load(e.to_string()))?;
         let eos_token = inner.id_to_token(eos_id).ok_or_else(|| load(format!("no token with id {eos_id}")))?;
         Ok(Self { inner, eos_token, eos_id, pad_id: eos_id })
@@ -94,7 +98,10 @@ impl Tokenizer {
 
     /// Text to ids, without special tokens (GPT-2 adds none).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        self.inner.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| TokenizerError::Codec { action: "encode", message: e.to_string() })
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Codec { action: "encode", message: e.to_string() })
     }
 
     /// The first `max_tokens` ids of `text`, exactly as `encode(text)` would start, without
@@ -147,13 +154,16 @@ impl Tokenizer {
 }
 
 fn from_json(path: &Path) -> Result<tokenizers::Tokenizer, TokenizerError> {
-    tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load { path: path.to_path_buf(), message: e.to_string() })
+    tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| TokenizerError::Load { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// GPT-2's original file pair: a BPE model with a byte-level pre-tokenizer and decoder.
 fn from_vocab_merges(vocab: &Path, merges: &Path) -> Result<tokenizers::Tokenizer, TokenizerError> {
     let load_error = |message: String| TokenizerError::Load { path: vocab.to_path_buf(), message };
-    let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy()).build().map_err(|e| load_error(e.to_string()))?;
+    let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+        .build()
+        .map_err(|e| load_error(e.to_string()))?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
@@ -193,7 +203,9 @@ mod tests {
         assert_eq!(tokenizer.pad_id(), 50256);
         assert_eq!(tokenizer.decode(&tokenizer.encode("naïve 🎬 café").unwrap()).unwrap(), "naïve 🎬 café");
         // A prefix of a long text is exactly the start of the whole text's ids.
-        let long = "It was a  dark and stormy night; the rain fell in torrents, except at occasional intervals. ".repeat(200) + &"x".repeat(5000);
+        let long = "It was a  dark and stormy night; the rain fell in torrents, except at occasional intervals. "
+            .repeat(200)
+            + &"x".repeat(5000);
         let whole = tokenizer.encode(&long).unwrap();
         for n in [1, 7, 32, 100, 1000, whole.len(), whole.len() + 5] {
             assert_eq!(tokenizer.encode_prefix(&long, n).unwrap(), whole[..n.min(whole.len())], "first {n} ids");

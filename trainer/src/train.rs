@@ -63,7 +63,10 @@ fn read_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
 /// disk and it is renamed to `dir`, replacing an older `dir`. A crash at any point leaves the old
 /// `dir` (or none) and perhaps a staging directory, which the next write removes: never a
 /// half-written `dir`.
-pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<(), CheckpointError>) -> Result<(), CheckpointError> {
+pub fn write_dir_atomically(
+    dir: &Path,
+    write: impl FnOnce(&Path) -> Result<(), CheckpointError>,
+) -> Result<(), CheckpointError> {
     let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| write_error(dir, "not a directory name"))?;
     let staging = dir.with_file_name(format!(".{name}.partial"));
     let replaced = dir.with_file_name(format!(".{name}.old"));
@@ -115,17 +118,24 @@ pub fn save_checkpoint<B: AutodiffKernels>(
         hf::export(&model.valid(), config, tokenizer, dir)?;
         save_optimizer(dir, model, optim)?;
         let path = dir.join(STATE_FILE);
-        std::fs::write(&path, serde_json::to_string_pretty(state).expect("state serialises")).map_err(|e| write_error(&path, e))
+        std::fs::write(&path, serde_json::to_string_pretty(state).expect("state serialises"))
+            .map_err(|e| write_error(&path, e))
     })
 }
 
 /// Writes `optim`'s state into `dir`, keyed by module path.
-pub fn save_optimizer<B: AutodiffKernels>(dir: &Path, model: &Gpt2<B>, optim: &AdamWOptimizer<Gpt2<B>, B>) -> Result<(), CheckpointError> {
+pub fn save_optimizer<B: AutodiffKernels>(
+    dir: &Path,
+    model: &Gpt2<B>,
+    optim: &AdamWOptimizer<Gpt2<B>, B>,
+) -> Result<(), CheckpointError> {
     let ids: BTreeMap<String, u64> = param_paths(model).into_iter().map(|(p, id)| (p, id.val())).collect();
     let path = dir.join(OPTIMIZER_PARAMS_FILE);
     std::fs::write(&path, serde_json::to_string(&ids).expect("ids serialise")).map_err(|e| write_error(&path, e))?;
     let path = dir.join(OPTIMIZER_FILE);
-    BinFileRecorder::<FullPrecisionSettings>::new().record(optim.to_record(), path.clone()).map_err(|e| write_error(&path, e))
+    BinFileRecorder::<FullPrecisionSettings>::new()
+        .record(optim.to_record(), path.clone())
+        .map_err(|e| write_error(&path, e))
 }
 
 /// Reads optimizer state written by [`save_optimizer`] into `optim`, re-keyed for `model`.
@@ -143,8 +153,10 @@ pub fn load_optimizer<B: AutodiffKernels>(
         BinFileRecorder::<FullPrecisionSettings>::new().load(path.clone(), device).map_err(|e| read_error(&path, e))?;
     // Re-key: saved id -> module path -> this process's id.
     let new_ids = param_paths(model);
-    let by_old: HashMap<u64, ParamId> = saved_ids.iter().filter_map(|(path, old)| new_ids.get(path).map(|new| (*old, *new))).collect();
-    let record = record.into_iter().filter_map(|(old, state)| by_old.get(&old.val()).map(|new| (*new, state))).collect();
+    let by_old: HashMap<u64, ParamId> =
+        saved_ids.iter().filter_map(|(path, old)| new_ids.get(path).map(|new| (*old, *new))).collect();
+    let record =
+        record.into_iter().filter_map(|(old, state)| by_old.get(&old.val()).map(|new| (*new, state))).collect();
     Ok(optim.load_record(record))
 }
 
@@ -170,11 +182,14 @@ pub fn read_trainer_state(dir: &Path) -> Result<TrainerState, CheckpointError> {
 }
 
 /// Loads a checkpoint's model, optimizer state and trainer state.
+/// A checkpoint read back: the model's config, the model, the optimizer and where training was.
+pub type Restored<B> = (Gpt2Config, Gpt2<B>, AdamWOptimizer<Gpt2<B>, B>, TrainerState);
+
 pub fn load_checkpoint<B: AutodiffKernels>(
     dir: &Path,
     mut optim: AdamWOptimizer<Gpt2<B>, B>,
     device: &B::Device,
-) -> Result<(Gpt2Config, Gpt2<B>, AdamWOptimizer<Gpt2<B>, B>, TrainerState), CheckpointError> {
+) -> Result<Restored<B>, CheckpointError> {
     let (config, model) = hf::load::<B>(dir, device)?;
     let state = read_trainer_state(dir)?;
     optim = load_optimizer(dir, &model, optim, device)?;
@@ -206,7 +221,10 @@ mod tests {
         // The next write removes the leftover staging directory and replaces the old one.
         write_dir_atomically(&dir, |d| write_file(d, "second")).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "second");
-        let names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, vec!["version-1".to_string()]);
     }
 }

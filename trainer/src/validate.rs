@@ -71,22 +71,38 @@ pub fn at_least_one(field: &str, value: usize) -> Checked {
 
 /// A finite number ≥ `min`.
 pub fn finite_at_least(field: &str, value: f64, min: f64) -> Checked {
-    if value.is_finite() && value >= min { Ok(()) } else { Err(InvalidSetting::new(field, &format!("a finite number ≥ {min}"), value)) }
+    if value.is_finite() && value >= min {
+        Ok(())
+    } else {
+        Err(InvalidSetting::new(field, &format!("a finite number ≥ {min}"), value))
+    }
 }
 
 /// A finite number > 0.
 pub fn finite_positive(field: &str, value: f64) -> Checked {
-    if value.is_finite() && value > 0.0 { Ok(()) } else { Err(InvalidSetting::new(field, "a finite number > 0", value)) }
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(InvalidSetting::new(field, "a finite number > 0", value))
+    }
 }
 
 /// A number in `[low, high)`.
 pub fn in_range(field: &str, value: f64, low: f64, high: f64) -> Checked {
-    if value >= low && value < high { Ok(()) } else { Err(InvalidSetting::new(field, &format!("a number in [{low}, {high})"), value)) }
+    if value >= low && value < high {
+        Ok(())
+    } else {
+        Err(InvalidSetting::new(field, &format!("a number in [{low}, {high})"), value))
+    }
 }
 
 /// A number in `[low, high]`.
 pub fn in_closed_range(field: &str, value: f64, low: f64, high: f64) -> Checked {
-    if value >= low && value <= high { Ok(()) } else { Err(InvalidSetting::new(field, &format!("a number in [{low}, {high}]"), value)) }
+    if value >= low && value <= high {
+        Ok(())
+    } else {
+        Err(InvalidSetting::new(field, &format!("a number in [{low}, {high}]"), value))
+    }
 }
 
 #[cfg(test)]
@@ -140,13 +156,19 @@ mod tests {
             (PpoConfig { cliprange_value: 0.0, ..ppo.clone() }, "cliprange_value"),
             (PpoConfig { vf_coef: -1.0, ..ppo.clone() }, "vf_coef"),
             (PpoConfig { kl: KlController::Fixed { value: f64::NAN }, ..ppo.clone() }, "kl.fixed.value"),
-            (PpoConfig { kl: KlController::Adaptive { value: 0.2, target: 0.0, horizon: 1e4 }, ..ppo.clone() }, "kl.adaptive.target"),
+            (
+                PpoConfig { kl: KlController::Adaptive { value: 0.2, target: 0.0, horizon: 1e4 }, ..ppo.clone() },
+                "kl.adaptive.target",
+            ),
             (PpoConfig { ratio_threshold: 0.0, ..ppo.clone() }, "ratio_threshold"),
             (PpoConfig { temperature: 0.0, ..ppo.clone() }, "temperature"),
             (PpoConfig { missing_eos: MissingEos::Penalty(f32::NAN), ..ppo.clone() }, "missing_eos.penalty"),
             (PpoConfig { score_clip: -1.0, ..ppo.clone() }, "score_clip"),
             (PpoConfig { max_skipped_steps: 0, ..ppo.clone() }, "max_skipped_steps"),
-            (PpoConfig { optim: OptimConfig { learning_rate: f64::NAN, ..optim.clone() }, ..ppo.clone() }, "optim.learning_rate"),
+            (
+                PpoConfig { optim: OptimConfig { learning_rate: f64::NAN, ..optim.clone() }, ..ppo.clone() },
+                "optim.learning_rate",
+            ),
         ];
         for (config, field) in ppo_cases {
             assert_eq!(config.validate().unwrap_err().field, field);
@@ -180,7 +202,10 @@ mod tests {
             (SftConfig { grad_accum: 0, ..sft.clone() }, "grad_accum"),
             (SftConfig { max_length: 0, ..sft.clone() }, "max_length"),
             (SftConfig { max_skipped_steps: 0, ..sft.clone() }, "max_skipped_steps"),
-            (SftConfig { optim: OptimConfig { learning_rate: -1.0, ..optim.clone() }, ..sft.clone() }, "optim.learning_rate"),
+            (
+                SftConfig { optim: OptimConfig { learning_rate: -1.0, ..optim.clone() }, ..sft.clone() },
+                "optim.learning_rate",
+            ),
         ];
         for (config, field) in sft_cases {
             assert_eq!(config.validate().unwrap_err().field, field);

@@ -58,7 +58,8 @@ fn recast(bytes: &[u8], from: Dtype, to: Dtype, convert: impl Fn(&[u8]) -> Vec<u
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let mut owned = Vec::new();
     for (name, view) in tensors.tensors() {
-        let (dtype, data) = if view.dtype() == from { (to, convert(view.data())) } else { (view.dtype(), view.data().to_vec()) };
+        let (dtype, data) =
+            if view.dtype() == from { (to, convert(view.data())) } else { (view.dtype(), view.data().to_vec()) };
         owned.push((name, Owned { dtype, shape: view.shape().to_vec(), data }));
     }
     owned.sort_by(|a, b| a.0.cmp(&b.0));
@@ -68,13 +69,17 @@ fn recast(bytes: &[u8], from: Dtype, to: Dtype, convert: impl Fn(&[u8]) -> Vec<u
 /// fp32 tensors to bf16 (round to nearest even).
 pub fn to_bf16(bytes: &[u8]) -> Result<Vec<u8>, String> {
     recast(bytes, Dtype::F32, Dtype::BF16, |data| {
-        data.chunks_exact(4).flat_map(|c| half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()).collect()
+        data.chunks_exact(4)
+            .flat_map(|c| half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+            .collect()
     })
 }
 
 /// bf16 tensors back to fp32.
 pub fn to_f32(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    recast(bytes, Dtype::BF16, Dtype::F32, |data| data.chunks_exact(2).flat_map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect())
+    recast(bytes, Dtype::BF16, Dtype::F32, |data| {
+        data.chunks_exact(2).flat_map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect()
+    })
 }
 
 #[cfg(test)]

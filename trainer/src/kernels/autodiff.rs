@@ -76,15 +76,23 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         untracked::<B, C>(B::tanh_gelu_backward(x.primitive, grad.primitive))
     }
 
-    fn lm_head_forward(hidden: FloatTensor<Self>, weight: FloatTensor<Self>, targets: &[u32], temperature: f32, with_entropy: bool) -> LmHeadOutput<Self> {
-        let out = B::lm_head_forward(hidden.primitive.clone(), weight.primitive.clone(), targets, temperature, with_entropy);
-        let logprobs = match LmHeadBackward.prepare::<C>([hidden.node.clone(), weight.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let state = (hidden.primitive, weight.primitive, targets.to_vec(), temperature, out.lse.clone());
-                prep.finish(state, out.logprobs)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out.logprobs),
-        };
+    fn lm_head_forward(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: &[u32],
+        temperature: f32,
+        with_entropy: bool,
+    ) -> LmHeadOutput<Self> {
+        let out =
+            B::lm_head_forward(hidden.primitive.clone(), weight.primitive.clone(), targets, temperature, with_entropy);
+        let logprobs =
+            match LmHeadBackward.prepare::<C>([hidden.node.clone(), weight.node.clone()]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let state = (hidden.primitive, weight.primitive, targets.to_vec(), temperature, out.lse.clone());
+                    prep.finish(state, out.logprobs)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(out.logprobs),
+            };
         // The log-sum-exp and the entropy are constants of the graph.
         LmHeadOutput { logprobs, lse: untracked::<B, C>(out.lse), entropy: out.entropy.map(untracked::<B, C>) }
     }
@@ -99,7 +107,14 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         lse: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (d_hidden, d_weight) = B::lm_head_backward(hidden.primitive, weight.primitive, targets, temperature, lse.primitive, grad.primitive);
+        let (d_hidden, d_weight) = B::lm_head_backward(
+            hidden.primitive,
+            weight.primitive,
+            targets,
+            temperature,
+            lse.primitive,
+            grad.primitive,
+        );
         (untracked::<B, C>(d_hidden), untracked::<B, C>(d_weight))
     }
 
@@ -112,7 +127,11 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
     ) -> AdamWMoments<Self> {
         let moments = moments.map(|(m, v)| (m.primitive, v.primitive));
         let out = B::adamw_step(param.primitive, grad.primitive, moments, step);
-        AdamWMoments { param: untracked::<B, C>(out.param), moment_1: untracked::<B, C>(out.moment_1), moment_2: untracked::<B, C>(out.moment_2) }
+        AdamWMoments {
+            param: untracked::<B, C>(out.param),
+            moment_1: untracked::<B, C>(out.moment_1),
+            moment_2: untracked::<B, C>(out.moment_2),
+        }
     }
 
     fn decoding_lm_head(weight: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -78,7 +78,9 @@ fn exp(x: f32) -> f32 {
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
+        + 0.5;
     let p = p * r2 + r + 1.0;
     // 2^n from the bits of t: its low mantissa bits hold n + 2^22.
     let n_bits = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
@@ -167,7 +169,9 @@ fn gemm(
     beta: f32,
 ) {
     // The extents every index can reach, so that the unsafe call below stays inside the slices.
-    let reach = |(rs, cs): (isize, isize), rows: usize, cols: usize| (rows.max(1) - 1) as isize * rs + (cols.max(1) - 1) as isize * cs;
+    let reach = |(rs, cs): (isize, isize), rows: usize, cols: usize| {
+        (rows.max(1) - 1) as isize * rs + (cols.max(1) - 1) as isize * cs
+    };
     assert!(reach(dst_strides, m, n) < dst.len() as isize);
     assert!(reach(lhs_strides, m, k) < lhs.len() as isize);
     assert!(reach(rhs_strides, k, n) < rhs.len() as isize);
@@ -263,7 +267,13 @@ impl RowStats {
     }
 }
 
-pub fn lm_head_forward(hidden: FlexTensor, weight: FlexTensor, targets: &[u32], temperature: f32, with_entropy: bool) -> LmHeadOutput<Flex> {
+pub fn lm_head_forward(
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    targets: &[u32],
+    temperature: f32,
+    with_entropy: bool,
+) -> LmHeadOutput<Flex> {
     let (h, [n, d]) = matrix(&hidden);
     let (w, [vocab, d_w]) = matrix(&weight);
     assert_eq!(d, d_w, "hidden and weight widths differ");
@@ -295,7 +305,9 @@ pub fn lm_head_forward(hidden: FlexTensor, weight: FlexTensor, targets: &[u32], 
         .unwrap_or_else(|| RowStats::new(n));
     let lse: Vec<f32> = (0..n).map(|i| (stats.max[i] as f64 + (stats.sum[i] as f64).ln()) as f32).collect();
     let logprobs: Vec<f32> = (0..n).map(|i| stats.target[i] - lse[i]).collect();
-    let entropy = with_entropy.then(|| (0..n).map(|i| stats.sum[i].ln() - stats.dot[i] / stats.sum[i]).collect::<Vec<f32>>()).map(|e| tensor(e, [n]));
+    let entropy = with_entropy
+        .then(|| (0..n).map(|i| stats.sum[i].ln() - stats.dot[i] / stats.sum[i]).collect::<Vec<f32>>())
+        .map(|e| tensor(e, [n]));
     LmHeadOutput { logprobs: tensor(logprobs, [n]), lse: tensor(lse, [n]), entropy }
 }
 
@@ -324,7 +336,9 @@ pub fn lm_head_backward(
             || vec![0.0f32; n * chunk],
             |block, (g, (d_w_group, w_group))| {
                 let mut d_hidden = vec![0.0f32; n * d];
-                for (k, (d_w_rows, w_rows)) in d_w_group.chunks_mut(chunk * d).zip(w_group.chunks(chunk * d)).enumerate() {
+                for (k, (d_w_rows, w_rows)) in
+                    d_w_group.chunks_mut(chunk * d).zip(w_group.chunks(chunk * d)).enumerate()
+                {
                     let (v0, width) = ((g * BACKWARD_GROUP + k) * chunk, w_rows.len() / d);
                     let dz = &mut block[..n * width];
                     logits_block(&h, w_rows, n, d, scale, dz);
@@ -338,9 +352,29 @@ pub fn lm_head_backward(
                     }
                     let row_major = |cols: usize| (cols as isize, 1);
                     // d_hidden[n, d] += dz[n, width] · w_rows[width, d] / T
-                    gemm([n, d, width], &mut d_hidden, row_major(d), true, dz, row_major(width), w_rows, row_major(d), scale);
+                    gemm(
+                        [n, d, width],
+                        &mut d_hidden,
+                        row_major(d),
+                        true,
+                        dz,
+                        row_major(width),
+                        w_rows,
+                        row_major(d),
+                        scale,
+                    );
                     // d_weight[width, d] = dzᵀ[width, n] · h[n, d] / T
-                    gemm([width, d, n], d_w_rows, row_major(d), false, dz, (1, width as isize), &h, row_major(d), scale);
+                    gemm(
+                        [width, d, n],
+                        d_w_rows,
+                        row_major(d),
+                        false,
+                        dz,
+                        (1, width as isize),
+                        &h,
+                        row_major(d),
+                        scale,
+                    );
                 }
                 d_hidden
             },
@@ -431,7 +465,12 @@ fn owned_f32(mut tensor: FlexTensor) -> FlexTensor {
 
 /// [`super::Kernels::adamw_step`] in one pass: the moments are updated in place, the parameter is
 /// written to a fresh buffer (the model still shares the old one).
-pub fn adamw_step(param: FlexTensor, grad: FlexTensor, moments: Option<(FlexTensor, FlexTensor)>, step: &AdamWStep) -> AdamWMoments<Flex> {
+pub fn adamw_step(
+    param: FlexTensor,
+    grad: FlexTensor,
+    moments: Option<(FlexTensor, FlexTensor)>,
+    step: &AdamWStep,
+) -> AdamWMoments<Flex> {
     let shape = param.layout().shape().clone();
     let (theta, g) = (vector(&param), vector(&grad));
     let first = moments.is_none();
@@ -446,11 +485,15 @@ pub fn adamw_step(param: FlexTensor, grad: FlexTensor, moments: Option<(FlexTens
     let decay = step.lr * step.weight_decay as f64;
     let (keep, lr) = ((1.0 - decay) as f32, step.lr as f32);
     let (ms, vs) = (m.try_storage_mut::<f32>().expect("unique"), v.try_storage_mut::<f32>().expect("unique"));
-    out.par_chunks_mut(ADAMW_BLOCK).zip(ms.par_chunks_mut(ADAMW_BLOCK)).zip(vs.par_chunks_mut(ADAMW_BLOCK)).enumerate().for_each(|(block, ((out, ms), vs))| {
-        let start = block * ADAMW_BLOCK;
-        let (theta, g) = (&theta[start..start + out.len()], &g[start..start + out.len()]);
-        adamw_block(out, ms, vs, theta, g, [b1, b2, f1, f2, c1, c2, eps, keep, lr], first, decay == 0.0);
-    });
+    out.par_chunks_mut(ADAMW_BLOCK)
+        .zip(ms.par_chunks_mut(ADAMW_BLOCK))
+        .zip(vs.par_chunks_mut(ADAMW_BLOCK))
+        .enumerate()
+        .for_each(|(block, ((out, ms), vs))| {
+            let start = block * ADAMW_BLOCK;
+            let (theta, g) = (&theta[start..start + out.len()], &g[start..start + out.len()]);
+            adamw_block(out, ms, vs, theta, g, [b1, b2, f1, f2, c1, c2, eps, keep, lr], first, decay == 0.0);
+        });
     AdamWMoments { param: tensor(out, &shape), moment_1: m, moment_2: v }
 }
 
@@ -470,7 +513,8 @@ fn adamw_block(
 ) {
     for i in 0..out.len() {
         let grad = g[i];
-        let (mi, vi) = if first { (grad * f1, grad * grad * f2) } else { (m[i] * b1 + grad * f1, v[i] * b2 + grad * grad * f2) };
+        let (mi, vi) =
+            if first { (grad * f1, grad * grad * f2) } else { (m[i] * b1 + grad * f1, v[i] * b2 + grad * grad * f2) };
         m[i] = mi;
         v[i] = vi;
         let delta = (mi / c1) / ((vi / c2).sqrt() + eps);
@@ -536,7 +580,12 @@ fn sample_row(logits: &[f32], uniform: f32, config: &SamplingConfig) -> (u32, f3
     }
     if config.top_p < 1.0 {
         // Keep the most likely tokens until their mass (within the top-k set) reaches top_p.
-        let mut kept: Vec<(f32, f32)> = logits.iter().zip(&probs).filter(|&(&l, _)| l * scale >= threshold).map(|(&l, &p)| (l * scale, p)).collect();
+        let mut kept: Vec<(f32, f32)> = logits
+            .iter()
+            .zip(&probs)
+            .filter(|&(&l, _)| l * scale >= threshold)
+            .map(|(&l, &p)| (l * scale, p))
+            .collect();
         kept.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
         let kept_mass: f64 = kept.iter().map(|&(_, p)| p as f64).sum();
         let mut mass_before = 0.0f64;

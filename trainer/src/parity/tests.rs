@@ -61,8 +61,11 @@ fn a_bad_fixture_directory_is_named() {
 
 fn params(model: &Gpt2<B>) -> Vec<(String, Vec<f32>)> {
     use burn_store::ModuleSnapshot;
-    let mut out: Vec<(String, Vec<f32>)> =
-        model.collect(None, None, false).into_iter().map(|s| (s.full_path(), s.to_data().unwrap().iter::<f32>().collect())).collect();
+    let mut out: Vec<(String, Vec<f32>)> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|s| (s.full_path(), s.to_data().unwrap().iter::<f32>().collect()))
+        .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
@@ -129,7 +132,8 @@ fn a_mismatched_checkpoint_names_every_bad_tensor() {
 
 #[test]
 fn a_reward_model_starts_from_an_lm_checkpoint() {
-    let (_, model) = hf::load_as::<B>(&fixtures().join("lm"), Heads::Score { num_labels: 1 }, &Default::default()).unwrap();
+    let (_, model) =
+        hf::load_as::<B>(&fixtures().join("lm"), Heads::Score { num_labels: 1 }, &Default::default()).unwrap();
     let trunk = |m: &Gpt2<B>| params(m).into_iter().filter(|(n, _)| n.starts_with("transformer.")).collect::<Vec<_>>();
     assert_eq!(trunk(&model), trunk(&load("lm")));
     assert!(model.score.is_some());
