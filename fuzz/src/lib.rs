@@ -122,9 +122,9 @@ pub fn seed_is_accepted(data: &[u8]) -> bool {
 }
 
 /// `weights`: with an even first byte, the rest is a stream of length-prefixed `WeightsChunk`
-/// encodings (u16 little-endian lengths); with an odd one, the rest is a weights buffer sent in
-/// well-formed chunks with its true CRC (so the fuzzer reaches the safetensors parsing), as
-/// bf16 when bit 1 is set. Whatever assembles is loaded into a model.
+/// encodings (u16 little-endian lengths); with an odd one, the rest is a weights buffer chunked
+/// by the learner's own `WeightSnapshot::chunks` with its true CRC (so the fuzzer reaches the
+/// safetensors parsing), as bf16 when bit 1 is set. Whatever assembles is loaded into a model.
 pub fn weights(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -144,18 +144,12 @@ pub fn weights(data: &[u8]) {
             }
         }
     } else {
+        // Chunked exactly as the learner sends a version.
         let dtype = if mode & 2 != 0 { WireDtype::Bf16 } else { WireDtype::F32 };
-        let crc32 = crc32fast::hash(rest);
-        for (i, piece) in rest.chunks(97).enumerate() {
-            let chunk = pb::WeightsChunk {
-                policy_version: 1,
-                total_bytes: rest.len() as u64,
-                offset: (i * 97) as u64,
-                data: rlhf_proto::bytes::Bytes::copy_from_slice(piece),
-                crc32,
-                dtype: dtype.name().into(),
-            };
-            assembler.push(&chunk).expect("well-formed chunks assemble");
+        let bytes = rlhf_proto::bytes::Bytes::copy_from_slice(rest);
+        let snapshot = rlhf_actors::weights::WeightSnapshot { version: 1, crc32: crc32fast::hash(rest), bytes, dtype };
+        for chunk in snapshot.chunks() {
+            assembler.push(&chunk).expect("the learner's chunks assemble");
         }
     }
     if let Ok(bytes) = assembler.finish() {

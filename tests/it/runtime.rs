@@ -72,6 +72,18 @@ fn run_to_end(dir: &Path, name: &str, config: &Path, workers: &str, extra: &[&st
     run
 }
 
+/// `rlhf reward-server` on the lexicon, listening on `listen`.
+fn reward_server(dir: &Path, name: &str, listen: &str) -> (Proc, String) {
+    let lexicon = assets().join("imdb-lexicon");
+    let tokenizer = fixture("lm");
+    start(
+        dir,
+        name,
+        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&tokenizer), "--listen", listen],
+        true,
+    )
+}
+
 /// Polls `ready` until it holds; on timeout, fails with the logs of `procs`.
 fn wait_for(what: &str, timeout: Duration, procs: &[&Proc], mut ready: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -173,13 +185,7 @@ fn a_killed_worker_s_lease_is_reissued_and_the_run_completes() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 3, 16, 4, "lease_timeout_s = 60.0\n");
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
-    let lexicon = assets().join("imdb-lexicon");
-    let (_reward, reward) = start(
-        tmp.path(),
-        "reward",
-        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))],
-        true,
-    );
+    let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     // Worker A takes a lease and sits on it; then it is killed.
     let (mut doomed, _) = start(
         tmp.path(),
@@ -217,13 +223,7 @@ fn a_worker_that_joins_mid_run_gets_the_current_weights_and_work() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 8, 16, 2, "");
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
-    let lexicon = assets().join("imdb-lexicon");
-    let (_reward, reward) = start(
-        tmp.path(),
-        "reward",
-        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))],
-        true,
-    );
+    let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     // The first worker rolls out slowly, so the run is still going when the second joins.
     let (_first, _) = start(
         tmp.path(),
@@ -251,20 +251,7 @@ fn workers_back_off_while_the_reward_server_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 6, 16, 4, "");
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
-    let lexicon = assets().join("imdb-lexicon");
-    let reward_args = |listen: &str| {
-        vec![
-            "reward-server".to_string(),
-            "--lexicon".into(),
-            path_str(&lexicon).into(),
-            "--tokenizer".into(),
-            path_str(&fixture("lm")).into(),
-            "--listen".into(),
-            listen.into(),
-        ]
-    };
-    let args = reward_args("127.0.0.1:0");
-    let (reward, reward_addr) = start(tmp.path(), "reward", &args.iter().map(String::as_str).collect::<Vec<_>>(), true);
+    let (reward, reward_addr) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     let (worker, _) = start(
         tmp.path(),
         "worker",
@@ -278,25 +265,12 @@ fn workers_back_off_while_the_reward_server_restarts() {
         worker.log().contains("backing off")
     });
     std::thread::sleep(Duration::from_millis(500));
-    let args = reward_args(&reward_addr);
-    let (_restarted, again) = start(tmp.path(), "reward2", &args.iter().map(String::as_str).collect::<Vec<_>>(), true);
+    let (_restarted, again) = reward_server(tmp.path(), "reward2", &reward_addr);
     assert_eq!(again, reward_addr);
     let status = learner.wait(Duration::from_secs(120));
     assert!(status.success(), "learner failed:\n{}", learner.log());
     assert_eq!(lines(&metrics).len(), 6);
     assert_accounted_once(&tmp.path().join("out"), 6, 16);
-}
-
-/// `rlhf reward-server` on the lexicon, listening on `listen`.
-fn reward_server(dir: &Path, name: &str, listen: &str) -> (Proc, String) {
-    let lexicon = assets().join("imdb-lexicon");
-    let tokenizer = fixture("lm");
-    start(
-        dir,
-        name,
-        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&tokenizer), "--listen", listen],
-        true,
-    )
 }
 
 #[test]
@@ -657,13 +631,7 @@ fn a_hostile_worker_is_refused_field_by_field_and_the_run_completes() {
         );
     }
     // The hostile worker's lease expires and is re-issued; an honest worker finishes the run.
-    let lexicon = assets().join("imdb-lexicon");
-    let (_reward, reward) = start(
-        tmp.path(),
-        "reward",
-        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&fixture("lm"))],
-        true,
-    );
+    let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     let (_worker, _) =
         start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &reward, "--name", "honest"], false);
     let status = learner.wait(Duration::from_secs(120));

@@ -255,7 +255,8 @@ pub fn non_finite_tensors<B: Backend>(model: &Gpt2<B>) -> Vec<String> {
         .collect()
 }
 
-fn write_dir<B: Backend>(
+/// Writes the files of [`export`] into the existing directory `dir`.
+pub(crate) fn write_dir<B: Backend>(
     model: &Gpt2<B>,
     config: &Gpt2Config,
     tokenizer: &Tokenizer,

@@ -574,7 +574,7 @@ pub struct PpoState {
 const PPO_STATE_FILE: &str = "ppo_state.json";
 
 impl<B: AutodiffKernels> PpoTrainer<B> {
-    /// Writes `dir` (which must not exist): the policy with its value head as a Hugging Face
+    /// Fills the empty directory `dir`: the policy with its value head as a Hugging Face
     /// directory, the optimizer state, and [`PpoState`]. Callers write it through
     /// [`crate::train::write_dir_atomically`], adding their own records.
     pub fn save_checkpoint(
@@ -584,7 +584,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         model_config: &crate::Gpt2Config,
         tokenizer: &crate::Tokenizer,
     ) -> Result<(), crate::error::CheckpointError> {
-        crate::hf::export(&self.policy.valid(), model_config, tokenizer, dir)?;
+        crate::hf::write_dir(&self.policy.valid(), model_config, tokenizer, dir)?;
         crate::train::save_optimizer(dir, &self.policy, &self.policy_optim)?;
         let state = PpoState {
             version,

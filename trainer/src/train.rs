@@ -58,11 +58,10 @@ fn read_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
     CheckpointError::Read { path: path.to_path_buf(), message: e.to_string() }
 }
 
-/// Writes the directory `dir` all at once. `write` fills a staging path next to it
-/// (`.NAME.partial`, which does not exist yet: `write` creates it); its files are then synced to
-/// disk and it is renamed to `dir`, replacing an older `dir`. A crash at any point leaves the old
-/// `dir` (or none) and perhaps a staging directory, which the next write removes: never a
-/// half-written `dir`.
+/// Writes the directory `dir` all at once. `write` fills an empty staging directory next to it
+/// (`.NAME.partial`); its files are then synced to disk and it is renamed to `dir`, replacing an
+/// older `dir`. A crash at any point leaves the old `dir` (or none) and perhaps a staging
+/// directory, which the next write removes: never a half-written `dir`.
 pub fn write_dir_atomically(
     dir: &Path,
     write: impl FnOnce(&Path) -> Result<(), CheckpointError>,
@@ -75,6 +74,7 @@ pub fn write_dir_atomically(
             std::fs::remove_dir_all(stale).map_err(|e| write_error(stale, e))?;
         }
     }
+    std::fs::create_dir_all(&staging).map_err(|e| write_error(&staging, e))?;
     write(&staging)?;
     sync_tree(&staging).map_err(|e| write_error(&staging, e))?;
     if dir.exists() {
@@ -115,7 +115,7 @@ pub fn save_checkpoint<B: AutodiffKernels>(
     state: &TrainerState,
 ) -> Result<(), CheckpointError> {
     write_dir_atomically(dir, |dir| {
-        hf::export(&model.valid(), config, tokenizer, dir)?;
+        hf::write_dir(&model.valid(), config, tokenizer, dir)?;
         save_optimizer(dir, model, optim)?;
         let path = dir.join(STATE_FILE);
         std::fs::write(&path, serde_json::to_string_pretty(state).expect("state serialises"))
@@ -201,7 +201,6 @@ mod tests {
     use super::*;
 
     fn write_file(dir: &Path, text: &str) -> Result<(), CheckpointError> {
-        std::fs::create_dir(dir).map_err(|e| write_error(dir, e))?;
         std::fs::write(dir.join("a.txt"), text).map_err(|e| write_error(dir, e))
     }
 
