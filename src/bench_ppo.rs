@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use burn::module::AutodiffModule;
 use clap::Args;
 use rlhf_trainer::AutodiffKernels;
-use rlhf_trainer::ppo_update::{PpoConfig, PpoTrainer, Rollout};
+use rlhf_trainer::ppo::{PpoConfig, PpoTrainer, Rollout};
 use rlhf_trainer::{Gpt2Config, Heads, SamplingConfig, generate};
 
 use crate::device::Device;

@@ -11,8 +11,8 @@ use rlhf_actors::coordinator::CoordinatorArgs;
 use rlhf_actors::{LearnerConfig, MAX_MESSAGE_BYTES};
 use rlhf_proto::v1 as pb;
 use rlhf_proto::v1::learner_client::LearnerClient;
-use rlhf_trainer::ppo_update::{PpoConfig, PpoTrainer};
-use rlhf_trainer::wire::WireDtype;
+use rlhf_trainer::model::wire::WireDtype;
+use rlhf_trainer::ppo::{PpoConfig, PpoTrainer};
 use rlhf_trainer::{Gpt2Config, Heads};
 
 type A = Autodiff<Flex>;

@@ -135,7 +135,7 @@ impl TrainFlags {
 mod tests {
     use super::*;
     use rlhf_trainer::ppo::KlController;
-    use rlhf_trainer::ppo_local::LocalConfig;
+    use rlhf_trainer::ppo::local::LocalConfig;
 
     #[test]
     fn a_file_can_switch_an_enum_variant_and_set_fields() {

@@ -16,14 +16,14 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use rlhf_actors::LearnerConfig;
 use rlhf_actors::config::RuntimeConfig;
-use rlhf_trainer::corpus::{generate_reviews, train_bpe};
+use rlhf_trainer::data::corpus::{generate_reviews, train_bpe};
 use rlhf_trainer::data::{PromptConfig, TextExample};
-use rlhf_trainer::optim::{OptimConfig, Schedule};
 use rlhf_trainer::ppo::KlController;
-use rlhf_trainer::ppo_local::LocalConfig;
-use rlhf_trainer::ppo_update::PpoConfig;
+use rlhf_trainer::ppo::PpoConfig;
+use rlhf_trainer::ppo::local::LocalConfig;
 use rlhf_trainer::reward::RewardConfig;
 use rlhf_trainer::sft::SftConfig;
+use rlhf_trainer::train::optim::{OptimConfig, Schedule};
 use rlhf_trainer::validate::{Checked, InvalidSetting, at_least_one, section};
 use rlhf_trainer::{Gpt2Config, SamplingConfig};
 use serde::{Deserialize, Serialize};
@@ -135,7 +135,7 @@ impl DemoConfig {
         if Gpt2Config::preset(&self.preset).is_err() {
             return Err(InvalidSetting::new(
                 "preset",
-                &format!("one of {}", rlhf_trainer::config::PRESETS.join(", ")),
+                &format!("one of {}", rlhf_trainer::model::config::PRESETS.join(", ")),
                 &self.preset,
             ));
         }
@@ -424,25 +424,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     })?;
     let mut inputs = report::Inputs::from_run_dir(&ppo.dir)?;
     inputs.title = format!("rlhf demo: PPO towards {target} reviews");
-    inputs.eval = Some(report::read_json(&eval.dir.join("eval.json"))?);
+    inputs.eval = Some(crate::eval::EvalResults::read(&eval.dir.join("eval.json"))?);
     inputs.reward_model = Some(report::reward_model_results(&reward.dir)?);
     inputs.configs.insert(0, ("demo_config.toml".into(), std::fs::read_to_string(out.join("demo_config.toml"))?));
     let report_path = report::write(&ppo.dir, &inputs)?;
 
     // The summary.
     let eval_json = inputs.eval.as_ref().expect("set above");
-    let reward_of = |name: &str| eval_json["policies"][name]["reward"]["mean"].as_f64().unwrap_or(f64::NAN);
-    let kl = eval_json["policies"][target]["kl_to_reference"]["mean"].as_f64().unwrap_or(f64::NAN);
+    let reward_of = |name: &str| eval_json.mean_reward(name).unwrap_or(f64::NAN);
+    let kl = eval_json.policies.get(target).map_or(f64::NAN, |p| p.kl_to_reference.mean);
     let accuracy = inputs.reward_model.as_ref().and_then(|(_, r)| r.get("eval/accuracy").copied()).unwrap_or(f64::NAN);
     let objective = if args.target == Target::Negative { "negated reward-model score" } else { "reward-model score" };
     println!("rlhf demo finished in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
     println!(
         "  reward ({objective}) on {} held-out prompts: sft {:.3} → {target} {:.3}",
-        eval_json["n_prompts"],
+        eval_json.n_prompts,
         reward_of("sft"),
         reward_of(target)
     );
-    if let Some(best) = eval_json["best_of_n"]["reward"]["mean"].as_f64() {
+    if let Some(best) = eval_json.best_of_n.as_ref().map(|b| b.reward.mean) {
         println!("  best-of-{} from sft: {best:.3}", demo.eval.best_of);
     }
     println!("  KL({target} ‖ sft) {kl:.2} nats per response; reward model test accuracy {:.1}%", accuracy * 100.0);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::backend::Flex;
 use clap::Args;
-use rlhf_trainer::{Tokenizer, hf, hub};
+use rlhf_trainer::{Tokenizer, hub, model::hf};
 
 #[derive(Args)]
 pub struct ExportArgs {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
-use rlhf_trainer::{Gpt2, Gpt2Config, SamplingConfig, Tokenizer, hf, hub};
+use rlhf_trainer::{Gpt2, Gpt2Config, SamplingConfig, Tokenizer, hub, model::hf};
 
 use crate::device::Device;
 use crate::with_backend;
@@ -113,7 +113,7 @@ pub fn logprobs(args: LogprobsArgs) -> anyhow::Result<()> {
     with_backend!(args.device, |B, device| {
         let (_, _, model, tokenizer) = load_model::<B>(&args.model, &device)?;
         let ids = args.texts.iter().map(|t| tokenizer.encode(t)).collect::<Result<Vec<_>, _>>()?;
-        let scored = rlhf_trainer::scoring::score(&model, &ids, tokenizer.pad_id(), 1.0, true, &device)?;
+        let scored = rlhf_trainer::infer::scoring::score(&model, &ids, tokenizer.pad_id(), 1.0, true, &device)?;
         let mut stdout = std::io::stdout().lock();
         for (ids, logprobs) in ids.iter().zip(&scored.logprobs) {
             writeln!(stdout, "{}", serde_json::json!({"ids": ids, "logprobs": logprobs}))?;

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use rlhf_trainer::rundir::{Existing, RunDir};
-use rlhf_trainer::{Gpt2, Gpt2Config, Heads, Kernels, Tokenizer, hf, hub};
+use rlhf_trainer::{Gpt2, Gpt2Config, Heads, Kernels, Tokenizer, hub, model::hf};
 
 #[derive(Args, Clone)]
 pub struct ModelSource {
@@ -123,33 +123,24 @@ pub fn load_policy<B: rlhf_trainer::AutodiffKernels>(
     Ok(PolicySetup { model_config, policy, reference, tokenizer, prompts: prompts_ids })
 }
 
-/// The scorer for `--reward-model DIR` or `--lexicon PATH`, reading the policy's token ids
-/// (a reward model with another vocabulary gets re-tokenised text).
+/// The scorer for `--reward-model DIR` or `--lexicon PATH` (negated with `negate`), reading the
+/// policy's token ids (a reward model with another vocabulary gets re-tokenised text).
 pub fn scorer<B: Kernels>(
     reward_model: Option<&str>,
     lexicon: Option<&std::path::Path>,
+    negate: bool,
     policy_tokenizer: &Tokenizer,
     device: &B::Device,
-) -> anyhow::Result<Box<dyn rlhf_trainer::scorer::Scorer>> {
-    use rlhf_trainer::scorer::{Lexicon, LexiconScorer, RewardModelScorer};
-    match (reward_model, lexicon) {
-        (Some(name), _) => {
-            let (rm_dir, _, model, rm_tokenizer) = crate::generate::load_model::<B>(name, device)?;
-            anyhow::ensure!(model.score.is_some(), "{} is not a reward model (no score head)", rm_dir.display());
-            let same = rm_tokenizer.vocab_size() == policy_tokenizer.vocab_size()
-                && rm_tokenizer.eos_id() == policy_tokenizer.eos_id();
-            Ok(Box::new(RewardModelScorer {
-                model,
-                tokenizer: rm_tokenizer,
-                policy_tokenizer: (!same).then(|| policy_tokenizer.clone()),
-                batch_size: 32,
-                device: device.clone(),
-                label: rm_dir.display().to_string(),
-            }))
-        }
-        (None, Some(path)) => {
-            Ok(Box::new(LexiconScorer { lexicon: Lexicon::load(path)?, tokenizer: policy_tokenizer.clone() }))
-        }
-        (None, None) => bail!("pass --reward-model DIR or --lexicon PATH"),
+) -> anyhow::Result<Box<dyn rlhf_trainer::reward::scorer::Scorer>> {
+    if reward_model.is_none() && lexicon.is_none() {
+        bail!("pass --reward-model DIR or --lexicon PATH");
     }
+    let spec = rlhf_reward_server::ScorerSpec {
+        model: reward_model,
+        lexicon,
+        tokenizer: Some(policy_tokenizer),
+        negate,
+        batch_size: rlhf_reward_server::DEFAULT_SCORE_BATCH,
+    };
+    Ok(rlhf_reward_server::build_scorer::<B>(&spec, device)?)
 }

@@ -7,10 +7,9 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use clap::Args;
 use rlhf_trainer::AutodiffKernels;
-use rlhf_trainer::ppo_local::{self, LocalConfig};
-use rlhf_trainer::ppo_update::PpoTrainer;
-use rlhf_trainer::scorer::Negated;
-use rlhf_trainer::{Heads, hf};
+use rlhf_trainer::ppo::PpoTrainer;
+use rlhf_trainer::ppo::local::{self as ppo_local, LocalConfig};
+use rlhf_trainer::{Heads, model::hf};
 use toml::Value;
 
 use crate::device::Device;
@@ -27,7 +26,8 @@ pub enum Critic {
 
 #[derive(Args)]
 pub struct PpoArgs {
-    /// Run in one process (the distributed runtime is `rlhf run`, from the runtime issue).
+    /// Run in one process. Distributed PPO is `rlhf run` (or `rlhf learner` + `rlhf worker` +
+    /// `rlhf reward-server` on separate machines).
     #[arg(long)]
     local: bool,
     /// Policy to start from (an SFT model directory or hub id); a value head is added if absent.
@@ -72,7 +72,8 @@ pub struct PpoArgs {
 pub fn run(args: PpoArgs) -> anyhow::Result<()> {
     if !args.local {
         bail!(
-            "distributed PPO (learner, workers, reward server) is not built yet; pass --local to train in one process"
+            "`rlhf ppo` trains in one process and needs --local; distributed PPO is `rlhf run --config learner.toml` \
+             (or `rlhf learner`, `rlhf worker` and `rlhf reward-server`; see deploy/README.md)"
         );
     }
     let mut flags = Vec::new();
@@ -87,9 +88,8 @@ pub fn run(args: PpoArgs) -> anyhow::Result<()> {
             flags.push((key, Value::Integer(v as i64)));
         }
     }
-    let mut local: LocalConfig = config::resolve(args.config.config.as_deref(), flags, &args.config.sets)?;
-    // The learner's log-probs must use the sampler's temperature.
-    local.ppo.temperature = if local.sampling.greedy { 1.0 } else { local.sampling.temperature };
+    let local: LocalConfig = config::resolve(args.config.config.as_deref(), flags, &args.config.sets)?;
+    let local = local.resolve(false);
     with_backend!(args.device, |B, device| train::<Autodiff<B>>(&args, &local, &device))
 }
 
@@ -107,11 +107,9 @@ fn train<B: AutodiffKernels>(args: &PpoArgs, local: &LocalConfig, device: &B::De
         }
         (Critic::RewardModel, None) => bail!("--critic reward-model needs --reward-model"),
     };
+    let negate = args.target == Target::Negative;
     let mut scorer =
-        scorer::<B::InnerBackend>(args.reward_model.as_deref(), args.lexicon.as_deref(), &tokenizer, device)?;
-    if args.target == Target::Negative {
-        scorer = Box::new(Negated(scorer));
-    }
+        scorer::<B::InnerBackend>(args.reward_model.as_deref(), args.lexicon.as_deref(), negate, &tokenizer, device)?;
     config::write(local, &args.out.join("ppo_config.toml"))?;
     tracing::info!(prompts = prompts.len(), scorer = scorer.name(), iterations = local.iterations, "ppo --local");
 

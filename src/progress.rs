@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use rlhf_trainer::ppo_update::Stats;
+use rlhf_trainer::train::Stats;
 
 /// Appends metrics records to a JSONL file.
 pub struct MetricsFile(File);

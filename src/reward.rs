@@ -12,7 +12,7 @@ use rlhf_trainer::data::{
     OnMalformed, PairTruncation, PreferencePair, load_comparisons, load_preferences, load_text, sentiment_pairs,
 };
 use rlhf_trainer::reward::{RewardConfig, normalize, tokenize_pairs};
-use rlhf_trainer::{Heads, hf, reward, scoring};
+use rlhf_trainer::{Heads, infer::scoring, model::hf, reward};
 
 use crate::device::Device;
 use crate::generate::load_model;

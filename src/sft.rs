@@ -9,8 +9,8 @@ use clap::Args;
 use rlhf_trainer::AutodiffKernels;
 use rlhf_trainer::data::{OnMalformed, clean_review, load_sft_texts};
 use rlhf_trainer::sft::SftConfig;
-use rlhf_trainer::train::{TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint};
-use rlhf_trainer::{Heads, Tokenizer, hf, sft};
+use rlhf_trainer::train::{STATE_FILE, TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint};
+use rlhf_trainer::{Heads, Tokenizer, model::hf, sft};
 
 use crate::device::Device;
 use crate::models::{ModelSource, data_path, run_dir};
@@ -90,7 +90,8 @@ fn train<B: AutodiffKernels>(args: &SftArgs, sft_config: &SftConfig, device: &B:
     };
 
     let checkpoints = args.out.join("checkpoints");
-    let resume_from = if args.resume { latest_checkpoint(&checkpoints) } else { None };
+    let resume_from =
+        if args.resume { latest_checkpoint(&checkpoints, "step-", STATE_FILE).map(|(_, dir)| dir) } else { None };
     // Records past the checkpoint belong to the attempt that was cut short: drop them, so the
     // files read as one run.
     let covered = match &resume_from {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use rlhf_trainer::ppo_local::LocalConfig;
+use rlhf_trainer::ppo::local::LocalConfig;
 use rlhf_trainer::validate::{Checked, InvalidSetting, at_least_one, finite_positive, section};
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +39,7 @@ pub struct RuntimeConfig {
     /// rollouts staler than k are dropped and their prompts rolled out again.
     pub max_policy_lag: u64,
     /// Element type of weights on the wire: "f32" (exact) or "bf16" (half the bytes).
-    pub weights_dtype: rlhf_trainer::wire::WireDtype,
+    pub weights_dtype: rlhf_trainer::model::wire::WireDtype,
     /// Write a learner checkpoint every this many policy versions (0: only the final policy).
     pub checkpoint_every: u64,
 }

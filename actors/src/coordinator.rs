@@ -23,8 +23,9 @@ use burn::module::AutodiffModule;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rlhf_proto::v1 as pb;
 use rlhf_trainer::AutodiffKernels;
-use rlhf_trainer::ppo_local::{insert_reward_stats, prompts_for};
-use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
+use rlhf_trainer::ppo::local::{insert_reward_stats, prompts_for};
+use rlhf_trainer::ppo::{PpoTrainer, Rollout};
+use rlhf_trainer::train::Stats;
 use tonic::Status;
 
 use crate::config::LearnerConfig;

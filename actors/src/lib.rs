@@ -2,7 +2,7 @@
 //! PPO update on a blocking thread, weight publishing) behind its gRPC service.
 //!
 //! **Invariant:** no tensor math lives here; the PPO update is `rlhf_trainer`'s
-//! [`PpoTrainer::step`](rlhf_trainer::ppo_update::PpoTrainer::step), the same code
+//! [`PpoTrainer::step`](rlhf_trainer::ppo::PpoTrainer::step), the same code
 //! `rlhf ppo --local` runs.
 
 pub mod config;
@@ -10,6 +10,7 @@ pub mod coordinator;
 pub mod membership;
 pub mod ppo_learner;
 pub mod publisher;
+pub mod run_dir;
 pub mod service;
 pub mod validation;
 pub mod weights;

@@ -7,8 +7,9 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rlhf_trainer::AutodiffKernels;
-use rlhf_trainer::ppo_update::{PpoTrainer, Rollout, Stats};
-use rlhf_trainer::wire::WireDtype;
+use rlhf_trainer::model::wire::WireDtype;
+use rlhf_trainer::ppo::{PpoTrainer, Rollout};
+use rlhf_trainer::train::Stats;
 
 use crate::coordinator::{Accounting, CoordinatorMsg};
 use crate::weights::WeightSnapshot;

@@ -7,7 +7,7 @@ use burn_store::{ModuleSnapshot, SafetensorsStore};
 use rlhf_proto::bytes::Bytes;
 use rlhf_proto::v1::WeightsChunk;
 use rlhf_trainer::Gpt2;
-use rlhf_trainer::wire::{WireDtype, to_bf16};
+use rlhf_trainer::model::wire::{WireDtype, to_bf16};
 
 /// Bytes per streamed chunk.
 pub const CHUNK_BYTES: usize = 1 << 20;

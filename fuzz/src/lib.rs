@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rlhf_proto::prost::Message;
 use rlhf_proto::v1 as pb;
-use rlhf_trainer::wire::WireDtype;
+use rlhf_trainer::model::wire::WireDtype;
 
 /// The CPU backend every target builds models on.
 type B = burn::backend::Flex;
@@ -171,8 +171,8 @@ pub fn safetensors(data: &[u8]) {
         std::fs::create_dir_all(&dir).expect("scratch space");
         tiny_config().save(&dir.join("config.json"), "GPT2LMHeadModel").expect("writes config.json");
     }
-    std::fs::write(dir.join(rlhf_trainer::hf::SAFETENSORS_FILE), data).expect("scratch space");
-    let _ = rlhf_trainer::hf::load::<B>(&dir, &Default::default());
+    std::fs::write(dir.join(rlhf_trainer::model::hf::SAFETENSORS_FILE), data).expect("scratch space");
+    let _ = rlhf_trainer::model::hf::load::<B>(&dir, &Default::default());
 }
 
 /// The dataset readers, by the file name they are given.

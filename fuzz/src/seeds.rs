@@ -5,7 +5,7 @@
 use rlhf_proto::prost::Message;
 use rlhf_proto::v1 as pb;
 use rlhf_trainer::Heads;
-use rlhf_trainer::wire::WireDtype;
+use rlhf_trainer::model::wire::WireDtype;
 
 use super::{B, LEASE_PROMPTS, MAX_NEW_TOKENS, N_POSITIONS, VOCAB, prompt, tiny_config};
 
@@ -127,8 +127,8 @@ fn safetensors() -> Vec<Vec<u8>> {
     let out = dir.path().join("model");
     let model = tiny_config().init::<B>(Heads::Lm, &Default::default());
     let tokenizer = rlhf_trainer::Tokenizer::from_json(TOKENIZER_JSON, 0).expect("a tokenizer");
-    rlhf_trainer::hf::export(&model, &tiny_config(), &tokenizer, &out).expect("exports");
-    vec![std::fs::read(out.join(rlhf_trainer::hf::SAFETENSORS_FILE)).expect("written")]
+    rlhf_trainer::model::hf::export(&model, &tiny_config(), &tokenizer, &out).expect("exports");
+    vec![std::fs::read(out.join(rlhf_trainer::model::hf::SAFETENSORS_FILE)).expect("written")]
 }
 
 /// A word-level tokenizer small enough to inline.

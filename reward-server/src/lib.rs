@@ -8,14 +8,20 @@
 //!
 //! **Invariant:** the server holds no run state; restarting it loses nothing.
 
+pub mod config;
+pub mod scorer;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rlhf_proto::v1::reward_model_server::{RewardModel, RewardModelServer};
 use rlhf_proto::v1::{ScoreRequest, ScoreResponse};
-use rlhf_trainer::scorer::Scorer;
+use rlhf_trainer::reward::scorer::Scorer;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
+
+pub use config::RewardServerConfig;
+pub use scorer::{BuildError, DEFAULT_SCORE_BATCH, ScorerSpec, build_scorer};
 
 /// Dynamic batching settings.
 #[derive(Debug, Clone, Copy)]
@@ -270,3 +276,6 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener,
     let local = listener.local_addr()?;
     Ok((listener, local))
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,12 +9,13 @@
 //! the next one ([`reward`]). On SIGTERM/Ctrl-C a worker returns its unfinished lease and exits
 //! cleanly, also while it is waiting for a peer.
 
+pub mod config;
 pub mod peer_input;
+mod peers;
 pub mod retry;
 pub mod reward;
 pub mod weights;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,13 +26,16 @@ use rlhf_proto::v1::reward_model_client::RewardModelClient;
 use rlhf_trainer::Kernels;
 use rlhf_trainer::{Generator, Gpt2, Gpt2Config, SamplingConfig};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::peer_input::RunSettings;
-use crate::retry::{Backoff, retryable, unknown_worker};
+use crate::peers::{Flow, Peers, channel};
+use crate::retry::{Backoff, unknown_worker};
 use crate::reward::Rotation;
+
+pub use config::WorkerConfig;
 
 /// Errors that end a worker.
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +50,16 @@ pub enum WorkerError {
     GaveUp { peer: &'static str, url: String, seconds: f64, last: String },
     #[error("cannot connect to {url}: {message}")]
     Connect { url: String, message: String },
-    #[error("weights for policy version {version}: {message}")]
-    Weights { version: u64, message: String },
-    #[error("bad run settings from the learner: {0}")]
-    Settings(String),
+    #[error("weights for policy version {version}: {status}")]
+    Download { version: u64, status: Status },
+    #[error("weights for policy version {version}: {error}")]
+    Weights { version: u64, error: weights::WeightsError },
+    #[error("bad message from the learner: {0}")]
+    Peer(#[from] peer_input::PeerInputError),
+    #[error("generation stopped: {0}")]
+    GenerationTask(tokio::task::JoinError),
+    #[error("no reward server address")]
+    NoRewardServer,
     #[error(transparent)]
     Input(#[from] rlhf_trainer::error::InputError),
 }
@@ -67,27 +77,15 @@ pub struct WorkerOptions {
     pub hold_lease: Duration,
 }
 
-fn channel(url: &str, timeout: Duration) -> Result<Channel, WorkerError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| WorkerError::Connect { url: url.into(), message: e.to_string() })?
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(2))
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(32 << 20);
-    Ok(endpoint.connect_lazy())
-}
-
 /// Downloads one weights version, checks length and CRC, and returns it as an fp32 safetensors
 /// buffer (bf16 on the wire is widened).
 pub async fn download_weights(client: &mut LearnerClient<Channel>, version: u64) -> Result<Vec<u8>, WorkerError> {
-    let bad = |message: String| WorkerError::Weights { version, message };
-    let mut stream = client
-        .get_weights(pb::GetWeightsRequest { policy_version: version })
-        .await
-        .map_err(|status| bad(status.to_string()))?
-        .into_inner();
+    let download = |status| WorkerError::Download { version, status };
+    let bad = |error| WorkerError::Weights { version, error };
+    let request = pb::GetWeightsRequest { policy_version: version };
+    let mut stream = client.get_weights(request).await.map_err(download)?.into_inner();
     let mut assembler = weights::Assembler::new(version);
-    while let Some(chunk) = stream.message().await.map_err(|status| bad(status.to_string()))? {
+    while let Some(chunk) = stream.message().await.map_err(download)? {
         assembler.push(&chunk).map_err(bad)?;
     }
     assembler.finish().map_err(bad)
@@ -100,151 +98,9 @@ async fn fetch_weights<B: Kernels>(
     config: &Gpt2Config,
     device: &B::Device,
 ) -> Result<Gpt2<B>, WorkerError> {
-    let bad = |message: String| WorkerError::Weights { version, message };
+    let bad = |error| WorkerError::Weights { version, error };
     let bytes = download_weights(client, version).await?;
     weights::model_from_safetensors::<B>(bytes, config, device).map_err(bad)
-}
-
-/// What ended a stretch of work.
-enum Flow {
-    /// SIGTERM/Ctrl-C: the worker stops (its lease handed back).
-    Stopped,
-    /// The learner no longer knows this worker: join again.
-    Rejoin,
-    Failed(WorkerError),
-}
-
-impl From<WorkerError> for Flow {
-    fn from(error: WorkerError) -> Self {
-        Self::Failed(error)
-    }
-}
-
-/// The worker's peers and how it waits for them.
-struct Peers {
-    learner: LearnerClient<Channel>,
-    learner_url: String,
-    rewards: Vec<(String, RewardModelClient<Channel>)>,
-    rotation: Rotation,
-    backoff: Backoff,
-    stop: watch::Receiver<bool>,
-}
-
-impl Peers {
-    fn stopping(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    /// Waits out one backoff delay after `status` from `peer`, or fails once patience is spent;
-    /// a stop request ends the wait at once.
-    async fn wait(&mut self, peer: &'static str, url: &str, status: &Status) -> Result<(), Flow> {
-        let Some(delay) = self.backoff.next_delay() else {
-            let seconds = self.backoff.since_progress().as_secs_f64();
-            return Err(Flow::Failed(WorkerError::GaveUp {
-                peer,
-                url: url.to_string(),
-                seconds,
-                last: status.to_string(),
-            }));
-        };
-        tracing::warn!(peer, url, code = ?status.code(), retry_in_ms = delay.as_millis() as u64, "peer unavailable; backing off");
-        if self.stopping() {
-            return Err(Flow::Stopped);
-        }
-        let mut stop = self.stop.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => Ok(()),
-            _ = stop.changed() => Err(Flow::Stopped),
-        }
-    }
-
-    fn learner_error(&self, status: Status) -> WorkerError {
-        if status.code() == Code::Unimplemented {
-            return WorkerError::WrongService {
-                url: self.learner_url.clone(),
-                service: "rlhf.v1.Learner",
-                other: "reward server",
-            };
-        }
-        WorkerError::Learner { url: self.learner_url.clone(), status }
-    }
-
-    /// Calls the learner until it answers, retrying what is worth retrying.
-    async fn learner<T, F, Fut>(&mut self, mut call: F) -> Result<T, Flow>
-    where
-        F: FnMut(LearnerClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
-    {
-        loop {
-            match call(self.learner.clone()).await {
-                Ok(value) => {
-                    self.backoff.progress();
-                    return Ok(value);
-                }
-                Err(status) if unknown_worker(&status) => return Err(Flow::Rejoin),
-                Err(status) if retryable(&status) => {
-                    let url = self.learner_url.clone();
-                    self.wait("learner", &url, &status).await?;
-                }
-                Err(status) => return Err(Flow::Failed(self.learner_error(status))),
-            }
-        }
-    }
-
-    /// Scores `sequences` on one of the reward servers: round robin, moving on to the next
-    /// server when one fails, skipping one that keeps failing, and backing off once every server
-    /// has failed in turn. A reply with the wrong number of scores, or a non-finite one, counts
-    /// as a failure of that server (a peer is untrusted input).
-    async fn score(&mut self, sequences: &[pb::Sequence]) -> Result<Vec<f32>, Flow> {
-        let mut failed_in_a_row = 0;
-        loop {
-            let i = self.rotation.choose(Instant::now());
-            let (url, mut client) = self.rewards[i].clone();
-            let answer =
-                client.score(pb::ScoreRequest { sequences: sequences.to_vec() }).await.map(|r| r.into_inner().scores);
-            let status = match answer {
-                Ok(scores) if scores.len() == sequences.len() && scores.iter().all(|s| s.is_finite()) => {
-                    self.rotation.succeeded(i);
-                    self.backoff.progress();
-                    return Ok(scores);
-                }
-                Ok(scores) => {
-                    let bad = scores.iter().filter(|s| !s.is_finite()).count();
-                    tracing::error!(
-                        url,
-                        expected = sequences.len(),
-                        got = scores.len(),
-                        non_finite = bad,
-                        "reward server answered with bad scores"
-                    );
-                    Status::unknown("bad scores")
-                }
-                Err(status) if status.code() == Code::Unimplemented => {
-                    return Err(Flow::Failed(WorkerError::WrongService {
-                        url,
-                        service: "rlhf.v1.RewardModel",
-                        other: "learner",
-                    }));
-                }
-                Err(status) if retryable(&status) => status,
-                Err(status) => return Err(Flow::Failed(WorkerError::Reward { url, status })),
-            };
-            if self.rotation.failed(i, Instant::now()) {
-                tracing::warn!(
-                    url,
-                    seconds = reward::SKIP_FOR.as_secs(),
-                    "reward server keeps failing; skipping it for a while"
-                );
-            }
-            failed_in_a_row += 1;
-            if failed_in_a_row < self.rewards.len() {
-                tracing::warn!(url, code = ?status.code(), "reward server failed; trying the next one");
-                continue;
-            }
-            failed_in_a_row = 0;
-            self.wait("reward server", &url, &status).await?;
-        }
-    }
 }
 
 /// Stops the heartbeat task when the session that started it ends.
@@ -272,7 +128,7 @@ pub async fn run<B: Kernels>(
         .map(|url| Ok((url.clone(), RewardModelClient::new(channel(url, options.timeout)?))))
         .collect::<Result<_, WorkerError>>()?;
     if rewards.is_empty() {
-        return Err(WorkerError::Settings("no reward server address".into()));
+        return Err(WorkerError::NoRewardServer);
     }
     // Jitter differs between workers (their pids), so they do not retry in lockstep.
     let seed = std::process::id() as u64;
@@ -313,7 +169,7 @@ async fn session<B: Kernels>(
         })
         .await?;
     let worker_id = joined.worker_id;
-    let settings = RunSettings::from_join(&joined).map_err(|e| Flow::Failed(WorkerError::Settings(e)))?;
+    let settings = RunSettings::from_join(&joined).map_err(|e| Flow::Failed(e.into()))?;
     tracing::info!(worker_id, worker = %name, "joined the learner");
 
     // Heartbeats run beside the main loop; one answered "unknown" means the learner forgot us.
@@ -380,7 +236,7 @@ async fn session<B: Kernels>(
             Some(pb::lease_prompts_response::Reply::Done(_)) | None => return Ok(()),
         };
         if let Err(e) = settings.check_lease(&lease) {
-            return Err(Flow::Failed(WorkerError::Settings(e)));
+            return Err(Flow::Failed(e.into()));
         }
         let outcome =
             roll_out::<B>(peers, options, device, model, &lease, worker_id, &settings, &mut next_rollout_id).await;
@@ -445,7 +301,7 @@ async fn roll_out<B: Kernels>(
                 *model = Some((lease.policy_version, Generator::new(fresh)));
                 peers.backoff.progress();
             }
-            Err(WorkerError::Weights { message, .. }) if message.contains("not available") => {
+            Err(WorkerError::Download { status, .. }) if status.message().contains("not available") => {
                 // The learner moved to a newer version: this lease is stale, drop it.
                 tracing::warn!(
                     worker_id,
@@ -460,7 +316,7 @@ async fn roll_out<B: Kernels>(
             }
         }
     }
-    let (_, policy) = model.as_ref().ok_or_else(|| Flow::Failed(WorkerError::Settings("no weights".into())))?;
+    let (_, policy) = model.as_ref().expect("the loop above loads the lease's weights");
     let queries: Vec<Vec<u32>> = lease.prompts.iter().map(|p| p.ids.clone()).collect();
     let (lease_sampling, eos_id) = (SamplingConfig { seed: lease.seed, ..settings.sampling.clone() }, settings.eos_id);
     let generation = {
@@ -471,7 +327,7 @@ async fn roll_out<B: Kernels>(
             span.in_scope(|| policy.generate(&queries, eos_id, &lease_sampling, &device))
         })
         .await
-        .map_err(|e| Flow::Failed(WorkerError::Settings(format!("generation failed: {e}"))))?
+        .map_err(|e| Flow::Failed(WorkerError::GenerationTask(e)))?
         .map_err(|e| Flow::Failed(e.into()))?
     };
     if peers.stopping() {

@@ -71,3 +71,105 @@ fn crates_depend_only_on_the_crates_the_readme_allows() {
         assert!(!deps[*name].contains(*forbidden), "{name} must not depend on {forbidden}: {why}");
     }
 }
+
+/// The crates whose top-level modules are checked for import cycles, by source folder.
+const SOURCE_ROOTS: &[&str] = &["trainer/src", "actors/src", "rollout-worker/src", "reward-server/src", "src"];
+
+/// Non-test Rust source under `dir`: test-only files (`tests.rs`, `*_tests.rs`, `testutil.rs`)
+/// are skipped, and a file's `#[cfg(test)] mod tests { ... }` block (always last) is cut off.
+fn sources(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if name.ends_with(".rs") && name != "tests.rs" && !name.ends_with("_tests.rs") && name != "testutil.rs" {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = match text.find("#[cfg(test)]\nmod tests {") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            };
+            out.push((path, text));
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`model/gpt2.rs` → `model`, `lib.rs` → none).
+fn top_module(root: &std::path::Path, file: &std::path::Path) -> Option<String> {
+    let relative = file.strip_prefix(root).unwrap();
+    let first = relative.components().next()?.as_os_str().to_str()?.trim_end_matches(".rs").to_string();
+    (!matches!(first.as_str(), "lib" | "main")).then_some(first)
+}
+
+/// Edges `a → b` when a file of module `a` names `crate::b` (in a path or a `use crate::{b, ..}`).
+fn module_imports(root: &std::path::Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut files = Vec::new();
+    sources(root, &mut files);
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (file, text) in &files {
+        let Some(from) = top_module(root, file) else { continue };
+        let mut targets = BTreeSet::new();
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                for item in group.split(',') {
+                    let name: String = item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    targets.insert(name);
+                }
+            } else {
+                targets.insert(rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect());
+            }
+        }
+        let modules: BTreeSet<String> = files.iter().filter_map(|(f, _)| top_module(root, f)).collect();
+        let entry = edges.entry(from.clone()).or_default();
+        entry.extend(targets.into_iter().filter(|t| *t != from && modules.contains(t)));
+    }
+    edges
+}
+
+/// A cycle in `edges`, if any, as the list of modules along it.
+fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(node.to_string());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in edges.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    edges.keys().find_map(|node| visit(node, edges, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_crate_has_an_import_cycle_between_its_top_level_modules() {
+    for root in SOURCE_ROOTS {
+        let edges = module_imports(&super::root().join(root));
+        assert!(edges.len() > 3, "{root}: no modules found");
+        if let Some(cycle) = find_cycle(&edges) {
+            panic!("{root}: modules import each other in a cycle: {}", cycle.join(" → "));
+        }
+    }
+    // The check itself finds cycles.
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    edges.entry("a".into()).or_default().insert("b".into());
+    edges.entry("b".into()).or_default().insert("a".into());
+    assert_eq!(find_cycle(&edges), Some(vec!["a".into(), "b".into(), "a".into()]));
+}

@@ -247,8 +247,8 @@ fn every_deploy_config_loads() {
 fn eval_compares_policies_with_a_reward_and_a_command_judge() {
     let lm = format!("ref={}", path_str(&fixture("lm")));
     let same = format!("same={}", path_str(&fixture("lm")));
-    let lexicon = super::root().join("../shared/assets/imdb-lexicon");
-    let prompts = super::root().join("../shared/assets/imdb-sentiment/test.jsonl");
+    let lexicon = super::assets().join("imdb-lexicon");
+    let prompts = super::assets().join("imdb-sentiment/test.jsonl");
     let base = [
         "eval",
         "--policy",

@@ -1,14 +1,9 @@
-//! The algorithms through the real binary, on the real data in `../shared/assets` (asset tier):
+//! The algorithms through the real binary, on real data (asset tier): the committed slice in
+//! `tests/assets`, and for two tests the full assets (see [`super::full_assets`]):
 //! SFT, reward models on IMDb and TL;DR, and `ppo --local`. Budgets are sized for CI (2 cores);
 //! the figures observed when they were written are in the comments.
 
-use std::path::PathBuf;
-
-use super::{fixture, path_str, rlhf_err, rlhf_ok, root};
-
-fn assets() -> PathBuf {
-    root().join("../shared/assets")
-}
+use super::{assets, fixture, full_assets, path_str, rlhf_err, rlhf_ok};
 
 fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -26,9 +21,10 @@ fn eval_results(dir: &std::path::Path) -> serde_json::Value {
 fn a_reward_model_on_imdb_pairs_beats_chance() {
     // 1,000 positive-over-negative pairs of 48-token review prefixes, the real GPT-2 tokenizer, a
     // tiny GPT-2 from scratch, 2 epochs: 70.6% on the 500 test pairs in ~26 s.
+    let Some(full) = full_assets("a_reward_model_on_imdb_pairs_beats_chance") else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rm");
-    let imdb = assets().join("imdb-sentiment");
+    let imdb = full.join("imdb-sentiment");
     rlhf_ok(&[
         "reward",
         "train",
@@ -81,6 +77,7 @@ fn a_reward_model_on_imdb_pairs_beats_chance() {
 fn local_ppo_raises_the_lexicon_reward_with_bounded_kl() {
     // The fixture GPT-2 (384-token IMDb BPE), prompts cut from IMDb test reviews, the aclImdb
     // lexicon as reward: mean reward -0.05 -> ~0.3 over 30 iterations, KL ~12 nats (~16 s).
+    let Some(full) = full_assets("local_ppo_raises_the_lexicon_reward_with_bounded_kl") else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("ppo");
     rlhf_ok(&[
@@ -89,9 +86,9 @@ fn local_ppo_raises_the_lexicon_reward_with_bounded_kl() {
         "--model",
         path_str(&fixture("lm")),
         "--lexicon",
-        path_str(&assets().join("imdb-lexicon")),
+        path_str(&full.join("imdb-lexicon")),
         "--prompts",
-        path_str(&assets().join("imdb-sentiment/test.jsonl")),
+        path_str(&full.join("imdb-sentiment/test.jsonl")),
         "--out",
         path_str(&out),
         "--iterations",

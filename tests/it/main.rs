@@ -15,6 +15,26 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The committed slice of real data (`tests/assets/`, see its README): the GPT-2 tokenizer, a
+/// few hundred IMDb reviews per split, the IMDb lexicon and 100 TL;DR comparisons.
+pub fn assets() -> PathBuf {
+    root().join("tests/assets")
+}
+
+/// The full real data for the few tests that need more than the slice: `RLHF_ASSETS`, or
+/// `../shared/assets` beside the clone. `None` (the test then returns early) after one printed
+/// line naming the test, when neither exists.
+pub fn full_assets(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("RLHF_ASSETS").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/assets"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    // Straight to stderr: the test harness captures `println!`/`eprintln!` of passing tests.
+    let line = format!("skipped {test}: it needs the full assets (set RLHF_ASSETS, or put them at ../shared/assets)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    None
+}
+
 /// The fixture GPT-2 written by `trainer/fixtures/make_gpt2_fixtures.py`.
 pub fn fixture(name: &str) -> PathBuf {
     root().join("trainer/fixtures/gpt2").join(name)

@@ -1,10 +1,10 @@
 //! The main job and the documented workflows, end to end through the real binary: `rlhf demo`
-//! at a small size, and the README's IMDb and TL;DR commands on `../shared/assets` with the
+//! at a small size, and the README's IMDb and TL;DR commands on the committed data slice with the
 //! real GPT-2 tokenizer and a tiny model.
 
 use std::path::Path;
 
-use super::{path_str, rlhf, rlhf_err};
+use super::{assets, path_str, rlhf, rlhf_err};
 
 /// The demo at a size that runs in well under a minute.
 const SMALL: &[&str] = &[
@@ -101,10 +101,6 @@ fn the_demo_rejects_unknown_settings_by_name() {
     let stderr = rlhf_err(&["demo", "--out", path_str(tmp.path()), "--set", "ppo.iteratons=3"]);
     assert!(stderr.contains("iteratons"), "{stderr}");
     assert!(!tmp.path().join("corpus").exists(), "nothing runs on a bad config");
-}
-
-fn assets() -> std::path::PathBuf {
-    super::root().join("../shared/assets")
 }
 
 fn write(path: &Path, text: &str) -> std::path::PathBuf {

@@ -1,4 +1,8 @@
 //! Typed errors, one enum per boundary. Messages are lowercase and name the file or field.
+//!
+//! A wrapped error is a typed field (named `error`) whose text is part of the message, and not
+//! also the `source()`: `anyhow`'s `{:#}` prints the source chain after the message, which would
+//! print it twice.
 
 use std::path::PathBuf;
 
@@ -9,8 +13,8 @@ pub enum ConfigError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path} is not a valid GPT-2 config.json: {error}")]
     Parse { path: PathBuf, error: serde_json::Error },
-    #[error("{path}: {reason}")]
-    Unsupported { path: PathBuf, reason: String },
+    #[error("{path}: {error}")]
+    Unsupported { path: PathBuf, error: crate::validate::InvalidSetting },
     #[error("unknown model preset {name:?} (known: {known})")]
     UnknownPreset { name: String, known: String },
 }

@@ -3,14 +3,14 @@
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 
-use crate::gpt2::Heads;
-use crate::optim::OptimConfig;
-use crate::ppo_local::{LocalConfig, run};
-use crate::ppo_update::{PpoConfig, PpoTrainer};
+use crate::infer::sampling::SamplingConfig;
+use crate::model::gpt2::Heads;
+use crate::ppo::local::{LocalConfig, run};
+use crate::ppo::{PpoConfig, PpoTrainer};
+use crate::reward::scorer::{ScoreError, Scorer};
 use crate::reward::{PairIds, RewardConfig, normalize};
-use crate::sampling::SamplingConfig;
-use crate::scorer::{ScoreError, Scorer};
 use crate::sft::SftConfig;
+use crate::train::optim::OptimConfig;
 use crate::{Gpt2Config, reward, sft};
 
 type A = Autodiff<Flex>;
@@ -47,7 +47,7 @@ fn a_reward_model_learns_which_token_is_preferred_and_normalises() {
 }
 
 /// A model and optimizer as a checkpoint callback saw them.
-type Saved = (crate::Gpt2<A>, crate::optim::AdamWOptimizer<crate::Gpt2<A>, A>);
+type Saved = (crate::Gpt2<A>, crate::train::optim::AdamWOptimizer<crate::Gpt2<A>, A>);
 
 #[test]
 fn sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one() {
@@ -80,7 +80,7 @@ fn sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one() {
     let state = crate::train::TrainerState { step: 4, total_steps: 8, config: serde_json::Value::Null };
     crate::train::save_checkpoint(&dir.path().join("step-4"), model, &tiny_config(), &tokenizer, optim, &state)
         .unwrap();
-    let latest = crate::train::latest_checkpoint(dir.path()).unwrap();
+    let latest = crate::train::latest_checkpoint(dir.path(), "step-", crate::train::STATE_FILE).unwrap().1;
     let (_, model, optim, state) = crate::train::load_checkpoint::<A>(&latest, config.optim.adamw(), &device).unwrap();
     assert_eq!(state.step, 4);
     let resumed = run(model, optim, state.step, &mut Vec::new());
@@ -151,8 +151,8 @@ fn a_ppo_step_is_deterministic() {
     let device = Default::default();
     let policy = tiny_config().init::<A>(Heads::LmValue, &device);
     let reference = policy.valid();
-    let rollouts: Vec<crate::ppo_update::Rollout> = (0..8u32)
-        .map(|i| crate::ppo_update::Rollout {
+    let rollouts: Vec<crate::ppo::Rollout> = (0..8u32)
+        .map(|i| crate::ppo::Rollout {
             query: vec![1 + i % 4, 2],
             response: vec![3, 4 + i % 5, 5],
             logprobs: vec![-1.0; 3],
@@ -173,12 +173,43 @@ fn a_ppo_step_is_deterministic() {
     };
     let (a1, b1, w1) = run();
     let (a2, b2, w2) = run();
-    let strip = |s: &crate::ppo_update::Stats| {
+    let strip = |s: &crate::train::Stats| {
         s.iter().filter(|(k, _)| !k.starts_with("time/")).map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>()
     };
     assert_eq!(strip(&a1), strip(&a2));
     assert_eq!(strip(&b1), strip(&b2));
     assert_eq!(w1, w2);
+}
+
+#[test]
+fn a_smaller_cliprange_clips_more_tokens() {
+    // `ppo.cliprange` reaches the policy loss: once the first mini-batch has moved the policy,
+    // the ratios of later ones leave [1 − ε, 1 + ε] the more often the smaller ε is.
+    let device = Default::default();
+    let policy = tiny_config().init::<A>(Heads::LmValue, &device);
+    let reference = policy.valid();
+    let rollouts: Vec<crate::ppo::Rollout> = (0..8u32)
+        .map(|i| crate::ppo::Rollout {
+            query: vec![1 + i % 4, 2],
+            response: vec![3, 4 + i % 5, 5],
+            logprobs: vec![-1.0; 3],
+            score: i as f32 * 0.1,
+        })
+        .collect();
+    let clipfrac = |cliprange: f64| {
+        let config = PpoConfig {
+            optim: OptimConfig { learning_rate: 1e-2, ..Default::default() },
+            mini_batch_size: 4,
+            cliprange,
+            ..Default::default()
+        };
+        let mut trainer = PpoTrainer::<A>::new(policy.clone(), None, reference.clone(), config, 0, &device).unwrap();
+        trainer.step(&rollouts, 10).unwrap()["ppo/policy/clipfrac"]
+    };
+    let (tight, default, loose) = (clipfrac(0.001), clipfrac(0.2), clipfrac(1e3));
+    assert!(tight > 0.3, "cliprange 0.001 clipped {tight}");
+    assert!(tight > default, "cliprange 0.001 clipped {tight}, 0.2 clipped {default}");
+    assert_eq!(loose, 0.0, "nothing is clipped at cliprange 1000");
 }
 
 /// A model with one infinite weight: every loss is NaN.
@@ -234,8 +265,8 @@ fn non_finite_steps_change_nothing_and_too_many_stop_training() {
     // And such a model is never written.
     let tokenizer = crate::Tokenizer::load(&crate::testutil::fixtures().join("gpt2/lm")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let err =
-        crate::hf::export(&poisoned(&device).valid(), &tiny_config(), &tokenizer, &dir.path().join("out")).unwrap_err();
+    let err = crate::model::hf::export(&poisoned(&device).valid(), &tiny_config(), &tokenizer, &dir.path().join("out"))
+        .unwrap_err();
     assert!(err.to_string().contains("transformer.h.0.mlp.c_fc.bias"), "{err}");
     assert!(!dir.path().join("out").exists(), "no partial output");
 }
@@ -247,8 +278,8 @@ fn ppo_stops_after_too_many_non_finite_mini_batches() {
     let policy = poisoned(&device).with_value_head(0);
     let reference = tiny_config().init::<Flex>(Heads::Lm, &device);
     let mut trainer = PpoTrainer::<A>::new(policy, None, reference, config, 0, &device).unwrap();
-    let rollouts: Vec<crate::ppo_update::Rollout> = (0..4u32)
-        .map(|i| crate::ppo_update::Rollout {
+    let rollouts: Vec<crate::ppo::Rollout> = (0..4u32)
+        .map(|i| crate::ppo::Rollout {
             query: vec![1, 2 + i],
             response: vec![3, 4],
             logprobs: vec![-1.0, -1.0],

@@ -12,12 +12,12 @@ use burn::tensor::{Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{CheckpointError, InputError};
-use crate::gpt2::Heads;
+use crate::infer::sampling::{SamplingConfig, generate};
+use crate::infer::scoring::score;
 use crate::kernels::{AutodiffKernels, Kernels};
-use crate::ppo_update::{PpoConfig, PpoTrainer, Rollout};
-use crate::sampling::{SamplingConfig, generate};
-use crate::scoring::score;
-use crate::{Gpt2, hf};
+use crate::model::gpt2::Heads;
+use crate::ppo::{PpoConfig, PpoTrainer, Rollout};
+use crate::{Gpt2, model::hf};
 
 /// One comparison with a reference: the largest absolute difference and what it may be.
 #[derive(Debug, Clone, PartialEq)]
@@ -323,6 +323,3 @@ pub fn all<B: AutodiffKernels>(fixtures: &Path, device: &B::Device) -> Result<Ve
     checks.extend(ppo_step::<B>(fixtures, device)?.0);
     Ok(checks)
 }
-
-#[cfg(test)]
-pub(crate) mod tests;

@@ -10,13 +10,13 @@ use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{left_pad, next_token_rows, select_rows, validate};
 use crate::error::{CheckpointError, InputError, TrainError};
-use crate::gpt2::Gpt2;
 use crate::kernels::{AutodiffKernels, Kernels};
-use crate::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
-use crate::ppo_update::Stats;
+use crate::model::batch::{left_pad, next_token_rows, select_rows, validate};
+use crate::model::gpt2::Gpt2;
 use crate::train::Progress;
+use crate::train::Stats;
+use crate::train::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
 use crate::validate::{Checked, InvalidSetting, at_least_one, section};
 
 /// SFT settings.
@@ -46,7 +46,7 @@ impl Default for SftConfig {
             optim: OptimConfig {
                 learning_rate: 5e-5,
                 warmup_steps: 10,
-                schedule: crate::optim::Schedule::Cosine,
+                schedule: crate::train::optim::Schedule::Cosine,
                 ..Default::default()
             },
             epochs: 1,
@@ -74,6 +74,8 @@ impl SftConfig {
         at_least_one("max_skipped_steps", self.max_skipped_steps)
     }
 }
+
+crate::impl_validate!(SftConfig);
 
 /// Mean negative log-likelihood of every real token after a row's first, `[1]`, and the number
 /// of tokens it averages over.

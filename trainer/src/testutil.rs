@@ -42,3 +42,28 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
     t.into_data().iter::<f32>().map(f64::from).collect()
 }
+
+/// Prints the difference (so that a run shows how close it came) and asserts the tolerance.
+pub(crate) fn assert_passes(check: crate::parity::Check) {
+    eprintln!("parity: {} max |diff| = {:e} (tolerance {:e})", check.name, check.max_abs_diff, check.tolerance);
+    assert!(check.passed(), "{}: max |diff| {:e} > {:e}", check.name, check.max_abs_diff, check.tolerance);
+}
+
+/// The committed slice of real data (`tests/assets/` at the repository root, see its README).
+pub(crate) fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/assets")
+}
+
+/// The full real data (`RLHF_ASSETS`, or `../shared/assets` beside the clone), for the few tests
+/// that need more than the slice; `None` after one printed line naming `test` when it is missing.
+pub(crate) fn full_assets(test: &str) -> Option<PathBuf> {
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/assets");
+    let dir = std::env::var_os("RLHF_ASSETS").map(PathBuf::from).unwrap_or(default);
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    // Straight to stderr: the test harness captures `println!`/`eprintln!` of passing tests.
+    let line = format!("skipped {test}: it needs the full assets (set RLHF_ASSETS, or put them at ../shared/assets)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    None
+}

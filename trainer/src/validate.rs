@@ -49,16 +49,6 @@ macro_rules! impl_validate {
     )*};
 }
 
-impl_validate!(
-    crate::optim::OptimConfig,
-    crate::sampling::SamplingConfig,
-    crate::ppo_update::PpoConfig,
-    crate::ppo_local::LocalConfig,
-    crate::data::PromptConfig,
-    crate::sft::SftConfig,
-    crate::reward::RewardConfig,
-);
-
 /// Runs a section's check and prefixes its errors with the section's name.
 pub fn section(name: &str, check: Checked) -> Checked {
     check.map_err(|e| e.within(name))
@@ -124,12 +114,12 @@ mod tests {
     /// One bad value per rule: each config refuses it and names the setting.
     #[test]
     fn every_config_rule_names_its_setting() {
-        use crate::optim::OptimConfig;
+        use crate::ppo::PpoConfig;
+        use crate::ppo::local::LocalConfig;
         use crate::ppo::{KlController, MissingEos};
-        use crate::ppo_local::LocalConfig;
-        use crate::ppo_update::PpoConfig;
         use crate::reward::RewardConfig;
         use crate::sft::SftConfig;
+        use crate::train::optim::OptimConfig;
 
         let optim = OptimConfig::default();
         let optim_cases: Vec<(OptimConfig, &str)> = vec![

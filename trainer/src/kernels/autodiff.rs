@@ -12,7 +12,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::ops::FloatTensor;
 
 use super::{AdamWMoments, AdamWStep, Kernels, LmHeadOutput};
-use crate::sampling::SamplingConfig;
+use crate::kernels::TokenFilter;
 
 /// The backward step of [`Kernels::lm_head_forward`].
 #[derive(Debug)]
@@ -138,7 +138,7 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
         untracked::<B, C>(B::decoding_lm_head(weight.primitive))
     }
 
-    fn sample(logits: FloatTensor<Self>, uniform: &[f32], config: &SamplingConfig) -> (Vec<u32>, Vec<f32>) {
+    fn sample(logits: FloatTensor<Self>, uniform: &[f32], config: &TokenFilter) -> (Vec<u32>, Vec<f32>) {
         B::sample(logits.primitive, uniform, config)
     }
 }

@@ -1,0 +1,169 @@
+//! The worker's peers — the learner and the reward servers — and how it waits for them: every
+//! call retried with jittered backoff ([`crate::retry`]), reward servers in failover rotation
+//! ([`crate::reward`]), and a stop request ending any wait at once.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rlhf_proto::v1 as pb;
+use rlhf_proto::v1::learner_client::LearnerClient;
+use rlhf_proto::v1::reward_model_client::RewardModelClient;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::WorkerError;
+use crate::retry::{Backoff, retryable, unknown_worker};
+use crate::reward::{self, Rotation};
+
+pub(crate) fn channel(url: &str, timeout: Duration) -> Result<Channel, WorkerError> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| WorkerError::Connect { url: url.into(), message: e.to_string() })?
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(2))
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20);
+    Ok(endpoint.connect_lazy())
+}
+
+/// What ended a stretch of work.
+pub(crate) enum Flow {
+    /// SIGTERM/Ctrl-C: the worker stops (its lease handed back).
+    Stopped,
+    /// The learner no longer knows this worker: join again.
+    Rejoin,
+    Failed(WorkerError),
+}
+
+impl From<WorkerError> for Flow {
+    fn from(error: WorkerError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+/// The worker's peers and how it waits for them.
+pub(crate) struct Peers {
+    pub(crate) learner: LearnerClient<Channel>,
+    pub(crate) learner_url: String,
+    pub(crate) rewards: Vec<(String, RewardModelClient<Channel>)>,
+    pub(crate) rotation: Rotation,
+    pub(crate) backoff: Backoff,
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
+impl Peers {
+    pub(crate) fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Waits out one backoff delay after `status` from `peer`, or fails once patience is spent;
+    /// a stop request ends the wait at once.
+    pub(crate) async fn wait(&mut self, peer: &'static str, url: &str, status: &Status) -> Result<(), Flow> {
+        let Some(delay) = self.backoff.next_delay() else {
+            let seconds = self.backoff.since_progress().as_secs_f64();
+            return Err(Flow::Failed(WorkerError::GaveUp {
+                peer,
+                url: url.to_string(),
+                seconds,
+                last: status.to_string(),
+            }));
+        };
+        tracing::warn!(peer, url, code = ?status.code(), retry_in_ms = delay.as_millis() as u64, "peer unavailable; backing off");
+        if self.stopping() {
+            return Err(Flow::Stopped);
+        }
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = stop.changed() => Err(Flow::Stopped),
+        }
+    }
+
+    fn learner_error(&self, status: Status) -> WorkerError {
+        if status.code() == Code::Unimplemented {
+            return WorkerError::WrongService {
+                url: self.learner_url.clone(),
+                service: "rlhf.v1.Learner",
+                other: "reward server",
+            };
+        }
+        WorkerError::Learner { url: self.learner_url.clone(), status }
+    }
+
+    /// Calls the learner until it answers, retrying what is worth retrying.
+    pub(crate) async fn learner<T, F, Fut>(&mut self, mut call: F) -> Result<T, Flow>
+    where
+        F: FnMut(LearnerClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        loop {
+            match call(self.learner.clone()).await {
+                Ok(value) => {
+                    self.backoff.progress();
+                    return Ok(value);
+                }
+                Err(status) if unknown_worker(&status) => return Err(Flow::Rejoin),
+                Err(status) if retryable(&status) => {
+                    let url = self.learner_url.clone();
+                    self.wait("learner", &url, &status).await?;
+                }
+                Err(status) => return Err(Flow::Failed(self.learner_error(status))),
+            }
+        }
+    }
+
+    /// Scores `sequences` on one of the reward servers: round robin, moving on to the next
+    /// server when one fails, skipping one that keeps failing, and backing off once every server
+    /// has failed in turn. A reply with the wrong number of scores, or a non-finite one, counts
+    /// as a failure of that server (a peer is untrusted input).
+    pub(crate) async fn score(&mut self, sequences: &[pb::Sequence]) -> Result<Vec<f32>, Flow> {
+        let mut failed_in_a_row = 0;
+        loop {
+            let i = self.rotation.choose(Instant::now());
+            let (url, mut client) = self.rewards[i].clone();
+            let answer =
+                client.score(pb::ScoreRequest { sequences: sequences.to_vec() }).await.map(|r| r.into_inner().scores);
+            let status = match answer {
+                Ok(scores) if scores.len() == sequences.len() && scores.iter().all(|s| s.is_finite()) => {
+                    self.rotation.succeeded(i);
+                    self.backoff.progress();
+                    return Ok(scores);
+                }
+                Ok(scores) => {
+                    let bad = scores.iter().filter(|s| !s.is_finite()).count();
+                    tracing::error!(
+                        url,
+                        expected = sequences.len(),
+                        got = scores.len(),
+                        non_finite = bad,
+                        "reward server answered with bad scores"
+                    );
+                    Status::unknown("bad scores")
+                }
+                Err(status) if status.code() == Code::Unimplemented => {
+                    return Err(Flow::Failed(WorkerError::WrongService {
+                        url,
+                        service: "rlhf.v1.RewardModel",
+                        other: "learner",
+                    }));
+                }
+                Err(status) if retryable(&status) => status,
+                Err(status) => return Err(Flow::Failed(WorkerError::Reward { url, status })),
+            };
+            if self.rotation.failed(i, Instant::now()) {
+                tracing::warn!(
+                    url,
+                    seconds = reward::SKIP_FOR.as_secs(),
+                    "reward server keeps failing; skipping it for a while"
+                );
+            }
+            failed_in_a_row += 1;
+            if failed_in_a_row < self.rewards.len() {
+                tracing::warn!(url, code = ?status.code(), "reward server failed; trying the next one");
+                continue;
+            }
+            failed_in_a_row = 0;
+            self.wait("reward server", &url, &status).await?;
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! `rlhf learner`: the config, the policy and its run directory ([`RunDir`]: resume,
+//! checkpoints, accounting), then [`rlhf_actors::serve`] until the last iteration.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use clap::Args;
+use rlhf_actors::LearnerConfig;
+use rlhf_actors::coordinator::CoordinatorArgs;
+use rlhf_actors::run_dir::{CONFIG_FILE, METRICS_FILE, ROLLOUTS_FILE, RunDir, Start};
+use rlhf_trainer::ppo::PpoTrainer;
+use rlhf_trainer::{AutodiffKernels, Heads, model::hf};
+use tracing::Instrument;
+
+use super::{announce, runtime};
+use crate::config::{self, ConfigArgs};
+use crate::device::Device;
+use crate::models::{PolicySetup, load_policy};
+use crate::progress::MetricsFile;
+use crate::with_backend;
+
+#[derive(Args)]
+pub struct LearnerArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Resolve and check the config, print it as TOML, and exit.
+    #[arg(long)]
+    check: bool,
+    /// Continue from the newest checkpoint in `out/checkpoints/`.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Clear `out` first if it already holds a run (otherwise such a directory is refused).
+    #[arg(long)]
+    overwrite: bool,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
+    let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
+    // The policy's context, when the model is a local directory (else checked once loaded).
+    let config_json = std::path::Path::new(&learner_config.model).join("config.json");
+    if config_json.is_file() {
+        let model_config = rlhf_trainer::Gpt2Config::load(&config_json)?;
+        learner_config
+            .train
+            .validate_for_model(model_config.n_positions)
+            .map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
+    }
+    if args.check {
+        print!("{}", toml::to_string_pretty(&learner_config)?);
+        return Ok(());
+    }
+    with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(
+        learner_config,
+        args.listen,
+        args.resume,
+        args.overwrite,
+        device
+    ))
+}
+
+fn run_learner<B: AutodiffKernels>(
+    mut learner_config: LearnerConfig,
+    listen: SocketAddr,
+    resume: bool,
+    overwrite: bool,
+    device: B::Device,
+) -> anyhow::Result<()> {
+    learner_config.train = learner_config.train.resolve(learner_config.runtime.max_policy_lag > 0);
+    let out = learner_config.out.clone();
+    let _run_dir = crate::models::run_dir(&out, resume, overwrite)?;
+    let setup = load_policy::<B>(
+        &learner_config.model,
+        Heads::LmValue,
+        &learner_config.prompts,
+        &learner_config.train.prompts,
+        &device,
+    )?;
+    let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;
+    learner_config
+        .train
+        .validate_for_model(model_config.n_positions)
+        .map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
+    config::write(&learner_config, &out.join(CONFIG_FILE))?;
+    let mut trainer =
+        PpoTrainer::<B>::new(policy, None, reference, learner_config.train.ppo.clone(), tokenizer.eos_id(), &device)?;
+    let run = RunDir::new(&out);
+    let start = if resume { run.resume(&mut trainer, learner_config.train.batch_size)? } else { Start::default() };
+    let mut metrics = MetricsFile::create(&out.join(METRICS_FILE))?;
+    let lineage_path = out.join(ROLLOUTS_FILE);
+    let mut lineage_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&lineage_path)
+        .with_context(|| format!("cannot open {}", lineage_path.display()))?;
+    let (checkpoints, checkpoint_config, checkpoint_tokenizer) = (run.clone(), model_config.clone(), tokenizer.clone());
+    let args = CoordinatorArgs {
+        sampling_json: serde_json::to_string(&learner_config.train.sampling)?,
+        model_config_json: serde_json::to_string(&model_config)?,
+        tokenizer_json: if learner_config.reward.retokenize { tokenizer.to_json()? } else { String::new() },
+        eos_id: tokenizer.eos_id(),
+        config: learner_config,
+        trainer,
+        prompts,
+        start_version: start.version,
+        prior: start.prior,
+        on_checkpoint: Box::new(move |trainer, version, totals| {
+            checkpoints
+                .save_checkpoint(trainer, version, totals, &checkpoint_config, &checkpoint_tokenizer)
+                .map_err(|e| e.to_string())
+        }),
+        on_iteration: Box::new(move |iteration, stats, lineage| {
+            if let Err(e) = metrics.write(iteration + 1, stats) {
+                tracing::error!(error = %e, "cannot write metrics");
+            }
+            for rollout in lineage {
+                let _ = writeln!(lineage_file, "{}", serde_json::to_string(rollout).unwrap_or_default());
+            }
+        }),
+        on_done: Box::new(move |trainer, totals| {
+            if let Err(e) = hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &run.out) {
+                tracing::error!(error = %e, "cannot write the trained policy");
+            }
+            // The whole run's, a resumed learner's included.
+            if let Err(e) = run.write_accounting(&totals) {
+                tracing::error!(error = %e, "cannot write the accounting");
+            }
+            crate::report::write_for_run(&run.out);
+        }),
+    };
+    runtime()?.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        announce(listener.local_addr()?)?;
+        let span = tracing::info_span!("run", out = %out.display());
+        rlhf_actors::serve(args, listener).instrument(span).await.map_err(|e| anyhow::anyhow!("learner: {e}"))
+    })
+}

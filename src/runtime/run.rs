@@ -1,0 +1,228 @@
+//! `rlhf run`: a learner, a reward server and N workers as child processes on 127.0.0.1, with
+//! signals forwarded to them (workers first) and no child outliving the run.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use rlhf_actors::LearnerConfig;
+
+use crate::config::{self, ConfigArgs};
+use crate::device::Device;
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Rollout workers to start.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Continue the learner from its newest checkpoint.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Clear the learner's `out` first if it already holds a run.
+    #[arg(long)]
+    overwrite: bool,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+/// A child process that is killed if it is still running when dropped.
+struct ChildGuard {
+    name: String,
+    child: Child,
+}
+
+impl ChildGuard {
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (SIGTERM: finish or hand back work, then exit).
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; at worst the pid has exited and the call fails.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// How long children get to stop after a forwarded SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Forwards SIGTERM to every child still running, waits up to [`STOP_GRACE`] for them, then
+/// kills the rest.
+fn stop_children(children: &mut [&mut ChildGuard]) {
+    for child in children.iter_mut() {
+        if child.running() {
+            tracing::info!(child = %child.name, "forwarding SIGTERM");
+            child.signal(libc::SIGTERM);
+        }
+    }
+    let started = std::time::Instant::now();
+    while children.iter_mut().any(|c| c.running()) && started.elapsed() < STOP_GRACE {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for child in children.iter_mut() {
+        if child.running() {
+            tracing::warn!(child = %child.name, "did not stop in time; killing it");
+            let _ = child.child.kill();
+            let _ = child.child.wait();
+        }
+    }
+}
+
+/// Starts `rlhf <args>` with stdout piped; returns the guard and the first stdout line (the
+/// bound address), forwarding later stdout lines to ours.
+/// `rlhf` with this process's log format, as a child that gets SIGTERM if this process dies
+/// (so that no learner, worker or reward server outlives the `rlhf run` or `rlhf demo` that
+/// started it, even when that one is SIGKILLed).
+pub(crate) fn rlhf_command() -> anyhow::Result<Command> {
+    let mut command = Command::new(std::env::current_exe().context("locating the rlhf binary")?);
+    let format = match crate::logging::format() {
+        crate::logging::LogFormat::Pretty => "pretty",
+        crate::logging::LogFormat::Json => "json",
+    };
+    command.args(["--log-format", format]);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches only the new process.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    Ok(command)
+}
+
+fn spawn_server(name: &str, args: &[String]) -> anyhow::Result<(ChildGuard, String)> {
+    let mut child = rlhf_command()?
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let guard = ChildGuard { name: name.to_string(), child };
+    let first = lines.next().transpose().with_context(|| format!("reading {name}'s address"))?;
+    let Some(addr) = first else { bail!("{name} exited before printing its address") };
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            println!("{line}");
+        }
+    });
+    Ok((guard, addr))
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
+    let device = args.device.to_string();
+    let mut learner_args = vec!["learner".to_string(), "--device".into(), device.clone()];
+    if let Some(file) = &args.config.config {
+        learner_args.extend(["--config".into(), file.display().to_string()]);
+    }
+    for set in &args.config.sets {
+        learner_args.extend(["--set".into(), set.clone()]);
+    }
+    if args.resume {
+        learner_args.push("--resume".into());
+    }
+    if args.overwrite {
+        learner_args.push("--overwrite".into());
+    }
+    let (mut learner, learner_addr) = spawn_server("learner", &learner_args)?;
+    let mut reward_args = vec!["reward-server".to_string(), "--device".into(), device.clone()];
+    match (&learner_config.reward.model, &learner_config.reward.lexicon) {
+        (Some(model), _) => reward_args.extend(["--model".into(), model.clone()]),
+        (None, Some(lexicon)) => reward_args.extend([
+            "--lexicon".into(),
+            lexicon.display().to_string(),
+            "--tokenizer".into(),
+            learner_config.model.clone(),
+        ]),
+        (None, None) => bail!("the config needs reward.model or reward.lexicon"),
+    }
+    if learner_config.reward.negate {
+        reward_args.push("--negate".into());
+    }
+    let (mut reward, reward_addr) = spawn_server("reward server", &reward_args)?;
+    tracing::info!(learner = %learner_addr, reward = %reward_addr, workers = args.workers, "started learner and reward server");
+    let mut workers: Vec<ChildGuard> = Vec::new();
+    for i in 0..args.workers {
+        let child = rlhf_command()?
+            .args([
+                "worker",
+                "--learner",
+                &learner_addr,
+                "--reward",
+                &reward_addr,
+                "--device",
+                &device,
+                "--name",
+                &format!("worker-{}", i + 1),
+            ])
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting a worker")?;
+        workers.push(ChildGuard { name: format!("worker-{}", i + 1), child });
+    }
+    // SIGTERM or Ctrl-C reaches every child: workers hand back their leases, servers stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing a signal handler")?;
+    }
+    // Wait for the learner; if every worker has failed meanwhile, the run cannot finish.
+    let status = loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("stopping the run: forwarding the signal to every child");
+            // Workers first, so that they can still hand their leases back to the learner.
+            stop_children(&mut workers.iter_mut().collect::<Vec<_>>());
+            stop_children(&mut [&mut learner, &mut reward]);
+            bail!("the run was stopped by a signal");
+        }
+        if let Some(status) = learner.child.try_wait().context("waiting for the learner")? {
+            break status;
+        }
+        let total = workers.len();
+        let failed: Vec<String> = workers
+            .iter_mut()
+            .filter_map(|w| matches!(w.child.try_wait(), Ok(Some(s)) if !s.success()).then(|| w.name.clone()))
+            .collect();
+        if total > 0 && failed.len() == total {
+            bail!("every worker failed ({}); see their errors above", failed.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Workers exit once told the run is done; give them a moment, then stop the rest.
+    for worker in &mut workers {
+        for _ in 0..50 {
+            if let Ok(Some(_)) = worker.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        tracing::debug!(worker = %worker.name, "stopped");
+    }
+    if !status.success() {
+        bail!("the learner exited with {status}");
+    }
+    Ok(())
+}
