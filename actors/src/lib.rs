@@ -1,10 +1,23 @@
 //! The learner process: the coordinator actor (membership, prompt leases, experience buffer, the
 //! PPO update on a blocking thread, weight publishing) behind its gRPC service.
 //!
+//! Modules, parents before children:
+//! - [`service`] — gRPC → one message per call to the actor that owns the answer;
+//! - [`coordinator`] — the root actor; its bookkeeping (leases, buffer, totals) is the plain
+//!   [`coordinator::ledger::Ledger`];
+//! - [`membership`], [`ppo_learner`], [`publisher`] — the coordinator's children; the first two
+//!   report to it through their own event types ([`membership::MembershipEvent`],
+//!   [`ppo_learner::LearnerEvent`]);
+//! - [`accounting`], [`validation`], [`weights`], [`config`] — plain data and checks, no actors.
+//!
 //! **Invariant:** no tensor math lives here; the PPO update is `rlhf_trainer`'s
 //! [`PpoTrainer::step`](rlhf_trainer::ppo_update::PpoTrainer::step), the same code
 //! `rlhf ppo --local` runs.
+//!
+//! **Invariant:** modules depend on each other in one direction only: a child actor never names
+//! its parent's module (a test reads the sources and checks the graph has no cycle).
 
+pub mod accounting;
 pub mod config;
 pub mod coordinator;
 pub mod membership;

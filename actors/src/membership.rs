@@ -1,16 +1,24 @@
-//! The membership actor: workers join, heartbeat, and expire. It tells the coordinator (which
-//! owns leases) when a worker joins or expires, and answers heartbeats with the current policy
-//! version, so workers fetch new weights between leases.
+//! The membership actor: workers join, heartbeat, and expire. It tells its parent (the
+//! coordinator, which owns leases) when a worker joins or expires, as [`MembershipEvent`]s, and
+//! answers heartbeats with the current policy version, so workers fetch new weights between
+//! leases.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use rlhf_proto::v1 as pb;
 use tonic::Status;
 
-use crate::coordinator::CoordinatorMsg;
+/// What membership tells its parent.
+pub enum MembershipEvent {
+    /// A worker joined. The parent answers once the worker may take leases; only then is the
+    /// worker told its id.
+    WorkerJoined { worker_id: u64, name: String, reply: RpcReplyPort<()> },
+    /// A worker stopped heartbeating and was forgotten; its leases must be re-issued.
+    WorkerExpired { worker_id: u64 },
+}
 
 pub enum MembershipMsg {
     Join {
@@ -43,14 +51,15 @@ pub struct RunSettings {
 pub struct MembershipArgs {
     pub settings: RunSettings,
     pub heartbeat_timeout: Duration,
-    pub coordinator: ActorRef<CoordinatorMsg>,
+    /// Where joins and expiries are reported (the coordinator).
+    pub parent: DerivedActorRef<MembershipEvent>,
     pub start_version: u64,
 }
 
 pub struct MembershipState {
     settings: RunSettings,
     heartbeat_timeout: Duration,
-    coordinator: ActorRef<CoordinatorMsg>,
+    parent: DerivedActorRef<MembershipEvent>,
     /// Worker id -> (name, last heard from).
     workers: BTreeMap<u64, (String, Instant)>,
     next_worker_id: u64,
@@ -74,7 +83,7 @@ impl Actor for Membership {
         Ok(MembershipState {
             settings: args.settings,
             heartbeat_timeout: args.heartbeat_timeout,
-            coordinator: args.coordinator,
+            parent: args.parent,
             workers: BTreeMap::new(),
             next_worker_id: 1,
             version: args.start_version,
@@ -103,9 +112,9 @@ async fn handle_message(
             state.next_worker_id += 1;
             // The coordinator must know the worker before the worker asks it for a lease.
             let known = state
-                .coordinator
+                .parent
                 .call(
-                    |reply| CoordinatorMsg::WorkerJoined { worker_id, name: name.clone(), reply },
+                    |reply| MembershipEvent::WorkerJoined { worker_id, name: name.clone(), reply },
                     Some(Duration::from_secs(10)),
                 )
                 .await?;
@@ -149,7 +158,7 @@ async fn handle_message(
             for worker_id in silent {
                 let (name, _) = state.workers.remove(&worker_id).expect("listed above");
                 tracing::warn!(worker_id, worker = %name, "worker expired (no heartbeat)");
-                state.coordinator.send_message(CoordinatorMsg::WorkerExpired { worker_id })?;
+                state.parent.send_message(MembershipEvent::WorkerExpired { worker_id })?;
             }
         }
     }
