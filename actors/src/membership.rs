@@ -164,3 +164,101 @@ async fn handle_message(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// Stands in for the coordinator: registers every joining worker and reports each event.
+    struct FakeParent;
+
+    impl Actor for FakeParent {
+        type Msg = MembershipEvent;
+        type State = mpsc::UnboundedSender<String>;
+        type Arguments = mpsc::UnboundedSender<String>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            events: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(events)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            event: Self::Msg,
+            events: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            match event {
+                MembershipEvent::WorkerJoined { worker_id, name, reply } => {
+                    events.send(format!("joined {worker_id} {name}"))?;
+                    let _ = reply.send(());
+                }
+                MembershipEvent::WorkerExpired { worker_id } => events.send(format!("expired {worker_id}"))?,
+            }
+            Ok(())
+        }
+    }
+
+    async fn ask<T: Send + 'static>(
+        membership: &ActorRef<MembershipMsg>,
+        message: impl FnOnce(RpcReplyPort<T>) -> MembershipMsg,
+    ) -> T {
+        match membership.call(message, Some(Duration::from_secs(5))).await.unwrap() {
+            CallResult::Success(value) => value,
+            _ => panic!("membership did not answer"),
+        }
+    }
+
+    async fn next_event(events: &mut mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("an event within 5 s").unwrap()
+    }
+
+    #[tokio::test]
+    async fn workers_join_through_the_parent_and_expire_when_silent() {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (parent, parent_handle) = Actor::spawn(None, FakeParent, events_tx).await.unwrap();
+        let settings = RunSettings {
+            sampling_json: "{}".into(),
+            model_config_json: "{}".into(),
+            tokenizer_json: String::new(),
+            eos_id: 7,
+            heartbeat_interval_ms: 20,
+        };
+        let args = MembershipArgs {
+            settings,
+            heartbeat_timeout: Duration::from_millis(500),
+            parent: parent.get_derived(),
+            start_version: 3,
+        };
+        let (membership, membership_handle) = Actor::spawn(None, Membership, args).await.unwrap();
+
+        let joined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await;
+        assert_eq!((joined.worker_id, joined.eos_id), (1, 7));
+        // The parent heard of the worker before the worker heard its id.
+        assert_eq!(events.try_recv().unwrap(), "joined 1 w");
+
+        let beat = ask(&membership, |reply| MembershipMsg::Heartbeat { worker_id: 1, reply }).await.unwrap();
+        assert_eq!((beat.policy_version, beat.done), (3, false));
+        membership.send_message(MembershipMsg::Progress { version: 4, done: true }).unwrap();
+        let beat = ask(&membership, |reply| MembershipMsg::Heartbeat { worker_id: 1, reply }).await.unwrap();
+        assert_eq!((beat.policy_version, beat.done), (4, true));
+
+        // Silent past the timeout: the parent is told, and the worker must join again.
+        assert_eq!(next_event(&mut events).await, "expired 1");
+        let status = ask(&membership, |reply| MembershipMsg::Heartbeat { worker_id: 1, reply }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        let rejoined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await;
+        assert_eq!(rejoined.worker_id, 2);
+        assert_eq!(next_event(&mut events).await, "joined 2 w");
+
+        membership.stop(None);
+        parent.stop(None);
+        membership_handle.await.unwrap();
+        parent_handle.await.unwrap();
+    }
+}

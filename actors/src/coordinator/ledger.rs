@@ -356,3 +356,6 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
