@@ -1,10 +1,23 @@
 //! The learner process: the coordinator actor (membership, prompt leases, experience buffer, the
 //! PPO update on a blocking thread, weight publishing) behind its gRPC service.
 //!
+//! Modules, parents before children:
+//! - [`service`] — gRPC → one message per call to the actor that owns the answer;
+//! - [`coordinator`] — the root actor; its bookkeeping (leases, buffer, totals) is the plain
+//!   [`coordinator::ledger::Ledger`];
+//! - [`membership`], [`ppo_learner`], [`publisher`] — the coordinator's children; the first two
+//!   report to it through their own event types ([`membership::MembershipEvent`],
+//!   [`ppo_learner::LearnerEvent`]);
+//! - [`accounting`], [`validation`], [`weights`], [`config`] — plain data and checks, no actors.
+//!
 //! **Invariant:** no tensor math lives here; the PPO update is `rlhf_trainer`'s
 //! [`PpoTrainer::step`](rlhf_trainer::ppo::PpoTrainer::step), the same code
 //! `rlhf ppo --local` runs.
+//!
+//! **Invariant:** modules depend on each other in one direction only: a child actor never names
+//! its parent's module (a test reads the sources and checks the graph has no cycle).
 
+pub mod accounting;
 pub mod config;
 pub mod coordinator;
 pub mod membership;
@@ -97,4 +110,84 @@ pub async fn serve<B: AutodiffKernels>(
         return Err("the learner stopped before the run ended (see the log)".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// The top-level modules each file of this crate names through `crate::` (comments aside):
+    /// module -> the modules it depends on. The crate root, which declares them all, is left out.
+    fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+        fn visit(dir: &Path, top: Option<&str>, graph: &mut BTreeMap<String, BTreeSet<String>>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+                let module = top.map_or(stem.clone(), str::to_string);
+                if path.is_dir() {
+                    visit(&path, Some(&module), graph);
+                } else if path.extension().is_some_and(|e| e == "rs") && !(top.is_none() && stem == "lib") {
+                    let code: String = std::fs::read_to_string(&path)
+                        .unwrap()
+                        .lines()
+                        .filter(|line| !line.trim_start().starts_with("//"))
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    let uses = graph.entry(module.clone()).or_default();
+                    for (at, _) in code.match_indices("crate::") {
+                        let rest = &code[at + "crate::".len()..];
+                        // `crate::{a, b::c}` names several modules at once.
+                        let names = match rest.strip_prefix('{') {
+                            Some(group) => group[..group.find('}').unwrap()].split(',').map(str::trim).collect(),
+                            None => vec![rest],
+                        };
+                        for name in names {
+                            let name: String = name.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                            if name != module {
+                                uses.insert(name);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut graph = BTreeMap::new();
+        visit(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), None, &mut graph);
+        // Items of the crate root (`crate::logged`) are not modules.
+        for uses in graph.values_mut() {
+            uses.retain(|name| Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("src/{name}.rs")).exists());
+        }
+        graph
+    }
+
+    #[test]
+    fn modules_depend_on_each_other_without_cycles() {
+        let graph = module_graph();
+        assert!(graph["coordinator"].contains("membership") && graph["coordinator"].contains("ppo_learner"));
+        for child in ["membership", "ppo_learner", "publisher", "accounting"] {
+            assert!(!graph[child].contains("coordinator"), "{child} names the coordinator: {:?}", graph[child]);
+        }
+        // Depth-first search for a path from a module back to itself.
+        fn cycle<'a>(
+            graph: &'a BTreeMap<String, BTreeSet<String>>,
+            module: &'a str,
+            path: &mut Vec<&'a str>,
+        ) -> Option<String> {
+            if let Some(start) = path.iter().position(|m| *m == module) {
+                return Some(format!("{} -> {module}", path[start..].join(" -> ")));
+            }
+            path.push(module);
+            for next in graph.get(module).into_iter().flatten() {
+                if let Some(found) = cycle(graph, next, path) {
+                    return Some(found);
+                }
+            }
+            path.pop();
+            None
+        }
+        for module in graph.keys() {
+            assert_eq!(cycle(&graph, module, &mut Vec::new()), None, "a module cycle");
+        }
+    }
 }

@@ -1,16 +1,24 @@
-//! The membership actor: workers join, heartbeat, and expire. It tells the coordinator (which
-//! owns leases) when a worker joins or expires, and answers heartbeats with the current policy
-//! version, so workers fetch new weights between leases.
+//! The membership actor: workers join, heartbeat, and expire. It tells its parent (the
+//! coordinator, which owns leases) when a worker joins or expires, as [`MembershipEvent`]s, and
+//! answers heartbeats with the current policy version, so workers fetch new weights between
+//! leases.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use rlhf_proto::v1 as pb;
 use tonic::Status;
 
-use crate::coordinator::CoordinatorMsg;
+/// What membership tells its parent.
+pub enum MembershipEvent {
+    /// A worker joined. The parent answers once the worker may take leases; only then is the
+    /// worker told its id.
+    WorkerJoined { worker_id: u64, name: String, reply: RpcReplyPort<()> },
+    /// A worker stopped heartbeating and was forgotten; its leases must be re-issued.
+    WorkerExpired { worker_id: u64 },
+}
 
 pub enum MembershipMsg {
     Join {
@@ -43,14 +51,15 @@ pub struct RunSettings {
 pub struct MembershipArgs {
     pub settings: RunSettings,
     pub heartbeat_timeout: Duration,
-    pub coordinator: ActorRef<CoordinatorMsg>,
+    /// Where joins and expiries are reported (the coordinator).
+    pub parent: DerivedActorRef<MembershipEvent>,
     pub start_version: u64,
 }
 
 pub struct MembershipState {
     settings: RunSettings,
     heartbeat_timeout: Duration,
-    coordinator: ActorRef<CoordinatorMsg>,
+    parent: DerivedActorRef<MembershipEvent>,
     /// Worker id -> (name, last heard from).
     workers: BTreeMap<u64, (String, Instant)>,
     next_worker_id: u64,
@@ -74,7 +83,7 @@ impl Actor for Membership {
         Ok(MembershipState {
             settings: args.settings,
             heartbeat_timeout: args.heartbeat_timeout,
-            coordinator: args.coordinator,
+            parent: args.parent,
             workers: BTreeMap::new(),
             next_worker_id: 1,
             version: args.start_version,
@@ -103,9 +112,9 @@ async fn handle_message(
             state.next_worker_id += 1;
             // The coordinator must know the worker before the worker asks it for a lease.
             let known = state
-                .coordinator
+                .parent
                 .call(
-                    |reply| CoordinatorMsg::WorkerJoined { worker_id, name: name.clone(), reply },
+                    |reply| MembershipEvent::WorkerJoined { worker_id, name: name.clone(), reply },
                     Some(Duration::from_secs(10)),
                 )
                 .await?;
@@ -149,9 +158,107 @@ async fn handle_message(
             for worker_id in silent {
                 let (name, _) = state.workers.remove(&worker_id).expect("listed above");
                 tracing::warn!(worker_id, worker = %name, "worker expired (no heartbeat)");
-                state.coordinator.send_message(CoordinatorMsg::WorkerExpired { worker_id })?;
+                state.parent.send_message(MembershipEvent::WorkerExpired { worker_id })?;
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// Stands in for the coordinator: registers every joining worker and reports each event.
+    struct FakeParent;
+
+    impl Actor for FakeParent {
+        type Msg = MembershipEvent;
+        type State = mpsc::UnboundedSender<String>;
+        type Arguments = mpsc::UnboundedSender<String>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            events: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(events)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            event: Self::Msg,
+            events: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            match event {
+                MembershipEvent::WorkerJoined { worker_id, name, reply } => {
+                    events.send(format!("joined {worker_id} {name}"))?;
+                    let _ = reply.send(());
+                }
+                MembershipEvent::WorkerExpired { worker_id } => events.send(format!("expired {worker_id}"))?,
+            }
+            Ok(())
+        }
+    }
+
+    async fn ask<T: Send + 'static>(
+        membership: &ActorRef<MembershipMsg>,
+        message: impl FnOnce(RpcReplyPort<T>) -> MembershipMsg,
+    ) -> T {
+        match membership.call(message, Some(Duration::from_secs(5))).await.unwrap() {
+            CallResult::Success(value) => value,
+            _ => panic!("membership did not answer"),
+        }
+    }
+
+    async fn next_event(events: &mut mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("an event within 5 s").unwrap()
+    }
+
+    #[tokio::test]
+    async fn workers_join_through_the_parent_and_expire_when_silent() {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (parent, parent_handle) = Actor::spawn(None, FakeParent, events_tx).await.unwrap();
+        let settings = RunSettings {
+            sampling_json: "{}".into(),
+            model_config_json: "{}".into(),
+            tokenizer_json: String::new(),
+            eos_id: 7,
+            heartbeat_interval_ms: 20,
+        };
+        let args = MembershipArgs {
+            settings,
+            heartbeat_timeout: Duration::from_millis(500),
+            parent: parent.get_derived(),
+            start_version: 3,
+        };
+        let (membership, membership_handle) = Actor::spawn(None, Membership, args).await.unwrap();
+
+        let joined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await;
+        assert_eq!((joined.worker_id, joined.eos_id), (1, 7));
+        // The parent heard of the worker before the worker heard its id.
+        assert_eq!(events.try_recv().unwrap(), "joined 1 w");
+
+        let beat = ask(&membership, |reply| MembershipMsg::Heartbeat { worker_id: 1, reply }).await.unwrap();
+        assert_eq!((beat.policy_version, beat.done), (3, false));
+        membership.send_message(MembershipMsg::Progress { version: 4, done: true }).unwrap();
+        let beat = ask(&membership, |reply| MembershipMsg::Heartbeat { worker_id: 1, reply }).await.unwrap();
+        assert_eq!((beat.policy_version, beat.done), (4, true));
+
+        // Silent past the timeout: the parent is told, and the worker must join again.
+        assert_eq!(next_event(&mut events).await, "expired 1");
+        let status = ask(&membership, |reply| MembershipMsg::Heartbeat { worker_id: 1, reply }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        let rejoined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await;
+        assert_eq!(rejoined.worker_id, 2);
+        assert_eq!(next_event(&mut events).await, "joined 2 w");
+
+        membership.stop(None);
+        parent.stop(None);
+        membership_handle.await.unwrap();
+        parent_handle.await.unwrap();
+    }
 }

@@ -1,40 +1,51 @@
 //! The PPO learner actor: owns the policy, its value head, the frozen reference and the optimizer
 //! (a [`PpoTrainer`]). It runs each update on a blocking thread, serialises the new weights, and
-//! reports back to the coordinator; at the end of the run it hands the trainer to `on_done`.
+//! reports back to its parent (the coordinator) as a [`LearnerEvent`]; at the end of the run it
+//! hands the trainer to `on_done`.
 
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use rlhf_trainer::AutodiffKernels;
+use rlhf_trainer::error::{CheckpointError, TrainError};
 use rlhf_trainer::model::wire::WireDtype;
 use rlhf_trainer::ppo::{PpoTrainer, Rollout};
 use rlhf_trainer::train::Stats;
 
-use crate::coordinator::{Accounting, CoordinatorMsg};
-use crate::weights::WeightSnapshot;
+use crate::accounting::Accounting;
+use crate::weights::{SnapshotError, WeightSnapshot};
 
-pub enum PpoLearnerMsg {
+pub enum PpoLearnerMsg<B: AutodiffKernels> {
     /// Train on one iteration's rollouts, then publish `next_version`.
     /// `totals` are the run's up to `next_version`, written with its checkpoint.
     Update { rollouts: Vec<Rollout>, next_version: u64, totals: Accounting },
-    /// The blocking update finished (sent by the update thread to this actor).
-    Finished(Box<dyn std::any::Any + Send>),
-    /// The run is over: hand the trainer to `on_done`.
-    Finish(Accounting),
+    /// Internal: the update thread hands the trainer back with what the update produced; the
+    /// actor writes a checkpoint if one is due and reports [`LearnerEvent::Updated`]. (Boxed:
+    /// a trainer is kilobytes of tensor handles, and every message is as large as the largest.)
+    StepDone { trainer: Box<PpoTrainer<B>>, updated: Updated },
+    /// The run is over: hand the trainer and the run's final totals to `on_done`.
+    EndRun(Accounting),
+}
+
+/// What the PPO learner tells its parent.
+pub enum LearnerEvent {
+    /// An update finished (or failed): its stats and the new version's weights.
+    Updated(Updated),
 }
 
 /// What an update reports to the coordinator.
 pub struct Updated {
-    pub stats: Result<Stats, String>,
-    pub weights: Result<WeightSnapshot, String>,
+    pub stats: Result<Stats, TrainError>,
+    pub weights: Result<WeightSnapshot, SnapshotError>,
     pub update_seconds: f64,
     pub publish_seconds: f64,
 }
 
 pub struct PpoLearnerArgs<B: AutodiffKernels> {
     pub trainer: PpoTrainer<B>,
-    pub coordinator: ActorRef<CoordinatorMsg>,
+    /// Where updates are reported (the coordinator).
+    pub parent: DerivedActorRef<LearnerEvent>,
     pub total_optimizer_steps: usize,
     pub weights_dtype: WireDtype,
     pub on_done: OnDone<B>,
@@ -48,12 +59,12 @@ pub struct PpoLearnerArgs<B: AutodiffKernels> {
 pub type OnDone<B> = Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>;
 
 /// Writes a checkpoint of the trainer at a policy version, with the run's totals up to it.
-pub type Checkpointer<B> = Box<dyn FnMut(&PpoTrainer<B>, u64, &Accounting) -> Result<(), String> + Send>;
+pub type Checkpointer<B> = Box<dyn FnMut(&PpoTrainer<B>, u64, &Accounting) -> Result<(), CheckpointError> + Send>;
 
 pub struct PpoLearnerState<B: AutodiffKernels> {
     /// `None` while an update runs on its thread.
     trainer: Option<PpoTrainer<B>>,
-    coordinator: ActorRef<CoordinatorMsg>,
+    parent: DerivedActorRef<LearnerEvent>,
     total_optimizer_steps: usize,
     weights_dtype: WireDtype,
     on_done: Option<OnDone<B>>,
@@ -72,7 +83,7 @@ impl<B> Default for PpoLearner<B> {
 }
 
 impl<B: AutodiffKernels> Actor for PpoLearner<B> {
-    type Msg = PpoLearnerMsg;
+    type Msg = PpoLearnerMsg<B>;
     type State = PpoLearnerState<B>;
     type Arguments = PpoLearnerArgs<B>;
 
@@ -83,7 +94,7 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(PpoLearnerState {
             trainer: Some(args.trainer),
-            coordinator: args.coordinator,
+            parent: args.parent,
             total_optimizer_steps: args.total_optimizer_steps,
             weights_dtype: args.weights_dtype,
             on_done: Some(args.on_done),
@@ -104,8 +115,8 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
 }
 
 async fn handle_message<B: AutodiffKernels>(
-    myself: ActorRef<PpoLearnerMsg>,
-    message: PpoLearnerMsg,
+    myself: ActorRef<PpoLearnerMsg<B>>,
+    message: PpoLearnerMsg<B>,
     state: &mut PpoLearnerState<B>,
 ) -> Result<(), ActorProcessingErr> {
     match message {
@@ -119,19 +130,17 @@ async fn handle_message<B: AutodiffKernels>(
                 let _iteration = iteration.enter();
                 let started = Instant::now();
                 let stats = tracing::info_span!("update", rollouts = rollouts.len())
-                    .in_scope(|| trainer.step(&rollouts, total_steps).map_err(|e| e.to_string()));
+                    .in_scope(|| trainer.step(&rollouts, total_steps));
                 let update_seconds = started.elapsed().as_secs_f64();
                 let started = Instant::now();
                 let weights = tracing::info_span!("weight_sync", policy_version = next_version)
                     .in_scope(|| WeightSnapshot::of(&trainer.policy.valid(), next_version, dtype));
                 let publish_seconds = started.elapsed().as_secs_f64();
                 let updated = Updated { stats, weights, update_seconds, publish_seconds };
-                let _ = myself.send_message(PpoLearnerMsg::Finished(Box::new((trainer, updated))));
+                let _ = myself.send_message(PpoLearnerMsg::StepDone { trainer: Box::new(trainer), updated });
             });
         }
-        PpoLearnerMsg::Finished(result) => {
-            let (trainer, updated) =
-                *result.downcast::<(PpoTrainer<B>, Updated)>().map_err(|_| "unexpected update result")?;
+        PpoLearnerMsg::StepDone { trainer, updated } => {
             if let Ok(weights) = &updated.weights {
                 let version = weights.version;
                 if state.checkpoint_every > 0 && version % state.checkpoint_every == 0 {
@@ -146,10 +155,10 @@ async fn handle_message<B: AutodiffKernels>(
                     }
                 }
             }
-            state.trainer = Some(trainer);
-            state.coordinator.send_message(CoordinatorMsg::Updated(updated))?;
+            state.trainer = Some(*trainer);
+            state.parent.send_message(LearnerEvent::Updated(updated))?;
         }
-        PpoLearnerMsg::Finish(totals) => {
+        PpoLearnerMsg::EndRun(totals) => {
             let trainer = state.trainer.take().ok_or("the run ended during an update")?;
             if let Some(on_done) = state.on_done.take() {
                 on_done(trainer, totals);

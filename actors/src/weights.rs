@@ -7,7 +7,17 @@ use burn_store::{ModuleSnapshot, SafetensorsStore};
 use rlhf_proto::bytes::Bytes;
 use rlhf_proto::v1::WeightsChunk;
 use rlhf_trainer::Gpt2;
-use rlhf_trainer::model::wire::{WireDtype, to_bf16};
+use rlhf_trainer::model::wire::{WireDtype, WireError, to_bf16};
+
+/// The policy could not be serialised for workers.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// burn-store's error, as text (its type is not `Send`).
+    #[error("serialising weights: {0}")]
+    Serialise(String),
+    #[error("converting weights to bf16: {0}")]
+    Bf16(#[from] WireError),
+}
 
 /// Bytes per streamed chunk.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -24,12 +34,12 @@ pub struct WeightSnapshot {
 
 impl WeightSnapshot {
     /// Serialises the policy's language model (the trunk; workers need no value head).
-    pub fn of<B: Backend>(model: &Gpt2<B>, version: u64, dtype: WireDtype) -> Result<Self, String> {
+    pub fn of<B: Backend>(model: &Gpt2<B>, version: u64, dtype: WireDtype) -> Result<Self, SnapshotError> {
         let mut store = SafetensorsStore::from_bytes(None).with_regex(r"^transformer\.");
-        model.save_into(&mut store).map_err(|e| format!("serialising weights: {e}"))?;
-        let mut bytes = store.get_bytes().map_err(|e| format!("serialising weights: {e}"))?;
+        model.save_into(&mut store).map_err(|e| SnapshotError::Serialise(e.to_string()))?;
+        let mut bytes = store.get_bytes().map_err(|e| SnapshotError::Serialise(e.to_string()))?;
         if dtype == WireDtype::Bf16 {
-            bytes = to_bf16(&bytes).map_err(|e| format!("converting weights to bf16: {e}"))?;
+            bytes = to_bf16(&bytes)?;
         }
         let crc32 = crc32fast::hash(&bytes);
         Ok(Self { version, bytes: Bytes::from(bytes), crc32, dtype })

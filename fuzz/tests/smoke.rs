@@ -105,8 +105,8 @@ fn every_fuzz_target_survives_its_seeds_mutations_and_regressions() {
 fn the_seeds_are_accepted_where_they_should_be() {
     // A seed the readers refuse would leave the fuzzer exploring error paths only.
     let messages = rlhf_fuzz::seeds::seeds("messages");
-    assert_eq!(rlhf_reward_server::decode_and_check(&messages[1][1..], 384), Ok(2));
-    assert_eq!(rlhf_reward_server::decode_and_check(&messages[2][1..], 384), Ok(1));
+    assert_eq!(rlhf_reward_server::decode_and_check(&messages[1][1..], 384).unwrap(), 2);
+    assert_eq!(rlhf_reward_server::decode_and_check(&messages[2][1..], 384).unwrap(), 1);
     assert!(rlhf_fuzz::seed_is_accepted(&messages[0]), "the submission seed is refused");
     assert!(rlhf_fuzz::seed_is_accepted(&messages[3]), "the join seed is refused");
     assert!(rlhf_fuzz::seed_is_accepted(&messages[4]), "the lease seed is refused");

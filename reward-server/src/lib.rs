@@ -140,9 +140,18 @@ fn check_request(request: ScoreRequest, vocab_size: usize) -> Result<Input, Stat
 
 /// Decodes one `ScoreRequest` from raw bytes and checks it, as the service does; for the fuzz
 /// target (`fuzz/fuzz_targets/messages.rs`) and its CI smoke test. `Ok(n)`: n sequences accepted.
-pub fn decode_and_check(bytes: &[u8], vocab_size: usize) -> Result<usize, String> {
-    let request = <ScoreRequest as rlhf_proto::prost::Message>::decode(bytes).map_err(|e| e.to_string())?;
-    check_request(request, vocab_size).map(|input| input.len()).map_err(|status| status.message().to_string())
+pub fn decode_and_check(bytes: &[u8], vocab_size: usize) -> Result<usize, RequestError> {
+    let request = <ScoreRequest as rlhf_proto::prost::Message>::decode(bytes)?;
+    check_request(request, vocab_size).map(|input| input.len()).map_err(RequestError::Refused)
+}
+
+/// Why [`decode_and_check`] turned bytes down.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("not a ScoreRequest: {0}")]
+    Decode(#[from] rlhf_proto::prost::DecodeError),
+    #[error("refused: {}", .0.message())]
+    Refused(Status),
 }
 
 /// One request waiting for its scores.

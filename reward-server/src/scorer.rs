@@ -41,7 +41,7 @@ pub enum BuildError {
     #[error(transparent)]
     Hub(#[from] HubError),
     #[error("loading reward model {dir}: {error}")]
-    Load { dir: PathBuf, error: CheckpointError },
+    Load { dir: PathBuf, error: Box<CheckpointError> },
     #[error("{dir} is not a reward model (it has no score head)")]
     NotARewardModel { dir: PathBuf },
     #[error(
@@ -61,8 +61,8 @@ pub fn build_scorer<B: Kernels>(spec: &ScorerSpec, device: &B::Device) -> Result
         (None, None) => return Err(BuildError::Neither),
         (Some(name), None) => {
             let dir = hub::resolve(name)?;
-            let (config, model) =
-                hf::load::<B>(&dir, device).map_err(|error| BuildError::Load { dir: dir.clone(), error })?;
+            let (config, model) = hf::load::<B>(&dir, device)
+                .map_err(|error| BuildError::Load { dir: dir.clone(), error: Box::new(error) })?;
             if model.score.is_none() {
                 return Err(BuildError::NotARewardModel { dir });
             }

@@ -93,7 +93,7 @@ async fn ids_and_texts_are_scored_apart_and_a_panicking_batch_fails_alone() {
 fn requests_are_checked_field_by_field() {
     use rlhf_proto::v1::Sequence;
     let seq = |query: Vec<u32>, response: Vec<u32>| Sequence { query, response, ..Default::default() };
-    let request = |sequences| ScoreRequest { sequences, ..Default::default() };
+    let request = |sequences| ScoreRequest { sequences };
     assert_eq!(check_request(request(vec![seq(vec![1], vec![2])]), 10).unwrap().len(), 1);
     let refused = |r, vocab| check_request(r, vocab).err().unwrap().message().to_string();
     assert!(refused(request(vec![seq(vec![1], vec![])]), 10).contains("sequence 0: response"));

@@ -111,9 +111,7 @@ fn run_learner<B: AutodiffKernels>(
         start_version: start.version,
         prior: start.prior,
         on_checkpoint: Box::new(move |trainer, version, totals| {
-            checkpoints
-                .save_checkpoint(trainer, version, totals, &checkpoint_config, &checkpoint_tokenizer)
-                .map_err(|e| e.to_string())
+            checkpoints.save_checkpoint(trainer, version, totals, &checkpoint_config, &checkpoint_tokenizer)
         }),
         on_iteration: Box::new(move |iteration, stats, lineage| {
             if let Err(e) = metrics.write(iteration + 1, stats) {

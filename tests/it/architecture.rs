@@ -162,7 +162,7 @@ fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 fn no_crate_has_an_import_cycle_between_its_top_level_modules() {
     for root in SOURCE_ROOTS {
         let edges = module_imports(&super::root().join(root));
-        assert!(edges.len() > 3, "{root}: no modules found");
+        assert!(!edges.is_empty(), "{root}: no modules found");
         if let Some(cycle) = find_cycle(&edges) {
             panic!("{root}: modules import each other in a cycle: {}", cycle.join(" → "));
         }

@@ -110,6 +110,8 @@ pub enum TrainError {
 /// Bad input to generation or scoring.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
+    #[error("the model has no {head} head")]
+    MissingHead { head: &'static str },
     #[error("{field} is empty")]
     Empty { field: &'static str },
     #[error("token id {id} in {field} is outside the vocabulary (size {vocab_size})")]

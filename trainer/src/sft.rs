@@ -89,7 +89,7 @@ pub fn lm_loss<B: Kernels>(
     let out = model.forward(padded.input_ids, padded.position_ids, padded.key_mask, None);
     let hidden = select_rows(out.hidden, &next_token_rows(&padded.lengths, padded.width)); // [n_tokens, n_embd]
     let targets: Vec<u32> = rows.iter().flat_map(|row| row[1..].iter().copied()).collect();
-    let (logprobs, _) = model.transformer.token_logprobs(hidden, &targets, 1.0, false);
+    let logprobs = model.transformer.token_logprobs(hidden, &targets, 1.0);
     (logprobs.mean().neg(), targets.len())
 }
 

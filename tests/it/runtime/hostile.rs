@@ -4,7 +4,7 @@
 use super::*;
 
 /// A client written from the `.proto` files alone, playing a hostile worker.
-mod hostile {
+mod client {
     use rlhf_proto::v1 as pb;
     use rlhf_proto::v1::learner_client::LearnerClient;
     use tonic::transport::Channel;
@@ -58,9 +58,9 @@ fn a_hostile_worker_is_refused_field_by_field_and_the_run_completes() {
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let refusals: Vec<(String, String)> = runtime.block_on(async {
-        let mut client = hostile::client(&addr).await;
-        let (worker_id, lease) = hostile::join_and_lease(&mut client).await;
-        let honest = hostile::honest(worker_id, &lease);
+        let mut client = client::client(&addr).await;
+        let (worker_id, lease) = client::join_and_lease(&mut client).await;
+        let honest = client::honest(worker_id, &lease);
         type Edit = Box<dyn Fn(&mut rlhf_proto::v1::SubmitRolloutsRequest)>;
         let cases: Vec<(&str, Edit)> = vec![
             ("response[0]: expected a token id below 384", Box::new(|r| r.rollouts[0].response[0] = 384)),

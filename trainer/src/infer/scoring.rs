@@ -71,7 +71,7 @@ pub fn score<B: Kernels>(
     if with_logprobs {
         let targets: Vec<u32> = rows.iter().flat_map(|row| row[1..].iter().copied()).collect();
         let hidden = select_rows(out.hidden.clone(), &next_token_rows(&padded.lengths, padded.width));
-        let (logprobs, _) = model.transformer.token_logprobs(hidden, &targets, temperature, false);
+        let logprobs = model.transformer.token_logprobs(hidden, &targets, temperature);
         let mut flat = logprobs.into_data().iter::<f32>().collect::<Vec<_>>().into_iter();
         scored.logprobs = rows.iter().map(|row| flat.by_ref().take(row.len() - 1).collect()).collect();
     }

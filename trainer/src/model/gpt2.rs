@@ -18,6 +18,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData, TensorPrimitive};
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 
+use crate::error::InputError;
 use crate::kernels::Kernels;
 use crate::model::config::Gpt2Config;
 
@@ -206,24 +207,31 @@ impl<B: Kernels> Gpt2Model<B> {
         self.ln_f.forward(x)
     }
 
-    /// Log-probabilities of `targets` under `softmax(lm_logits(hidden) / temperature)`, and each
-    /// row's entropy when `with_entropy` (a statistic, without gradient), computed without ever
-    /// holding the vocabulary-wide logits (see [`crate::kernels`]).
+    /// Log-probabilities of `targets` under `softmax(lm_logits(hidden) / temperature)`, computed
+    /// without ever holding the vocabulary-wide logits (see [`crate::kernels`]).
     ///
     /// # Shapes
     /// - `hidden`: `[rows, n_embd]`, one row per target (pick them with
-    ///   [`crate::model::batch::select_rows`]); returns `[rows]` and `[rows]`
-    pub fn token_logprobs(
+    ///   [`crate::model::batch::select_rows`]); returns `[rows]`
+    pub fn token_logprobs(&self, hidden: Tensor<B, 2>, targets: &[u32], temperature: f32) -> Tensor<B, 1> {
+        let weight = self.wte.weight.val().into_primitive().tensor();
+        let out = B::lm_head_forward(hidden.into_primitive().tensor(), weight, targets, temperature, false);
+        Tensor::from_primitive(TensorPrimitive::Float(out.logprobs))
+    }
+
+    /// [`Self::token_logprobs`] and each row's entropy (a statistic, without gradient), from one
+    /// pass over the vocabulary. Returns `[rows]` and `[rows]`.
+    pub fn token_logprobs_and_entropy(
         &self,
         hidden: Tensor<B, 2>,
         targets: &[u32],
         temperature: f32,
-        with_entropy: bool,
-    ) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
+    ) -> (Tensor<B, 1>, Tensor<B, 1>) {
         let weight = self.wte.weight.val().into_primitive().tensor();
-        let out = B::lm_head_forward(hidden.into_primitive().tensor(), weight, targets, temperature, with_entropy);
+        let out = B::lm_head_forward(hidden.into_primitive().tensor(), weight, targets, temperature, true);
         let float = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
-        (float(out.logprobs), out.entropy.map(float))
+        let entropy = out.entropy.expect("every Kernels::lm_head_forward returns the entropy it is asked for");
+        (float(out.logprobs), float(entropy))
     }
 }
 
@@ -285,6 +293,19 @@ pub struct Gpt2Output<B: Backend> {
     pub values: Option<Tensor<B, 2>>,
     /// `[batch, seq, num_labels]`, when the model has a score head.
     pub scores: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Gpt2Output<B> {
+    /// `[batch, seq]`: per-token values from the value head, or from a score head read at every
+    /// position (a separate critic).
+    pub fn token_values(&self) -> Result<Tensor<B, 2>, InputError> {
+        if let Some(values) = &self.values {
+            return Ok(values.clone());
+        }
+        let scores = self.scores.clone().ok_or(InputError::MissingHead { head: "value or score" })?;
+        let [batch, seq, _] = scores.dims();
+        Ok(scores.narrow(2, 0, 1).reshape([batch, seq]))
+    }
 }
 
 /// Where initial weights come from: a seeded host RNG (the same weights on every backend and in

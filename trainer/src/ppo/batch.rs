@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels::Kernels;
 use crate::model::batch::{Padded, left_pad, select_rows};
-use crate::model::gpt2::{Gpt2, Gpt2Output};
+use crate::model::gpt2::Gpt2;
 
 /// One scored rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,29 +83,29 @@ impl<B: Backend> Batch<B> {
     }
 }
 
-/// Per-token values from a value head, or from a score head read at every position.
-pub(super) fn token_values<B: Backend>(out: &Gpt2Output<B>) -> Option<Tensor<B, 2>> {
-    out.values.clone().or_else(|| {
-        out.scores.clone().map(|s| {
-            let [batch, seq, _] = s.dims();
-            s.narrow(2, 0, 1).reshape([batch, seq])
-        })
-    })
-}
-
-/// Log-probs of each response token, and optionally the entropy of the (temperature-scaled)
-/// distribution that picked it: the LM head runs on the response positions only.
-/// `hidden`: `[batch, width, n_embd]` -> `[batch, resp]`, `[batch, resp]`
+/// Log-probs of each response token under the (temperature-scaled) policy: the LM head runs on
+/// the response positions only. `hidden`: `[batch, width, n_embd]` -> `[batch, resp]`
 pub(super) fn response_logprobs<B: Kernels>(
     model: &Gpt2<B>,
     hidden: Tensor<B, 3>,
     batch: &Batch<B>,
     temperature: f32,
-    with_entropy: bool,
-) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+) -> Tensor<B, 2> {
     let rows = select_rows(hidden, &batch.hidden_rows); // [n_tokens, n_embd]
-    let (logprobs, entropy) = model.transformer.token_logprobs(rows, &batch.targets, temperature, with_entropy);
-    (batch.response_aligned(logprobs), entropy.map(|e| batch.response_aligned(e)))
+    batch.response_aligned(model.transformer.token_logprobs(rows, &batch.targets, temperature))
+}
+
+/// [`response_logprobs`] and the entropy of the distribution that picked each token.
+/// `hidden`: `[batch, width, n_embd]` -> `[batch, resp]`, `[batch, resp]`
+pub(super) fn response_logprobs_and_entropy<B: Kernels>(
+    model: &Gpt2<B>,
+    hidden: Tensor<B, 3>,
+    batch: &Batch<B>,
+    temperature: f32,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let rows = select_rows(hidden, &batch.hidden_rows); // [n_tokens, n_embd]
+    let (logprobs, entropy) = model.transformer.token_logprobs_and_entropy(rows, &batch.targets, temperature);
+    (batch.response_aligned(logprobs), batch.response_aligned(entropy))
 }
 
 /// What a mini-batch is trained towards, response-aligned (`[batch, resp]`): computed once per

@@ -21,7 +21,7 @@ use crate::error::{InputError, TrainError};
 use crate::kernels::AutodiffKernels;
 use crate::model::batch::validate;
 use crate::model::gpt2::Gpt2;
-use crate::ppo::batch::{Batch, Rollout, Targets, response_logprobs, token_values};
+use crate::ppo::batch::{Batch, Rollout, Targets, response_logprobs, response_logprobs_and_entropy};
 use crate::ppo::config::{OldLogprobs, PpoConfig};
 use crate::ppo::math::{
     KlController, RunningMoments, adjust_scores, gae, kl_penalty, policy_loss, shape_rewards, value_loss,
@@ -143,7 +143,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         let resp = rollouts.iter().map(|r| r.response.len()).max().unwrap_or(0);
 
         // 1. Targets, without gradients.
-        let (targets, mut stats) = self.targets(rollouts, resp);
+        let (targets, mut stats) = self.targets(rollouts, resp)?;
         let forward_time = started.elapsed().as_secs_f64();
 
         // 2. Epochs of shuffled mini-batches.
@@ -174,7 +174,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
     /// Old log-probs, values and reference log-probs (no gradients), shaped rewards and GAE, on
     /// the autodiff backend for the epochs that follow; and the batch's statistics.
     /// `resp` is the longest response: every per-token tensor is `[batch, resp]`.
-    fn targets(&mut self, rollouts: &[Rollout], resp: usize) -> (Targets<B>, Stats) {
+    fn targets(&mut self, rollouts: &[Rollout], resp: usize) -> Result<(Targets<B>, Stats), InputError> {
         let (n, device, temperature) = (rollouts.len(), self.device.clone(), self.config.temperature);
         let batch = Batch::<B::InnerBackend>::new(rollouts, resp, self.eos_id, &device);
         let forward = |model: &Gpt2<B::InnerBackend>| {
@@ -184,9 +184,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         let policy = self.policy.valid();
         let policy_out = forward(&policy);
         let old_logprobs = match self.config.old_logprobs {
-            OldLogprobs::Recompute => {
-                response_logprobs(&policy, policy_out.hidden.clone(), &batch, temperature, false).0
-            }
+            OldLogprobs::Recompute => response_logprobs(&policy, policy_out.hidden.clone(), &batch, temperature),
             OldLogprobs::Behaviour => {
                 let padded = |r: &Rollout| {
                     r.logprobs.clone().into_iter().chain(std::iter::repeat_n(0.0, resp - r.logprobs.len()))
@@ -196,10 +194,10 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
             }
         };
         let critic_out = self.critic.as_ref().map(|c| forward(&c.valid()));
-        let values = token_values(critic_out.as_ref().unwrap_or(&policy_out)).expect("a value head or critic");
+        let values = critic_out.as_ref().unwrap_or(&policy_out).token_values()?;
         let values = values.gather(1, batch.columns.clone()); // [batch, resp]
         let ref_out = forward(&self.reference);
-        let ref_logprobs = response_logprobs(&self.reference, ref_out.hidden, &batch, temperature, false).0;
+        let ref_logprobs = response_logprobs(&self.reference, ref_out.hidden, &batch, temperature);
 
         let scores = self.scores(rollouts, &device);
         let kl = kl_penalty(old_logprobs.clone(), ref_logprobs, self.config.kl_estimator);
@@ -224,7 +222,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
             returns: to_autodiff(adv.returns),
             mask: to_autodiff(batch.mask),
         };
-        (targets, stats)
+        Ok((targets, stats))
     }
 
     /// `[batch]`: each rollout's score after scaling and clipping, with the missing-EOS rule
@@ -270,13 +268,12 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         };
         let out = forward(&self.policy);
         let (logprobs, entropy) =
-            response_logprobs(&self.policy, out.hidden.clone(), &mb, self.config.temperature, true);
-        let entropy = entropy.expect("asked for the entropy");
+            response_logprobs_and_entropy(&self.policy, out.hidden.clone(), &mb, self.config.temperature);
         let vpred_out = match &self.critic {
             Some(critic) => forward(critic),
             None => out,
         };
-        let vpreds = token_values(&vpred_out).expect("a value head or critic").gather(1, mb.columns.clone());
+        let vpreds = vpred_out.token_values()?.gather(1, mb.columns.clone());
         let cliprange = self.config.cliprange;
         let pg =
             policy_loss(logprobs, targets.old_logprobs.clone(), targets.advantages.clone(), mb.mask.clone(), cliprange);

@@ -58,7 +58,8 @@ impl<B: Kernels> RewardModelScorer<B> {
         let mut scores = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(self.batch_size.max(1)) {
             let scored = score(&self.model, chunk, self.tokenizer.pad_id(), 1.0, false, &self.device)?;
-            scores.extend(scored.scores.expect("a reward model has a score head").into_iter().map(|s| s[0]));
+            let rows = scored.scores.ok_or(InputError::MissingHead { head: "score" })?;
+            scores.extend(rows.into_iter().map(|s| s[0]));
         }
         Ok(scores)
     }
