@@ -30,11 +30,12 @@ pub fn minibatch_stats<B: Backend>(
     let value = |t: &Tensor<B, 1>| scalar(t.clone());
     let loss = |t: f64| if kept { t } else { 0.0 };
     let mask = || targets.mask.clone();
-    let (policy_loss, value_loss) = (value(&pg.loss), value(&vf.loss));
+    // The total as the update computes it (in the backend's precision).
+    let total = scalar(pg.loss.clone() + vf.loss.clone() * vf_coef);
     [
-        ("ppo/loss/policy", loss(policy_loss)),
-        ("ppo/loss/value", loss(value_loss)),
-        ("ppo/loss/total", loss(policy_loss + value_loss * vf_coef)),
+        ("ppo/loss/policy", loss(value(&pg.loss))),
+        ("ppo/loss/value", loss(value(&vf.loss))),
+        ("ppo/loss/total", loss(total)),
         ("ppo/policy/entropy", scalar(masked_mean(entropy, mask()))),
         ("ppo/policy/approxkl", value(&pg.approxkl)),
         ("ppo/policy/policykl", value(&pg.policykl)),
