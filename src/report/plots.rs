@@ -52,7 +52,7 @@ const FONT: &str = "sans-serif";
 fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // DejaVu Sans ships with the binary (see src/fonts/LICENSE-DejaVu): no system fonts needed.
+        // DejaVu Sans ships with the binary (see src/report/fonts/LICENSE-DejaVu): no system fonts needed.
         let _ = plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("fonts/DejaVuSans.ttf"));
     });
 }

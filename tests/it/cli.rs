@@ -235,6 +235,10 @@ fn every_deploy_config_loads() {
             assert!(stdout.contains(expect), "{}: {stdout}", path.display());
         }
     }
+    // `ppo.temperature` is the sampler's, not a setting of its own: setting it is refused by name.
+    let learner = super::root().join("deploy/learner.toml");
+    let err = rlhf_err(&["learner", "--config", path_str(&learner), "--set", "train.ppo.temperature=0.7", "--check"]);
+    assert!(err.contains("temperature"), "{err}");
     // A misspelt key is named.
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.toml");

@@ -130,6 +130,17 @@ fn tldr_comparisons_load_with_the_chosen_summary() {
     let first = &loaded.rows[0];
     assert!(first.prompt.starts_with("SUBREDDIT: r/") && first.prompt.ends_with("\nTL;DR:"));
     assert_ne!(first.chosen, first.rejected);
+    // Against the raw lines: chosen is `summaries[choice].text`, rejected the other one.
+    let text = std::fs::read_to_string(assets().join("tldr-comparisons/comparisons_batch13_first500.jsonl")).unwrap();
+    let mut by_choice = [0, 0];
+    for (line, row) in text.lines().zip(&loaded.rows) {
+        let raw: serde_json::Value = serde_json::from_str(line).unwrap();
+        let choice = raw["choice"].as_u64().unwrap() as usize;
+        let summary = |i: usize| raw["summaries"][i]["text"].as_str().unwrap().to_string();
+        assert_eq!((&row.chosen, &row.rejected), (&summary(choice), &summary(1 - choice)));
+        by_choice[choice] += 1;
+    }
+    assert!(by_choice[0] > 0 && by_choice[1] > 0, "both choices occur: {by_choice:?}");
 }
 
 #[test]

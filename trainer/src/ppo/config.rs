@@ -35,7 +35,10 @@ pub struct PpoConfig {
     pub whiten_rewards: bool,
     /// Skip a mini-batch whose mean ratio exceeds this (TRL's `ratio_threshold`).
     pub ratio_threshold: f64,
-    /// Sampling temperature; logits are divided by it before every log-prob.
+    /// Logits are divided by it before every log-prob. Not a setting: it is always the
+    /// sampler's (`LocalConfig::resolve` sets it), so a config file cannot set it to anything
+    /// else.
+    #[serde(skip, default = "unit_temperature")]
     pub temperature: f32,
     pub missing_eos: MissingEos,
     pub old_logprobs: OldLogprobs,
@@ -49,6 +52,10 @@ pub struct PpoConfig {
     /// Stop with an error after this many consecutive mini-batches skipped for a non-finite
     /// loss or gradient (a skipped step changes neither the weights nor the optimizer state).
     pub max_skipped_steps: usize,
+}
+
+fn unit_temperature() -> f32 {
+    1.0
 }
 
 impl Default for PpoConfig {

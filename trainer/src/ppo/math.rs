@@ -4,7 +4,7 @@
 //! Shapes: `batch` rollouts, each with a response of up to `resp` tokens. Every per-token tensor
 //! is `[batch, resp]` with a float `mask` of the same shape (1 on response tokens, 0 on padding).
 //! Scalars are `[1]` tensors so they stay on the device (and in the autodiff graph for losses).
-//! Parity with TRL is tested in `ppo_parity.rs` against `fixtures/make_trl_fixtures.py`.
+//! Parity with TRL is tested in `ppo/parity_tests.rs` against `fixtures/make_trl_fixtures.py`.
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
@@ -374,7 +374,12 @@ mod tests {
         let lp = t2(&[&[-1.0, -2.0, -0.5]]);
         let ref_lp = t2(&[&[-1.0, -0.5, -3.0]]);
         let k3 = vec2(kl_penalty(lp, ref_lp, KlEstimator::K3));
-        assert!(k3[0].abs() < 1e-7 && k3[1] > 0.0 && k3[2] > 0.0, "{k3:?}");
+        // (r − 1) − log r with log r = ref − lp: exact values, which k1, abs and mse do not give.
+        let want: Vec<f64> = [0.0f64, 1.5, -2.5].iter().map(|log_r| log_r.exp() - 1.0 - log_r).collect();
+        for (got, want) in k3.iter().zip(&want) {
+            assert!((*got as f64 - want).abs() < 1e-6, "{k3:?} vs {want:?}");
+        }
+        assert!(k3.iter().all(|&k| k >= 0.0));
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod stats;
 pub mod update;
 
 #[cfg(test)]
+mod knob_tests;
+#[cfg(test)]
 mod parity_tests;
 
 pub use batch::{Rollout, Targets};

@@ -323,4 +323,39 @@ mod tests {
         let cut = &tokenize_pairs(&[review], &tokenizer, 5).unwrap()[0];
         assert_eq!(cut.chosen, tokenizer.encode(&long.prompt).unwrap()[..5]);
     }
+
+    #[test]
+    fn margin_and_centring_change_the_loss_by_their_terms() {
+        use burn::backend::Flex;
+        let device = Default::default();
+        let model: Gpt2<Flex> = crate::Gpt2Config::new(32, 16, 16, 1, 2).init_with(
+            crate::Heads::Score { num_labels: 1 },
+            &mut crate::model::gpt2::Init::seeded(3),
+            &device,
+        );
+        let pairs = [
+            PairIds { chosen: vec![1, 2, 3], rejected: vec![1, 4] },
+            PairIds { chosen: vec![5], rejected: vec![6, 7] },
+        ];
+        let refs: Vec<&PairIds> = pairs.iter().collect();
+        let loss = |margin, center_rewards_coefficient| {
+            let config = RewardConfig { margin, center_rewards_coefficient, ..Default::default() };
+            let (loss, chosen, rejected) = pair_loss(&model, &refs, &config, 0, &device);
+            let values = |t: Tensor<Flex, 1>| t.into_data().iter::<f32>().map(f64::from).collect::<Vec<_>>();
+            (values(loss)[0], values(chosen), values(rejected))
+        };
+        let (plain, chosen, rejected) = loss(0.0, 0.0);
+        // −log σ(d − m) grows with the margin m.
+        let with_margin = loss(1.0, 0.0).0;
+        let expected: f64 =
+            chosen.iter().zip(&rejected).map(|(c, r)| -(1.0 / (1.0 + (-(c - r - 1.0)).exp())).ln()).sum::<f64>() / 2.0;
+        assert!(
+            with_margin > plain && (with_margin - expected).abs() < 1e-5,
+            "{plain} -> {with_margin}, expected {expected}"
+        );
+        // Centring adds c · mean((r_chosen + r_rejected)²).
+        let centred = loss(0.0, 0.5).0;
+        let term = 0.5 * chosen.iter().zip(&rejected).map(|(c, r)| (c + r).powi(2)).sum::<f64>() / 2.0;
+        assert!((centred - plain - term).abs() < 1e-5, "{plain} + {term} != {centred}");
+    }
 }
