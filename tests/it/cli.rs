@@ -280,6 +280,50 @@ fn eval_compares_policies_with_a_reward_and_a_command_judge() {
     assert_eq!(report["win_rate"]["a_over_b"], 1.0);
     let err = rlhf_err(&[&base[..], &["--judge", "command:echo maybe"]].concat());
     assert!(err.contains("expected a, b or tie"), "{err}");
+
+    // Two different policies (the fixture and a few SFT steps from it): the win rate is the
+    // share of prompts where the first one's reward is higher (ties half).
+    let tmp = tempfile::tempdir().unwrap();
+    let tuned = tmp.path().join("tuned");
+    rlhf_ok(&[
+        "sft",
+        "--model",
+        path_str(&fixture("lm")),
+        "--data",
+        path_str(&prompts),
+        "--max-examples",
+        "32",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "1e-2",
+        "--max-length",
+        "24",
+        "--out",
+        path_str(&tuned),
+    ]);
+    let other = format!("tuned={}", path_str(&tuned));
+    let mut args = base.to_vec();
+    args[4] = &other;
+    let report: serde_json::Value = serde_json::from_str(&rlhf_ok(&[&args[..], &["--samples", "8"]].concat())).unwrap();
+    let samples = report["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 8);
+    let verdicts: f64 = samples
+        .iter()
+        .map(|s| {
+            let (a, b) = (s["ref"]["reward"].as_f64().unwrap(), s["tuned"]["reward"].as_f64().unwrap());
+            if a > b {
+                1.0
+            } else if a < b {
+                0.0
+            } else {
+                0.5
+            }
+        })
+        .sum();
+    assert_eq!(report["win_rate"]["a_over_b"].as_f64().unwrap(), verdicts / 8.0, "{report}");
+    let responses = |name: &str| samples.iter().map(|s| s[name]["response"].clone()).collect::<Vec<_>>();
+    assert_ne!(responses("ref"), responses("tuned"), "the two policies must differ for this to test anything");
 }
 
 #[test]

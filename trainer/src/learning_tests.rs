@@ -212,6 +212,49 @@ fn a_smaller_cliprange_clips_more_tokens() {
     assert_eq!(loose, 0.0, "nothing is clipped at cliprange 1000");
 }
 
+#[test]
+fn the_value_head_learns_shared_or_separate() {
+    // The same scored rollouts, update after update: the value head (the policy's, or a separate
+    // critic) receives gradients and its error falls, well below a control run with vf_coef 0.
+    let device = Default::default();
+    let rollouts: Vec<crate::ppo::Rollout> = (0..8u32)
+        .map(|i| crate::ppo::Rollout {
+            query: vec![1 + i % 4, 2],
+            response: vec![3, 4 + i % 5, 5],
+            logprobs: vec![-1.0; 3],
+            score: if i % 2 == 0 { 1.0 } else { -1.0 },
+        })
+        .collect();
+    let head = |t: &PpoTrainer<A>| match &t.critic {
+        Some(critic) => crate::testutil::values(critic.valid().score.unwrap().weight.val()),
+        None => crate::testutil::values(t.policy.valid().v_head.unwrap().summary.weight.val()),
+    };
+    let run = |separate: bool, vf_coef: f64| {
+        let config = PpoConfig {
+            optim: OptimConfig { learning_rate: 3e-3, ..Default::default() },
+            mini_batch_size: 4,
+            vf_coef,
+            ..Default::default()
+        };
+        let heads = if separate { Heads::Lm } else { Heads::LmValue };
+        let policy = tiny_config().init::<A>(heads, &device);
+        let reference = tiny_config().init::<A>(Heads::Lm, &device).valid();
+        let critic = separate.then(|| tiny_config().init::<A>(Heads::Score { num_labels: 1 }, &device));
+        let mut trainer = PpoTrainer::<A>::new(policy, critic, reference, config, 0, &device).unwrap();
+        let before = head(&trainer);
+        let errors: Vec<f64> = (0..8).map(|_| trainer.step(&rollouts, 100).unwrap()["ppo/val/error"]).collect();
+        (errors, before != head(&trainer))
+    };
+    for separate in [false, true] {
+        let (errors, moved) = run(separate, 1.0);
+        let (control, _) = run(separate, 0.0);
+        assert!(moved, "separate critic {separate}: the value head's weights did not move");
+        let last = errors[7];
+        assert!(last < errors[0] * 0.5, "separate critic {separate}: value error {errors:?}");
+        assert!(last < control[7] * 0.5, "separate critic {separate}: {errors:?} vs vf_coef 0: {control:?}");
+    }
+}
+
 /// A model with one infinite weight: every loss is NaN.
 fn poisoned(device: &burn::backend::flex::FlexDevice) -> crate::Gpt2<A> {
     use burn::module::Param;

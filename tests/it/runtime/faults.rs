@@ -192,8 +192,20 @@ fn a_learner_resumes_from_its_checkpoint() {
     // Two more iterations from version 2.
     let second = run_to_end(tmp.path(), "second", &config, "1", &["--resume", "--set", "train.iterations=4"]);
     assert!(second.log().contains("resuming"), "{}", second.log());
-    let steps: Vec<u64> = lines(&out.join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
+    let metrics = lines(&out.join("metrics.jsonl"));
+    let steps: Vec<u64> = metrics.iter().map(|m| m["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![1, 2, 3, 4], "records of the cut-short iteration 3 were kept");
+    // The policy and the KL controller came back, not only the version number: the resumed
+    // policy differs from the reference (KL > 0), and β is the one the checkpoint saved (the
+    // adaptive controller has moved it away from its initial 0.2).
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoints/version-2/ppo_state.json")).unwrap())
+            .unwrap();
+    let saved_beta = state["kl"]["adaptive"]["value"].as_f64().unwrap();
+    let resumed = &metrics[2];
+    assert!(resumed["objective/kl"].as_f64().unwrap().abs() > 1e-6, "policy not restored: {resumed}");
+    assert_eq!(resumed["objective/kl_coef"].as_f64().unwrap(), saved_beta, "β not restored: {resumed}");
+    assert_ne!(saved_beta, 0.2, "the controller never moved, so this checks nothing");
     let indices: Vec<u64> =
         lines(&out.join("rollouts.jsonl")).iter().map(|r| r["prompt_index"].as_u64().unwrap()).collect();
     assert_eq!(indices.len(), 32, "a prompt is in the lineage twice");

@@ -255,6 +255,9 @@ fn with_a_policy_lag_workers_roll_out_ahead_within_the_bound() {
     let metrics = lines(&out.join("metrics.jsonl"));
     assert_eq!(metrics.len(), 5);
     assert!(metrics.iter().all(|m| m["staleness/max"].as_f64().unwrap() <= 1.0));
+    // Workers do roll out ahead: while an update runs they lease the next iteration's prompts.
+    let ahead = metrics.iter().filter(|m| m["staleness/max"].as_f64().unwrap() >= 1.0).count();
+    assert!(ahead >= 1, "no rollout was generated ahead of its policy version: {metrics:?}");
     assert!(metrics.iter().all(|m| m["objective/kl"].as_f64().unwrap().is_finite()));
 }
 
