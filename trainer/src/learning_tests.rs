@@ -146,19 +146,24 @@ fn local_ppo_raises_the_reward_with_bounded_kl() {
     assert!(kls.iter().all(|kl| kl.is_finite() && *kl < 25.0), "KL unbounded: {kls:?}");
 }
 
+/// Eight short scored rollouts over a 32-token vocabulary; `score` gives rollout `i`'s score.
+fn rollouts(score: impl Fn(u32) -> f32) -> Vec<crate::ppo::Rollout> {
+    (0..8u32)
+        .map(|i| crate::ppo::Rollout {
+            query: vec![1 + i % 4, 2],
+            response: vec![3, 4 + i % 5, 5],
+            logprobs: vec![-1.0; 3],
+            score: score(i),
+        })
+        .collect()
+}
+
 #[test]
 fn a_ppo_step_is_deterministic() {
     let device = Default::default();
     let policy = tiny_config().init::<A>(Heads::LmValue, &device);
     let reference = policy.valid();
-    let rollouts: Vec<crate::ppo::Rollout> = (0..8u32)
-        .map(|i| crate::ppo::Rollout {
-            query: vec![1 + i % 4, 2],
-            response: vec![3, 4 + i % 5, 5],
-            logprobs: vec![-1.0; 3],
-            score: i as f32 * 0.1,
-        })
-        .collect();
+    let rollouts = rollouts(|i| i as f32 * 0.1);
     let config = PpoConfig {
         optim: OptimConfig { learning_rate: 1e-3, ..Default::default() },
         mini_batch_size: 4,
@@ -188,14 +193,7 @@ fn a_smaller_cliprange_clips_more_tokens() {
     let device = Default::default();
     let policy = tiny_config().init::<A>(Heads::LmValue, &device);
     let reference = policy.valid();
-    let rollouts: Vec<crate::ppo::Rollout> = (0..8u32)
-        .map(|i| crate::ppo::Rollout {
-            query: vec![1 + i % 4, 2],
-            response: vec![3, 4 + i % 5, 5],
-            logprobs: vec![-1.0; 3],
-            score: i as f32 * 0.1,
-        })
-        .collect();
+    let rollouts = rollouts(|i| i as f32 * 0.1);
     let clipfrac = |cliprange: f64| {
         let config = PpoConfig {
             optim: OptimConfig { learning_rate: 1e-2, ..Default::default() },
@@ -217,14 +215,7 @@ fn the_value_head_learns_shared_or_separate() {
     // The same scored rollouts, update after update: the value head (the policy's, or a separate
     // critic) receives gradients and its error falls, well below a control run with vf_coef 0.
     let device = Default::default();
-    let rollouts: Vec<crate::ppo::Rollout> = (0..8u32)
-        .map(|i| crate::ppo::Rollout {
-            query: vec![1 + i % 4, 2],
-            response: vec![3, 4 + i % 5, 5],
-            logprobs: vec![-1.0; 3],
-            score: if i % 2 == 0 { 1.0 } else { -1.0 },
-        })
-        .collect();
+    let rollouts = rollouts(|i| if i % 2 == 0 { 1.0 } else { -1.0 });
     let head = |t: &PpoTrainer<A>| match &t.critic {
         Some(critic) => crate::testutil::values(critic.valid().score.unwrap().weight.val()),
         None => crate::testutil::values(t.policy.valid().v_head.unwrap().summary.weight.val()),
