@@ -175,6 +175,21 @@ fn local_ppo_with_a_separate_critic_from_the_reward_model() {
     ]);
     assert_eq!(metrics(&out).len(), 2);
     assert!(out.join("critic/model.safetensors").is_file() && !out.join("value_head.safetensors").exists());
+    // The critic trained: the exported one scores texts differently from the reward model it
+    // started as.
+    let scores = |model: &std::path::Path| {
+        let stdout =
+            rlhf_ok(&["reward", "score", "--model", path_str(model), "--text", "a great film", "--text", "awful"]);
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["score"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (before, after) = (scores(&fixture("reward")), scores(&out.join("critic")));
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| (b - a).abs() > 1e-5),
+        "the critic did not move: {before:?} {after:?}"
+    );
 }
 
 #[test]
