@@ -16,7 +16,7 @@ use crate::model::batch::{left_pad, next_token_rows, select_rows, validate};
 use crate::model::gpt2::Gpt2;
 use crate::train::Progress;
 use crate::train::Stats;
-use crate::train::optim::{AdamWOptimizer, OptimConfig, clip_grad_norm};
+use crate::train::optim::{AdamWOptimizer, NonFiniteSkips, OptimConfig, clip_grad_norm};
 use crate::validate::{Checked, InvalidSetting, at_least_one, section};
 
 /// SFT settings.
@@ -163,7 +163,7 @@ pub fn train<B: AutodiffKernels>(
     let total = steps_per_epoch * config.epochs;
     let mut evals = Vec::new();
     let mut step = start_step;
-    let mut skipped_in_a_row = 0;
+    let mut skips = NonFiniteSkips::new(config.max_skipped_steps);
     for epoch in 0..config.epochs {
         let batches = length_buckets(&lengths, config.batch_size, config.seed, epoch);
         for (group_index, group) in batches.chunks(accum).enumerate() {
@@ -184,22 +184,8 @@ pub fn train<B: AutodiffKernels>(
             let grad_norm = clip_grad_norm(&model, &mut grads, config.optim.max_grad_norm);
             let lr = config.optim.lr_at(step, total);
             let train_loss = loss_sum / tokens.max(1) as f64;
-            if train_loss.is_finite() && grad_norm.is_finite() && lr.is_finite() {
+            if skips.check("sft", step, train_loss, grad_norm, lr)? {
                 model = optim.step(lr, model, grads);
-                skipped_in_a_row = 0;
-            } else {
-                // Nothing moves: the weights and the optimizer state stay as they were.
-                skipped_in_a_row += 1;
-                tracing::warn!(
-                    step,
-                    loss = train_loss,
-                    grad_norm,
-                    skipped_in_a_row,
-                    "non-finite SFT loss or gradient: step skipped"
-                );
-                if skipped_in_a_row >= config.max_skipped_steps {
-                    return Err(TrainError::Diverged { step, skipped: skipped_in_a_row });
-                }
             }
             step += 1;
             let mut metrics = Stats::from([

@@ -28,7 +28,7 @@ use crate::ppo::math::{
 };
 use crate::ppo::stats::{EpochStats, batch_stats, minibatch_stats, scalar};
 use crate::train::Stats;
-use crate::train::optim::{AdamWOptimizer, clip_grad_norm};
+use crate::train::optim::{AdamWOptimizer, NonFiniteSkips, clip_grad_norm};
 
 /// The policy (with a value head, or beside a separate critic), its frozen reference, and the
 /// optimizer state.
@@ -50,7 +50,7 @@ pub struct PpoTrainer<B: AutodiffKernels> {
     pub(super) rng: StdRng,
     pub(super) device: B::Device,
     /// Mini-batches skipped in a row for a non-finite loss or gradient, across steps.
-    skipped_in_a_row: usize,
+    skips: NonFiniteSkips,
 }
 
 /// What became of one mini-batch.
@@ -87,6 +87,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                 got: "0".into(),
             });
         }
+        let skips = NonFiniteSkips::new(config.max_skipped_steps);
         let policy_optim = config.optim.adamw::<B, Gpt2<B>>();
         let critic_optim = critic.as_ref().map(|_| config.optim.adamw::<B, Gpt2<B>>());
         Ok(Self {
@@ -102,7 +103,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
             critic_optim,
             eos_id,
             device: device.clone(),
-            skipped_in_a_row: 0,
+            skips,
         })
     }
 
@@ -298,25 +299,19 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
             return Ok(MiniBatchOutcome::SkippedRatio);
         }
         let max_norm = self.config.optim.max_grad_norm;
-        let gradients = (!skip_nonfinite)
-            .then(|| {
-                let mut grads = loss.backward();
-                let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
-                let norm = clip_grad_norm(&self.policy, &mut policy_grads, max_norm);
-                (grads, policy_grads, norm)
-            })
-            .filter(|(_, _, norm)| norm.is_finite());
-        let Some((mut grads, policy_grads, grad_norm)) = gradients else {
+        let gradients = (!skip_nonfinite).then(|| {
+            let mut grads = loss.backward();
+            let mut policy_grads = GradientsParams::from_module(&mut grads, &self.policy);
+            let norm = clip_grad_norm(&self.policy, &mut policy_grads, max_norm);
+            (grads, policy_grads, norm)
+        });
+        // No backward pass ran when the loss or the learning rate was already non-finite.
+        let grad_norm = gradients.as_ref().map_or(f64::NAN, |(_, _, norm)| *norm);
+        let apply = self.skips.check("ppo", self.optimizer_steps, total, grad_norm, lr)?;
+        let Some((mut grads, policy_grads, grad_norm)) = gradients.filter(|_| apply) else {
             // Nothing moves: the weights and the optimizer state stay as they were.
-            self.skipped_in_a_row += 1;
-            let skipped_in_a_row = self.skipped_in_a_row;
-            tracing::warn!(loss = total, skipped_in_a_row, "non-finite PPO loss or gradient: mini-batch skipped");
-            if self.skipped_in_a_row >= self.config.max_skipped_steps {
-                return Err(TrainError::Diverged { step: self.optimizer_steps, skipped: self.skipped_in_a_row });
-            }
             return Ok(MiniBatchOutcome::SkippedNonFinite);
         };
-        self.skipped_in_a_row = 0;
         // burn's optimizer takes the module by value; cloning shares the tensors.
         self.policy = self.policy_optim.step(lr, self.policy.clone(), policy_grads);
         if let (Some(critic), Some(optim)) = (self.critic.take(), self.critic_optim.as_mut()) {

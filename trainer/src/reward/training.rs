@@ -26,7 +26,7 @@ use crate::model::gpt2::Gpt2;
 use crate::tokenizer::Tokenizer;
 use crate::train::Progress;
 use crate::train::Stats;
-use crate::train::optim::{OptimConfig, clip_grad_norm};
+use crate::train::optim::{NonFiniteSkips, OptimConfig, clip_grad_norm};
 
 /// Reward-model training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,7 +217,7 @@ pub fn train<B: AutodiffKernels>(
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut evals = Vec::new();
     let mut step = 0;
-    let mut skipped_in_a_row = 0;
+    let mut skips = NonFiniteSkips::new(config.max_skipped_steps);
     for _ in 0..config.epochs {
         let mut order: Vec<&PairIds> = train.iter().collect();
         order.shuffle(&mut rng);
@@ -228,22 +228,8 @@ pub fn train<B: AutodiffKernels>(
             let lr = config.optim.lr_at(step, total);
             let mut grads = GradientsParams::from_grads(loss.backward(), &model);
             let grad_norm = clip_grad_norm(&model, &mut grads, config.optim.max_grad_norm);
-            if loss_value.is_finite() && grad_norm.is_finite() && lr.is_finite() {
+            if skips.check("reward model", step, loss_value, grad_norm, lr)? {
                 model = optim.step(lr, model, grads);
-                skipped_in_a_row = 0;
-            } else {
-                // Nothing moves: the weights and the optimizer state stay as they were.
-                skipped_in_a_row += 1;
-                tracing::warn!(
-                    step,
-                    loss = loss_value,
-                    grad_norm,
-                    skipped_in_a_row,
-                    "non-finite reward-model loss or gradient: batch skipped"
-                );
-                if skipped_in_a_row >= config.max_skipped_steps {
-                    return Err(TrainError::Diverged { step, skipped: skipped_in_a_row });
-                }
             }
             step += 1;
             let mut metrics = Stats::from([

@@ -1,6 +1,7 @@
 //! What every training loop shares: AdamW settings, the learning-rate schedule, and clipping by
 //! the global gradient norm (PyTorch's `clip_grad_norm_`; burn's own clipping is per tensor).
 
+use crate::error::TrainError;
 use crate::kernels::AutodiffKernels;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::{
@@ -136,6 +137,37 @@ impl OptimConfig {
 }
 
 crate::impl_validate!(OptimConfig);
+
+/// Counts optimizer steps skipped in a row for a non-finite loss, gradient norm or learning rate,
+/// for every training loop. A skipped step changes neither the weights nor the optimizer state;
+/// after `max` in a row training stops with [`TrainError::Diverged`].
+#[derive(Debug, Clone)]
+pub struct NonFiniteSkips {
+    max: usize,
+    in_a_row: usize,
+}
+
+impl NonFiniteSkips {
+    pub fn new(max: usize) -> Self {
+        Self { max, in_a_row: 0 }
+    }
+
+    /// Whether step `step` of the `what` loop may be applied (`Ok(true)`), must be skipped
+    /// (`Ok(false)`, logged), or is one skip too many (`Err`).
+    pub fn check(&mut self, what: &str, step: usize, loss: f64, grad_norm: f64, lr: f64) -> Result<bool, TrainError> {
+        if loss.is_finite() && grad_norm.is_finite() && lr.is_finite() {
+            self.in_a_row = 0;
+            return Ok(true);
+        }
+        self.in_a_row += 1;
+        let skipped_in_a_row = self.in_a_row;
+        tracing::warn!(what, step, loss, grad_norm, lr, skipped_in_a_row, "non-finite loss or gradient: step skipped");
+        if self.in_a_row >= self.max {
+            return Err(TrainError::Diverged { step, skipped: self.in_a_row });
+        }
+        Ok(false)
+    }
+}
 
 /// Sums the squares of every gradient of `module`, then (second pass) scales them.
 struct GlobalNorm<'a, B: AutodiffKernels> {
