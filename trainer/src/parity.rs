@@ -4,7 +4,8 @@
 //! The references are the fixtures that `fixtures/make_gpt2_fixtures.py` (transformers 4.46.3)
 //! and `fixtures/make_trl_fixtures.py` (TRL 0.11.4) wrote into `trainer/fixtures/`: a tiny GPT-2
 //! checkpoint with its logits, per-token log-probs, greedy continuations and
-//! sequence-classification scores, and the statistics of one TRL `PPOTrainer.step()`.
+//! sequence-classification scores, and TRL `PPOTrainer.step()`s over one and two epochs (statistics,
+//! and for two epochs the parameters' change and the KL coefficient after the update).
 
 use std::path::{Path, PathBuf};
 
@@ -267,15 +268,41 @@ pub const STEP_STATISTICS: &[&str] = &[
     "tokens/responses_len_mean",
 ];
 
-/// One [`PpoTrainer::step`] (one epoch, one mini-batch) against TRL 0.11.4's statistics for the
-/// same policy, reference, rollouts and scores, before any parameter update. Each check's
-/// difference is relative to `max(|TRL|, 1)`. Returns the checks and the trainer after its step.
+/// Which TRL `PPOTrainer.step()` a fixture recorded (`make_trl_fixtures.py::model_step`): one
+/// mini-batch per epoch over the same four rollouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PpoStep {
+    /// `ppo_step.safetensors`, one epoch: the statistics are the first mini-batch's, before any
+    /// parameter update.
+    FirstMiniBatch,
+    /// `ppo_step_after_update.safetensors`, two epochs: TRL averages the statistics of both, the
+    /// second taken after the first optimizer step; each recorded parameter's change over the
+    /// step (two Adam steps) and the KL coefficient after it are compared too.
+    AfterAnUpdate,
+}
+
+/// Parameters whose change over [`PpoStep::AfterAnUpdate`] the fixture records, by checkpoint
+/// name, and the file of the exported policy that holds each.
+const UPDATED_PARAMETERS: &[(&str, &str)] = &[
+    ("transformer.wte.weight", "model.safetensors"),
+    ("transformer.h.0.attn.c_attn.weight", "model.safetensors"),
+    ("transformer.h.1.mlp.c_proj.weight", "model.safetensors"),
+    ("transformer.ln_f.weight", "model.safetensors"),
+    ("v_head.summary.weight", "value_head.safetensors"),
+    ("v_head.summary.bias", "value_head.safetensors"),
+];
+
+/// One [`PpoTrainer::step`] against TRL 0.11.4 for the same policy, reference, rollouts and
+/// scores (see [`PpoStep`]). Statistics are compared relative to `max(|TRL|, 1)`; a parameter's
+/// change relative to the learning rate (an Adam step moves each weight by about it). Returns
+/// the checks and the trainer after its step.
 pub fn ppo_step<B: AutodiffKernels>(
     fixtures: &Path,
+    which: PpoStep,
     device: &B::Device,
 ) -> Result<(Vec<Check>, PpoTrainer<B>), ParityError> {
     let dir = fixtures.join("trl");
-    let (_, policy) = hf::load::<B>(&dir.join("policy"), device)?;
+    let (model_config, policy) = hf::load::<B>(&dir.join("policy"), device)?;
     if policy.v_head.is_none() {
         return Err(ParityError::Fixture {
             path: dir.join("policy"),
@@ -283,7 +310,11 @@ pub fn ppo_step<B: AutodiffKernels>(
         });
     }
     let (_, reference) = hf::load::<B::InnerBackend>(&dir.join("reference"), device)?;
-    let r = ReferenceFile::load(&dir.join("ppo_step.safetensors"))?;
+    let (file, ppo_epochs) = match which {
+        PpoStep::FirstMiniBatch => ("ppo_step.safetensors", 1),
+        PpoStep::AfterAnUpdate => ("ppo_step_after_update.safetensors", 2),
+    };
+    let r = ReferenceFile::load(&dir.join(file))?;
     let (queries, responses) = (r.rows("queries", "query_lengths")?, r.rows("responses", "response_lengths")?);
     let (_, scores) = r.get("scores")?;
     let rollouts: Vec<Rollout> = (0..queries.len())
@@ -294,19 +325,53 @@ pub fn ppo_step<B: AutodiffKernels>(
             score: scores[i] as f32,
         })
         .collect();
-    let mut config = PpoConfig { ppo_epochs: 1, mini_batch_size: 4, ..Default::default() };
-    config.optim.learning_rate = 1e-4;
+    let learning_rate = 1e-4;
+    let mut config = PpoConfig { ppo_epochs, mini_batch_size: 4, ..Default::default() };
+    config.optim.learning_rate = learning_rate;
     let mut trainer = PpoTrainer::<B>::new(policy, None, reference, config, 0, device)?;
-    let stats = trainer.step(&rollouts, 1)?;
+    let stats = trainer.step(&rollouts, ppo_epochs)?;
+    let label = match which {
+        PpoStep::FirstMiniBatch => "ppo step",
+        PpoStep::AfterAnUpdate => "ppo step over two epochs",
+    };
     let mut checks = Vec::new();
     for &key in STEP_STATISTICS {
         let want = r.scalar(key)?;
         let got = stats.get(key).copied().unwrap_or(f64::NAN);
         checks.push(Check::new(
-            format!("ppo step: {key} vs TRL (relative)"),
+            format!("{label}: {key} vs TRL (relative)"),
             (got - want).abs() / want.abs().max(1.0),
             1e-4,
         ));
+    }
+    if which == PpoStep::AfterAnUpdate {
+        let want = r.scalar("kl_coef_after")?;
+        checks.push(Check::new(
+            format!("{label}: kl_coef after the step vs TRL"),
+            (trainer.kl.value() - want).abs(),
+            1e-7,
+        ));
+        // The parameters' change, read back from the policy as it would be exported.
+        let exported = tempfile::tempdir().map_err(|e| ParityError::Fixture {
+            path: std::env::temp_dir(),
+            message: format!("cannot make a directory for the updated policy: {e}"),
+        })?;
+        let tokenizer = crate::Tokenizer::load(&dir.join("policy"))
+            .map_err(|e| ParityError::Fixture { path: dir.join("policy"), message: e.to_string() })?;
+        hf::write_dir(
+            &burn::module::AutodiffModule::valid(&trainer.policy),
+            &model_config,
+            &tokenizer,
+            exported.path(),
+        )?;
+        for &(name, file) in UPDATED_PARAMETERS {
+            let (_, before) = ReferenceFile::load(&dir.join("policy").join(file))?.get(name)?;
+            let (_, after) = ReferenceFile::load(&exported.path().join(file))?.get(name)?;
+            let ours: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            let (_, theirs) = r.get(&format!("delta/{name}"))?;
+            let diff = max_abs_diff(&ours, &theirs) / learning_rate;
+            checks.push(Check::new(format!("{label}: change of {name} vs TRL (in learning rates)"), diff, 1e-2));
+        }
     }
     Ok((checks, trainer))
 }
@@ -320,6 +385,7 @@ pub fn all<B: AutodiffKernels>(fixtures: &Path, device: &B::Device) -> Result<Ve
         reward_scores::<B::InnerBackend>(fixtures, device)?,
         sampled_logprobs::<B::InnerBackend>(fixtures, device)?,
     ];
-    checks.extend(ppo_step::<B>(fixtures, device)?.0);
+    checks.extend(ppo_step::<B>(fixtures, PpoStep::FirstMiniBatch, device)?.0);
+    checks.extend(ppo_step::<B>(fixtures, PpoStep::AfterAnUpdate, device)?.0);
     Ok(checks)
 }

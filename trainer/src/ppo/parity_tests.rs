@@ -102,14 +102,34 @@ fn adaptive_kl_controller_matches_trl() {
 /// mini-batch's losses before any parameter update (`make_trl_fixtures.py::model_step`).
 #[test]
 fn first_ppo_step_statistics_match_trl_on_a_tiny_gpt2() {
-    let (checks, trainer) =
-        crate::parity::ppo_step::<burn::backend::Autodiff<Flex>>(&fixtures(), &Default::default()).unwrap();
+    let (checks, trainer) = crate::parity::ppo_step::<burn::backend::Autodiff<Flex>>(
+        &fixtures(),
+        crate::parity::PpoStep::FirstMiniBatch,
+        &Default::default(),
+    )
+    .unwrap();
     for check in checks {
         crate::testutil::assert_passes(check);
     }
     // The update moved the policy, and the adaptive controller moved beta towards the target.
     assert_eq!(trainer.optimizer_steps, 1);
     assert!(trainer.kl.value() < 0.2);
+}
+
+/// Two epochs: the second mini-batch's statistics come after the first Adam step, and the
+/// parameters' change over both steps matches TRL's.
+#[test]
+fn ppo_statistics_and_parameters_match_trl_after_an_update() {
+    let (checks, trainer) = crate::parity::ppo_step::<burn::backend::Autodiff<Flex>>(
+        &fixtures(),
+        crate::parity::PpoStep::AfterAnUpdate,
+        &Default::default(),
+    )
+    .unwrap();
+    for check in checks {
+        crate::testutil::assert_passes(check);
+    }
+    assert_eq!(trainer.optimizer_steps, 2);
 }
 
 #[test]
