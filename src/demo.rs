@@ -184,6 +184,7 @@ impl Default for DemoConfig {
             },
             // The corpus's reviews are short: cut prompts from all of them.
             prompts: PromptConfig { min_chars: 0, min_tokens: 2, max_tokens: 6, seed: 0, whole: false },
+            ..Default::default()
         };
         let runtime = RuntimeConfig { checkpoint_every: 10, ..Default::default() };
         Self {

@@ -123,6 +123,27 @@ pub fn load_policy<B: rlhf_trainer::AutodiffKernels>(
     Ok(PolicySetup { model_config, policy, reference, tokenizer, prompts: prompts_ids })
 }
 
+/// A separate critic (`critic = "reward-model"`): the reward model `name` (directory or hub id)
+/// with its score head, and its config. It reads the policy's token ids, so a reward model with
+/// another tokenizer than `policy_tokenizer` is refused.
+pub fn load_critic<B: rlhf_trainer::AutodiffKernels>(
+    name: &str,
+    policy_tokenizer: &Tokenizer,
+    device: &B::Device,
+) -> anyhow::Result<(Gpt2Config, Gpt2<B>)> {
+    let dir = hub::resolve(name)?;
+    let tokenizer =
+        Tokenizer::load(&dir).with_context(|| format!("loading the critic's tokenizer from {}", dir.display()))?;
+    anyhow::ensure!(
+        tokenizer.to_json()? == policy_tokenizer.to_json()?,
+        "critic {}: its tokenizer differs from the policy's, but a separate critic reads the policy's tokens; \
+         use critic = \"shared\" with a reward model of another tokenizer",
+        dir.display()
+    );
+    hf::load_as::<B>(&dir, Heads::Score { num_labels: 1 }, device)
+        .with_context(|| format!("loading the critic from {}", dir.display()))
+}
+
 /// The scorer for `--reward-model DIR` or `--lexicon PATH` (negated with `negate`), reading the
 /// policy's token ids (a reward model with another vocabulary gets re-tokenised text).
 pub fn scorer<B: Kernels>(

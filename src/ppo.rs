@@ -7,22 +7,16 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use clap::Args;
 use rlhf_trainer::AutodiffKernels;
-use rlhf_trainer::ppo::PpoTrainer;
+use rlhf_trainer::model::hf;
 use rlhf_trainer::ppo::local::{self as ppo_local, LocalConfig};
-use rlhf_trainer::{Heads, model::hf};
+use rlhf_trainer::ppo::{CriticKind, PpoTrainer};
 use toml::Value;
 
 use crate::device::Device;
-use crate::models::{PolicySetup, load_policy, scorer};
+use crate::models::{PolicySetup, load_critic, load_policy, scorer};
 use crate::progress::MetricsFile;
 use crate::reward::Target;
 use crate::{config, with_backend};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Critic {
-    Shared,
-    RewardModel,
-}
 
 #[derive(Args)]
 pub struct PpoArgs {
@@ -40,10 +34,11 @@ pub struct PpoArgs {
     /// directory with aclImdb's imdb.vocab + imdbEr.txt.
     #[arg(long)]
     lexicon: Option<PathBuf>,
-    /// Value model: a value head on the policy's trunk (TRL's classic PPO), or a separate critic
-    /// initialised from the reward model (N+ / TRL's newer trainer; needs --reward-model).
-    #[arg(long, value_enum, default_value = "shared")]
-    critic: Critic,
+    /// Value model (`critic` in the config): a value head on the policy's trunk (TRL's classic
+    /// PPO, the default), or a separate critic initialised from the reward model (N+ / TRL's
+    /// newer trainer; needs --reward-model).
+    #[arg(long, value_parser = ["shared", "reward-model"])]
+    critic: Option<String>,
     /// Train towards positive (default) or negative scores.
     #[arg(long, value_enum, default_value = "positive")]
     target: Target,
@@ -83,6 +78,9 @@ pub fn run(args: PpoArgs) -> anyhow::Result<()> {
     if let Some(v) = args.batch_size {
         flags.push(("batch_size", Value::Integer(v as i64)));
     }
+    if let Some(v) = &args.critic {
+        flags.push(("critic", Value::String(v.clone())));
+    }
     if let Some(v) = args.seed {
         for key in ["sampling.seed", "ppo.seed", "prompts.seed"] {
             flags.push((key, Value::Integer(v as i64)));
@@ -95,17 +93,15 @@ pub fn run(args: PpoArgs) -> anyhow::Result<()> {
 
 fn train<B: AutodiffKernels>(args: &PpoArgs, local: &LocalConfig, device: &B::Device) -> anyhow::Result<()> {
     let _run_dir = crate::models::run_dir(&args.out, false, args.overwrite)?;
-    let policy_heads = if args.critic == Critic::Shared { Heads::LmValue } else { Heads::Lm };
-    let setup = load_policy::<B>(&args.model, policy_heads, &args.prompts, &local.prompts, device)?;
+    let setup = load_policy::<B>(&args.model, local.critic.policy_heads(), &args.prompts, &local.prompts, device)?;
     let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;
     local.validate_for_model(model_config.n_positions).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
-    let critic = match (args.critic, &args.reward_model) {
-        (Critic::Shared, _) => None,
-        (Critic::RewardModel, Some(name)) => {
-            let rm_dir = rlhf_trainer::hub::resolve(name)?;
-            Some(hf::load_as::<B>(&rm_dir, Heads::Score { num_labels: 1 }, device)?.1)
+    let critic = match (local.critic, &args.reward_model) {
+        (CriticKind::Shared, _) => None,
+        (CriticKind::RewardModel, Some(name)) => Some(load_critic::<B>(name, &tokenizer, device)?),
+        (CriticKind::RewardModel, None) => {
+            bail!("--critic reward-model (critic = \"reward-model\") needs --reward-model")
         }
-        (Critic::RewardModel, None) => bail!("--critic reward-model needs --reward-model"),
     };
     let negate = args.target == Target::Negative;
     let mut scorer =
@@ -138,7 +134,7 @@ fn train<B: AutodiffKernels>(args: &PpoArgs, local: &LocalConfig, device: &B::De
     hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &args.out).context("writing the policy")?;
     if let Some(critic) = &trainer.critic {
         // The critic shares the reward model's architecture: a sequence-classification directory.
-        hf::export(&critic.valid(), &model_config, &tokenizer, &args.out.join("critic"))
+        hf::export(&critic.model.valid(), &critic.config, &tokenizer, &args.out.join("critic"))
             .context("writing the critic")?;
     }
     crate::report::write_for_run(&args.out);

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use rlhf_trainer::ppo::CriticKind;
 use rlhf_trainer::ppo::local::LocalConfig;
 use rlhf_trainer::validate::{Checked, InvalidSetting, at_least_one, finite_positive, section};
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,14 @@ impl LearnerConfig {
         }
         section("reward", self.reward.validate())?;
         section("train", self.train.validate())?;
+        if self.train.critic == CriticKind::RewardModel {
+            // The critic starts from the reward model and reads the policy's tokens.
+            let expected = "\"shared\" unless reward.model is a reward model with the policy's tokenizer \
+                            (a separate critic starts from it)";
+            if self.reward.model.is_none() || self.reward.retokenize {
+                return Err(InvalidSetting::new("train.critic", expected, "\"reward-model\""));
+            }
+        }
         section("runtime", self.runtime.validate())
     }
 

@@ -6,8 +6,10 @@
 //!   metrics.jsonl             one record per policy version
 //!   rollouts.jsonl            one lineage record per accepted rollout
 //!   checkpoints/version-N/    policy + value head (HF), optimizer, ppo_state.json, accounting.json
+//!                             (+ critic/: a separate critic and its optimizer, with train.critic)
 //!   accounting.json           the whole run's accounting, written when it ends
 //!   config.json, model.safetensors, tokenizer.json   the trained policy, written when it ends
+//!   critic/                   the trained separate critic, written when it ends
 //! ```
 //!
 //! A checkpoint directory is complete once `ppo_state.json` is in it (they are written

@@ -11,14 +11,14 @@ use clap::Args;
 use rlhf_actors::LearnerConfig;
 use rlhf_actors::coordinator::CoordinatorArgs;
 use rlhf_actors::run_dir::{CONFIG_FILE, METRICS_FILE, ROLLOUTS_FILE, RunDir, Start};
-use rlhf_trainer::ppo::PpoTrainer;
-use rlhf_trainer::{AutodiffKernels, Heads, model::hf};
+use rlhf_trainer::ppo::{CRITIC_DIR, CriticKind, PpoTrainer};
+use rlhf_trainer::{AutodiffKernels, model::hf};
 use tracing::Instrument;
 
 use super::{announce, runtime};
 use crate::config::{self, ConfigArgs};
 use crate::device::Device;
-use crate::models::{PolicySetup, load_policy};
+use crate::models::{PolicySetup, load_critic, load_policy};
 use crate::progress::MetricsFile;
 use crate::with_backend;
 
@@ -77,7 +77,7 @@ fn run_learner<B: AutodiffKernels>(
     let _run_dir = crate::models::run_dir(&out, resume, overwrite)?;
     let setup = load_policy::<B>(
         &learner_config.model,
-        Heads::LmValue,
+        learner_config.train.critic.policy_heads(),
         &learner_config.prompts,
         &learner_config.train.prompts,
         &device,
@@ -87,9 +87,14 @@ fn run_learner<B: AutodiffKernels>(
         .train
         .validate_for_model(model_config.n_positions)
         .map_err(|e| anyhow::anyhow!("invalid config: {}", e.within("train")))?;
+    // A separate critic starts from the reward model (`LearnerConfig::validate` checked it has one).
+    let critic = match (learner_config.train.critic, &learner_config.reward.model) {
+        (CriticKind::RewardModel, Some(reward_model)) => Some(load_critic::<B>(reward_model, &tokenizer, &device)?),
+        _ => None,
+    };
     config::write(&learner_config, &out.join(CONFIG_FILE))?;
-    let mut trainer =
-        PpoTrainer::<B>::new(policy, None, reference, learner_config.train.ppo.clone(), tokenizer.eos_id(), &device)?;
+    let ppo = learner_config.train.ppo.clone();
+    let mut trainer = PpoTrainer::<B>::new(policy, critic, reference, ppo, tokenizer.eos_id(), &device)?;
     let run = RunDir::new(&out);
     let start = if resume { run.resume(&mut trainer, learner_config.train.batch_size)? } else { Start::default() };
     let mut metrics = MetricsFile::create(&out.join(METRICS_FILE))?;
@@ -124,6 +129,12 @@ fn run_learner<B: AutodiffKernels>(
         on_done: Box::new(move |trainer, totals| {
             if let Err(e) = hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &run.out) {
                 tracing::error!(error = %e, "cannot write the trained policy");
+            }
+            if let Some(critic) = &trainer.critic {
+                let dir = run.out.join(CRITIC_DIR);
+                if let Err(e) = hf::export_into(&critic.model.valid(), &critic.config, &tokenizer, &dir) {
+                    tracing::error!(error = %e, "cannot write the trained critic");
+                }
             }
             // The whole run's, a resumed learner's included.
             if let Err(e) = run.write_accounting(&totals) {

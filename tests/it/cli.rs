@@ -239,8 +239,29 @@ fn every_deploy_config_loads() {
     let learner = super::root().join("deploy/learner.toml");
     let err = rlhf_err(&["learner", "--config", path_str(&learner), "--set", "train.ppo.temperature=0.7", "--check"]);
     assert!(err.contains("temperature"), "{err}");
-    // A misspelt key is named.
+    // A separate critic starts from the reward model, so it needs one that reads the policy's tokens.
+    let critic = ["--set", "train.critic=reward-model"];
+    let stdout = rlhf_ok(&["learner", "--config", path_str(&learner), critic[0], critic[1], "--check"]);
+    assert!(stdout.contains("critic = \"reward-model\""), "{stdout}");
+    let err = rlhf_err(&[
+        "learner",
+        "--config",
+        path_str(&learner),
+        critic[0],
+        critic[1],
+        "--set",
+        "reward.retokenize=true",
+        "--check",
+    ]);
+    assert!(err.contains("train.critic") && err.contains("shared"), "{err}");
     let tmp = tempfile::tempdir().unwrap();
+    let lexicon = tmp.path().join("lexicon.toml");
+    let text =
+        "model = \"m\"\nprompts = \"p\"\nout = \"o\"\n[reward]\nlexicon = \"l\"\n[train]\ncritic = \"reward-model\"\n";
+    std::fs::write(&lexicon, text).unwrap();
+    let err = rlhf_err(&["learner", "--config", path_str(&lexicon), "--check"]);
+    assert!(err.contains("train.critic") && err.contains("reward.model"), "{err}");
+    // A misspelt key is named.
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "model = \"m\"\nprompts = \"p\"\nout = \"o\"\n[train]\nbatch_sise = 3\n").unwrap();
     let err = rlhf_err(&["learner", "--config", path_str(&bad), "--check"]);

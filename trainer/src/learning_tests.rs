@@ -89,6 +89,46 @@ fn sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one() {
     assert!(crate::testutil::max_abs_diff(&a, &b) < 1e-5, "resumed run diverged");
 }
 
+#[test]
+fn sft_gradient_accumulation_matches_one_larger_batch() {
+    // Eight rows of one length: batches of 4 with grad_accum 2 take the same steps, over the same
+    // rows, as batches of 8, so the weights end alike; without accumulation they take twice the
+    // steps and end elsewhere.
+    let device = Default::default();
+    let rows: Vec<Vec<u32>> = (0..8u32).map(|i| (0..10).map(|j| (i * 3 + j) % 9 + 1).collect()).collect();
+    let init = config_model(&device);
+    let train = |batch_size: usize, grad_accum: usize| {
+        let config = SftConfig {
+            optim: OptimConfig { learning_rate: 3e-3, ..Default::default() },
+            epochs: 3,
+            batch_size,
+            grad_accum,
+            ..Default::default()
+        };
+        let mut steps = 0;
+        let outcome = sft::train(
+            init.clone(),
+            config.optim.adamw(),
+            &rows,
+            &rows,
+            &config,
+            0,
+            0,
+            &device,
+            &mut |_| steps += 1,
+            &mut |_, _, _, _| Ok(()),
+        )
+        .unwrap();
+        (steps, crate::testutil::values(outcome.model.valid().transformer.wte.weight.val()))
+    };
+    let (steps, big) = train(8, 1);
+    let (accumulated_steps, accumulated) = train(4, 2);
+    let (small_steps, small) = train(4, 1);
+    assert_eq!((steps, accumulated_steps, small_steps), (3, 3, 6));
+    assert!(crate::testutil::max_abs_diff(&big, &accumulated) < 1e-5, "accumulated gradients differ");
+    assert!(crate::testutil::max_abs_diff(&big, &small) > 1e-3, "the control did not differ");
+}
+
 fn config_model(device: &burn::backend::flex::FlexDevice) -> crate::Gpt2<A> {
     tiny_config().init::<A>(Heads::Lm, device)
 }
@@ -127,7 +167,7 @@ fn local_ppo_raises_the_reward_with_bounded_kl() {
             kl: crate::ppo::KlController::Fixed { value: 0.02 },
             ..Default::default()
         },
-        prompts: Default::default(),
+        ..Default::default()
     };
     let mut trainer = PpoTrainer::<A>::new(policy, None, reference, local.ppo.clone(), 0, &device).unwrap();
     let prompts: Vec<Vec<u32>> = (1..9u32).map(|i| vec![i, i + 1]).collect();
@@ -217,7 +257,7 @@ fn the_value_head_learns_shared_or_separate() {
     let device = Default::default();
     let rollouts = rollouts(|i| if i % 2 == 0 { 1.0 } else { -1.0 });
     let head = |t: &PpoTrainer<A>| match &t.critic {
-        Some(critic) => crate::testutil::values(critic.valid().score.unwrap().weight.val()),
+        Some(critic) => crate::testutil::values(critic.model.valid().score.unwrap().weight.val()),
         None => crate::testutil::values(t.policy.valid().v_head.unwrap().summary.weight.val()),
     };
     let run = |separate: bool, vf_coef: f64| {
@@ -230,7 +270,8 @@ fn the_value_head_learns_shared_or_separate() {
         let heads = if separate { Heads::Lm } else { Heads::LmValue };
         let policy = tiny_config().init::<A>(heads, &device);
         let reference = tiny_config().init::<A>(Heads::Lm, &device).valid();
-        let critic = separate.then(|| tiny_config().init::<A>(Heads::Score { num_labels: 1 }, &device));
+        let critic =
+            separate.then(|| (tiny_config(), tiny_config().init::<A>(Heads::Score { num_labels: 1 }, &device)));
         let mut trainer = PpoTrainer::<A>::new(policy, critic, reference, config, 0, &device).unwrap();
         let before = head(&trainer);
         let errors: Vec<f64> = (0..8).map(|_| trainer.step(&rollouts, 100).unwrap()["ppo/val/error"]).collect();
@@ -244,6 +285,68 @@ fn the_value_head_learns_shared_or_separate() {
         assert!(last < errors[0] * 0.5, "separate critic {separate}: value error {errors:?}");
         assert!(last < control[7] * 0.5, "separate critic {separate}: {errors:?} vs vf_coef 0: {control:?}");
     }
+}
+
+#[test]
+fn a_ppo_checkpoint_restores_the_separate_critic_and_its_optimizer() {
+    // One step with a separate critic, a checkpoint, and a restore into a trainer whose critic is
+    // fresh: the restored weights are the checkpoint's, and the next step (Adam's moments
+    // included) moves both trainers alike. One mini-batch per step, so the shuffling RNG (re-seeded
+    // on restore) only permutes rows within it.
+    let device = Default::default();
+    let rollouts = rollouts(|i| if i % 2 == 0 { 1.0 } else { -1.0 });
+    let config = PpoConfig {
+        optim: OptimConfig { learning_rate: 3e-3, ..Default::default() },
+        mini_batch_size: 8,
+        ppo_epochs: 1,
+        ..Default::default()
+    };
+    let policy = tiny_config().init::<A>(Heads::Lm, &device);
+    let reference = policy.valid();
+    let new_trainer = || {
+        let critic = tiny_config().init::<A>(Heads::Score { num_labels: 1 }, &device);
+        PpoTrainer::<A>::new(
+            policy.clone(),
+            Some((tiny_config(), critic)),
+            reference.clone(),
+            config.clone(),
+            0,
+            &device,
+        )
+        .unwrap()
+    };
+    let weights = |t: &PpoTrainer<A>| {
+        let critic = t.critic.as_ref().unwrap().model.valid();
+        let policy = t.policy.valid();
+        [
+            crate::testutil::values(critic.score.unwrap().weight.val()),
+            crate::testutil::values(critic.transformer.wte.weight.val()),
+            crate::testutil::values(policy.transformer.wte.weight.val()),
+        ]
+    };
+    let mut original = new_trainer();
+    original.step(&rollouts, 10).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = crate::Tokenizer::load(&crate::testutil::fixtures().join("gpt2/lm")).unwrap();
+    original.save_checkpoint(dir.path(), 1, &tiny_config(), &tokenizer).unwrap();
+    assert!(dir.path().join(crate::ppo::CRITIC_DIR).join("model.safetensors").is_file());
+
+    let mut restored = new_trainer();
+    assert_ne!(weights(&original)[0], weights(&restored)[0], "the fresh critic must differ from the trained one");
+    let state = restored.restore_checkpoint(dir.path()).unwrap();
+    assert_eq!((state.version, restored.optimizer_steps), (1, 1));
+    assert_eq!(weights(&original), weights(&restored));
+    original.step(&rollouts, 10).unwrap();
+    restored.step(&rollouts, 10).unwrap();
+    for (a, b) in weights(&original).iter().zip(&weights(&restored)) {
+        assert!(crate::testutil::max_abs_diff(a, b) < 1e-5, "the restored critic or policy stepped differently");
+    }
+
+    // A run that uses the policy's value head refuses a checkpoint with a separate critic.
+    let shared = tiny_config().init::<A>(Heads::LmValue, &device);
+    let mut shared = PpoTrainer::<A>::new(shared, None, reference.clone(), config.clone(), 0, &device).unwrap();
+    let error = shared.restore_checkpoint(dir.path()).expect_err("a mismatched critic is refused").to_string();
+    assert!(error.contains("critic") && error.contains("shared"), "{error}");
 }
 
 /// A model with one infinite weight: every loss is NaN.

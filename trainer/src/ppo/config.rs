@@ -18,6 +18,28 @@ pub enum OldLogprobs {
     Behaviour,
 }
 
+/// Where PPO's values come from (`train.critic`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CriticKind {
+    /// A value head on the policy's trunk (TRL's classic PPO).
+    #[default]
+    Shared,
+    /// A separate value model initialised from the reward model (N+ / TRL's newer trainer), with
+    /// its own optimizer; it must read the policy's tokens.
+    RewardModel,
+}
+
+impl CriticKind {
+    /// The heads the policy is loaded with: a value head only when it is the critic.
+    pub fn policy_heads(self) -> crate::Heads {
+        match self {
+            Self::Shared => crate::Heads::LmValue,
+            Self::RewardModel => crate::Heads::Lm,
+        }
+    }
+}
+
 /// PPO hyperparameters, named and defaulted as in TRL's `PPOConfig` where it has them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::PromptConfig;
 use crate::infer::sampling::{SamplingConfig, generate};
-use crate::ppo::{OldLogprobs, PpoConfig, PpoTrainer, Rollout};
+use crate::ppo::{CriticKind, OldLogprobs, PpoConfig, PpoTrainer, Rollout};
 use crate::reward::scorer::{ScoreError, Scorer};
 use crate::train::Stats;
 use crate::validate::{Checked, InvalidSetting, at_least_one, section};
@@ -22,6 +22,8 @@ pub struct LocalConfig {
     pub iterations: usize,
     /// Rollouts per iteration (TRL's `batch_size`).
     pub batch_size: usize,
+    /// The value model: the policy's value head, or a separate critic from the reward model.
+    pub critic: CriticKind,
     pub sampling: SamplingConfig,
     pub ppo: PpoConfig,
     /// How prompts are cut from the dataset.
@@ -33,6 +35,7 @@ impl Default for LocalConfig {
         Self {
             iterations: 10,
             batch_size: 16,
+            critic: CriticKind::Shared,
             sampling: SamplingConfig { max_new_tokens: 16, ..Default::default() },
             ppo: PpoConfig::default(),
             prompts: PromptConfig::default(),

@@ -17,7 +17,7 @@ mod knob_tests;
 mod parity_tests;
 
 pub use batch::{Rollout, Targets};
-pub use checkpoint::{PPO_STATE_FILE, PpoState};
-pub use config::{OldLogprobs, PpoConfig};
+pub use checkpoint::{CRITIC_DIR, PPO_STATE_FILE, PpoState};
+pub use config::{CriticKind, OldLogprobs, PpoConfig};
 pub use math::*;
-pub use update::PpoTrainer;
+pub use update::{Critic, PpoTrainer};

@@ -29,14 +29,14 @@ use crate::ppo::math::{
 use crate::ppo::stats::{EpochStats, batch_stats, minibatch_stats, scalar};
 use crate::train::Stats;
 use crate::train::optim::{AdamWOptimizer, NonFiniteSkips, clip_grad_norm};
+use crate::{Gpt2Config, Heads};
 
 /// The policy (with a value head, or beside a separate critic), its frozen reference, and the
 /// optimizer state.
 pub struct PpoTrainer<B: AutodiffKernels> {
     pub policy: Gpt2<B>,
-    /// A separate value model (N+ / TRL's new trainer), e.g. initialised from the reward model;
-    /// its score head gives one value per token. `None`: the policy's value head is used.
-    pub critic: Option<Gpt2<B>>,
+    /// A separate value model; `None`: the policy's value head is used.
+    pub critic: Option<Critic<B>>,
     pub reference: Gpt2<B::InnerBackend>,
     pub config: PpoConfig,
     pub kl: KlController,
@@ -45,12 +45,20 @@ pub struct PpoTrainer<B: AutodiffKernels> {
     /// Running score statistics for `score_scaling`.
     pub score_moments: RunningMoments,
     pub(super) policy_optim: AdamWOptimizer<Gpt2<B>, B>,
-    critic_optim: Option<AdamWOptimizer<Gpt2<B>, B>>,
     eos_id: u32,
     pub(super) rng: StdRng,
     pub(super) device: B::Device,
     /// Mini-batches skipped in a row for a non-finite loss or gradient, across steps.
     skips: NonFiniteSkips,
+}
+
+/// A separate value model (N+ / TRL's newer trainer), e.g. initialised from the reward model: its
+/// score head gives one value per token. It has its own optimizer, and its own config for
+/// checkpoints and export (it need not be the policy's size).
+pub struct Critic<B: AutodiffKernels> {
+    pub model: Gpt2<B>,
+    pub config: Gpt2Config,
+    pub(super) optim: AdamWOptimizer<Gpt2<B>, B>,
 }
 
 /// What became of one mini-batch.
@@ -64,10 +72,11 @@ enum MiniBatchOutcome {
 }
 
 impl<B: AutodiffKernels> PpoTrainer<B> {
-    /// `policy` must carry a value head unless `critic` is given. `reference` is frozen.
+    /// `policy` must carry a value head unless `critic` (its config and a model with a one-label
+    /// score head, reading the policy's vocabulary) is given. `reference` is frozen.
     pub fn new(
         policy: Gpt2<B>,
-        critic: Option<Gpt2<B>>,
+        critic: Option<(Gpt2Config, Gpt2<B>)>,
         reference: Gpt2<B::InnerBackend>,
         config: PpoConfig,
         eos_id: u32,
@@ -87,9 +96,13 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                 got: "0".into(),
             });
         }
+        if let Some((_, model)) = &critic {
+            check_critic(model, policy.vocab_size())?;
+        }
         let skips = NonFiniteSkips::new(config.max_skipped_steps);
         let policy_optim = config.optim.adamw::<B, Gpt2<B>>();
-        let critic_optim = critic.as_ref().map(|_| config.optim.adamw::<B, Gpt2<B>>());
+        let critic =
+            critic.map(|(model_config, model)| Critic { model, config: model_config, optim: config.optim.adamw() });
         Ok(Self {
             kl: config.kl.clone(),
             rng: StdRng::seed_from_u64(config.seed),
@@ -100,7 +113,6 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
             optimizer_steps: 0,
             score_moments: RunningMoments::default(),
             policy_optim,
-            critic_optim,
             eos_id,
             device: device.clone(),
             skips,
@@ -113,7 +125,11 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
             return Err(InputError::Empty { field: "rollouts" });
         }
         let rows: Vec<Vec<u32>> = rollouts.iter().map(|r| [r.query.as_slice(), &r.response].concat()).collect();
-        validate("rollout", &rows, self.policy.vocab_size(), self.policy.n_positions())?;
+        let positions = self
+            .critic
+            .as_ref()
+            .map_or(self.policy.n_positions(), |c| c.model.n_positions().min(self.policy.n_positions()));
+        validate("rollout", &rows, self.policy.vocab_size(), positions)?;
         for r in rollouts {
             if r.query.is_empty() || r.response.is_empty() {
                 return Err(InputError::Empty { field: "rollout query or response" });
@@ -194,7 +210,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
                 Tensor::from_data(TensorData::new(flat, [n, resp]), &device)
             }
         };
-        let critic_out = self.critic.as_ref().map(|c| forward(&c.valid()));
+        let critic_out = self.critic.as_ref().map(|c| forward(&c.model.valid()));
         let values = critic_out.as_ref().unwrap_or(&policy_out).token_values()?;
         let values = values.gather(1, batch.columns.clone()); // [batch, resp]
         let ref_out = forward(&self.reference);
@@ -271,7 +287,7 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         let (logprobs, entropy) =
             response_logprobs_and_entropy(&self.policy, out.hidden.clone(), &mb, self.config.temperature);
         let vpred_out = match &self.critic {
-            Some(critic) => forward(critic),
+            Some(critic) => forward(&critic.model),
             None => out,
         };
         let vpreds = vpred_out.token_values()?.gather(1, mb.columns.clone());
@@ -314,12 +330,31 @@ impl<B: AutodiffKernels> PpoTrainer<B> {
         };
         // burn's optimizer takes the module by value; cloning shares the tensors.
         self.policy = self.policy_optim.step(lr, self.policy.clone(), policy_grads);
-        if let (Some(critic), Some(optim)) = (self.critic.take(), self.critic_optim.as_mut()) {
-            let mut critic_grads = GradientsParams::from_module(&mut grads, &critic);
-            clip_grad_norm(&critic, &mut critic_grads, max_norm);
-            self.critic = Some(optim.step(lr, critic, critic_grads));
+        if let Some(critic) = self.critic.as_mut() {
+            let mut critic_grads = GradientsParams::from_module(&mut grads, &critic.model);
+            clip_grad_norm(&critic.model, &mut critic_grads, max_norm);
+            critic.model = critic.optim.step(lr, critic.model.clone(), critic_grads);
         }
         self.optimizer_steps += 1;
         Ok(MiniBatchOutcome::Updated { grad_norm })
     }
+}
+
+/// A critic must give one value per token of the policy's vocabulary.
+fn check_critic<B: AutodiffKernels>(critic: &Gpt2<B>, policy_vocab: usize) -> Result<(), InputError> {
+    if critic.heads() != (Heads::Score { num_labels: 1 }) {
+        return Err(InputError::Invalid {
+            field: "critic",
+            expected: "a model with a one-label score head (a reward model)",
+            got: format!("{:?}", critic.heads()),
+        });
+    }
+    if critic.vocab_size() != policy_vocab {
+        return Err(InputError::Invalid {
+            field: "critic",
+            expected: "the policy's vocabulary (a separate critic reads the policy's tokens)",
+            got: format!("{} tokens, the policy has {policy_vocab}", critic.vocab_size()),
+        });
+    }
+    Ok(())
 }
