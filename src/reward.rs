@@ -176,6 +176,10 @@ fn train<B: AutodiffKernels>(args: &TrainArgs, reward_config: &RewardConfig, dev
         tracing::info!(mean, std, "normalised rewards to mean 0, std 1 on the training texts");
         results.insert("normalization/mean_before".into(), mean);
         results.insert("normalization/std_before".into(), std);
+        // Measured again on the normalised model: ~0 and ~1.
+        let after = reward::evaluate(&model, &train_ids, reward_config, tokenizer.pad_id(), device);
+        results.insert("normalization/mean_after".into(), after["eval/reward_mean"]);
+        results.insert("normalization/std_after".into(), after["eval/reward_std"]);
     }
     hf::export_into(&model, &model_config, &tokenizer, &args.out).context("writing the reward model")?;
     std::fs::write(args.out.join("eval_results.json"), serde_json::to_string_pretty(&results)?)?;

@@ -50,7 +50,8 @@ pub struct EvalArgs {
     /// Flip the sign of every score (evaluate a "pessimistic" policy by its training objective).
     #[arg(long)]
     negate: bool,
-    /// Best-of-n baseline: n samples per prompt from the first policy, the best by reward kept.
+    /// Best-of-n baseline: n samples per prompt from the first policy (its evaluated sample and
+    /// n − 1 more), the best by reward kept.
     #[arg(long, default_value_t = 0)]
     best_of: usize,
     /// Judge for win rates: `reward` (the scorer above) or `command:CMD`, a program that reads
@@ -160,9 +161,11 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         samples: Vec::new(),
     };
     if args.best_of > 1 {
+        // The first policy's evaluated sample is one of the n, so best-of-n never scores below it
+        // on any prompt; n − 1 more are drawn with other seeds.
         let generator = &generators[0];
-        let mut best = vec![f32::NEG_INFINITY; prompts.len()];
-        for k in 0..args.best_of {
+        let mut best = runs[0].scores.clone();
+        for k in 1..args.best_of {
             let draw = SamplingConfig { seed: args.seed.wrapping_add(1000 + k as u64), ..sampling.clone() };
             let out = generator.generate(&prompts, tokenizer.eos_id(), &draw, device)?;
             for (b, s) in best.iter_mut().zip(scorer.score(&prompts, &out.completion_ids)?) {

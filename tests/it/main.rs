@@ -67,3 +67,9 @@ pub fn rlhf_err(args: &[&str]) -> String {
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
+
+/// `rlhf reward score --model MODEL` on two short texts: one score each.
+pub fn reward_scores(model: &Path) -> Vec<f64> {
+    let stdout = rlhf_ok(&["reward", "score", "--model", path_str(model), "--text", "a great film", "--text", "awful"]);
+    stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["score"].as_f64().unwrap()).collect()
+}

@@ -156,7 +156,7 @@ fn the_imdb_workflow_runs_as_documented_on_the_asset_data() {
         "eval", "--policy", &format!("sft={}", path_str(&t("sft"))), "--policy", &format!("happy={}", path_str(&t("happy"))),
         "--policy", &format!("pessimistic={}", path_str(&t("pessimistic"))), "--prompts", path_str(&test),
         "--reward-model", path_str(&t("rm")), "--n-prompts", "8", "--best-of", "2", "--max-new-tokens", "8",
-        "--out", path_str(&t("eval.json")),
+        "--samples", "8", "--out", path_str(&t("eval.json")),
     ]);
     let report = super::rlhf_ok(&[
         "report",
@@ -178,6 +178,7 @@ fn the_imdb_workflow_runs_as_documented_on_the_asset_data() {
         eval["policies"]["sft"]["kl_to_reference"]["mean"].as_f64().unwrap().abs() < 1e-3,
         "the reference is the first policy"
     );
+    assert_consistent(&eval, 8);
     assert!(read_json(&t("rm/eval_results.json"))["eval/accuracy"].as_f64().is_some());
     // SFT and reward-model runs get their own report: losses, the held-out metric, the optimizer.
     for (run, needle) in [("sft", "final eval/perplexity"), ("rm", "final eval/accuracy")] {
@@ -237,16 +238,46 @@ fn the_tldr_workflow_runs_as_documented_on_the_asset_comparisons() {
         "eval", "--policy", &format!("ppo={}", path_str(&t("ppo"))), "--policy", &format!("sft={}", path_str(&t("sft"))),
         "--reference", path_str(&t("sft")), "--prompts", path_str(&comparisons), "--whole-prompts", "64", "--min-chars", "0",
         "--reward-model", path_str(&t("rm")), "--n-prompts", "6", "--best-of", "2", "--max-new-tokens", "12",
-        "--out", path_str(&t("eval.json")),
+        "--samples", "6", "--out", path_str(&t("eval.json")),
     ]);
     let eval = read_json(&t("eval.json"));
     assert_eq!(eval["n_prompts"], 6);
     let prompt = eval["samples"][0]["prompt"].as_str().unwrap();
     assert!(prompt.ends_with("TL;DR:"), "prompts are posts ending in TL;DR: {prompt:?}");
     assert_eq!(eval["best_of_n"]["n"], 2);
-    let win = eval["win_rate"]["a_over_b"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&win));
+    assert_consistent(&eval, 6);
     assert!(eval["win_rate"]["judge"].as_str().unwrap().contains("rm"), "the judge is recorded: {}", eval["win_rate"]);
     let rm = read_json(&t("rm/eval_results.json"));
     assert!((0.0..=1.0).contains(&rm["eval/accuracy"].as_f64().unwrap()));
+}
+
+/// An eval with every prompt among its samples: the reward judge's win rate is what the
+/// per-sample rewards say (ties half), each policy's mean reward is its samples' mean, and
+/// best-of-n, which includes the first policy's own sample, never scores below it.
+fn assert_consistent(eval: &serde_json::Value, n_prompts: usize) {
+    let samples = eval["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), n_prompts, "every prompt is a sample");
+    let order: Vec<&str> = eval["order"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let reward = |s: &serde_json::Value, policy: &str| s[policy]["reward"].as_f64().unwrap();
+    let wins: f64 = samples
+        .iter()
+        .map(|s| match reward(s, order[0]).total_cmp(&reward(s, order[1])) {
+            std::cmp::Ordering::Greater => 1.0,
+            std::cmp::Ordering::Less => 0.0,
+            std::cmp::Ordering::Equal => 0.5,
+        })
+        .sum();
+    let win = eval["win_rate"]["a_over_b"].as_f64().unwrap();
+    assert_eq!((eval["win_rate"]["a"].as_str(), eval["win_rate"]["b"].as_str()), (Some(order[0]), Some(order[1])));
+    assert!((win - wins / n_prompts as f64).abs() < 1e-9, "win rate {win}, per-sample rewards give {wins}/{n_prompts}");
+    for policy in &order {
+        let mean = samples.iter().map(|s| reward(s, policy)).sum::<f64>() / n_prompts as f64;
+        let reported = eval["policies"][policy]["reward"]["mean"].as_f64().unwrap();
+        assert!((mean - reported).abs() < 1e-4 * mean.abs().max(1.0), "{policy}: {reported} vs samples {mean}");
+    }
+    let best = &eval["best_of_n"]["reward"];
+    let base = &eval["policies"][order[0]]["reward"];
+    for stat in ["mean", "median"] {
+        assert!(best[stat].as_f64().unwrap() >= base[stat].as_f64().unwrap(), "best-of-n {stat} below its policy's");
+    }
 }

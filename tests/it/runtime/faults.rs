@@ -102,7 +102,7 @@ fn a_worker_fails_over_to_the_next_reward_server() {
     let config = config(tmp.path(), 6, 16, 4, "");
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let (first, first_addr) = reward_server(tmp.path(), "reward-a", "127.0.0.1:0");
-    let (_second, second_addr) = reward_server(tmp.path(), "reward-b", "127.0.0.1:0");
+    let (second, second_addr) = reward_server(tmp.path(), "reward-b", "127.0.0.1:0");
     let rewards = format!("{first_addr},{second_addr}");
     // A patience far below the run's length: a worker that kept retrying the dead server would
     // give up long before the run ends.
@@ -114,6 +114,9 @@ fn a_worker_fails_over_to_the_next_reward_server() {
     );
     let metrics = tmp.path().join("out/metrics.jsonl");
     wait_for("the first iteration", Duration::from_secs(60), &[&learner, &worker], || !lines(&metrics).is_empty());
+    // Until then, requests went round robin: both servers scored some of the first four leases.
+    let served = |server: &Proc| server.log().lines().filter(|l| l.contains("scored batch")).count();
+    assert!(served(&first) >= 1 && served(&second) >= 1, "not round robin: {} and {}", served(&first), served(&second));
     drop(first); // killed, never restarted
     let status = learner.wait(Duration::from_secs(120));
     assert!(status.success(), "learner failed:\n{}\nworker:\n{}", learner.log(), worker.log());

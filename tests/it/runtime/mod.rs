@@ -5,6 +5,7 @@
 
 mod faults;
 mod hostile;
+mod paths;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{assets, fixture, path_str};
+use super::{assets, fixture, path_str, reward_scores};
 
 /// A process killed on drop, with its stderr in a file.
 pub(super) struct Proc {
@@ -46,9 +47,24 @@ impl Drop for Proc {
 
 /// Starts `rlhf args`; for servers, returns the address printed on stdout's first line.
 pub(super) fn start(dir: &Path, name: &str, args: &[&str], server: bool) -> (Proc, String) {
+    start_with_env(dir, name, args, server, &[])
+}
+
+/// A reward server's log with each scored batch (and how many requests it joined) in it.
+pub(super) const DEBUG_REWARD_LOG: &str = "info,hf_hub=off,rlhf_reward_server=debug";
+
+/// [`start`] with extra environment variables.
+pub(super) fn start_with_env(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    server: bool,
+    env: &[(&str, &str)],
+) -> (Proc, String) {
     let stderr = dir.join(format!("{name}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(if server { Stdio::piped() } else { Stdio::null() })
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
@@ -77,12 +93,9 @@ pub(super) fn run_to_end(dir: &Path, name: &str, config: &Path, workers: &str, e
 pub(super) fn reward_server(dir: &Path, name: &str, listen: &str) -> (Proc, String) {
     let lexicon = assets().join("imdb-lexicon");
     let tokenizer = fixture("lm");
-    start(
-        dir,
-        name,
-        &["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&tokenizer), "--listen", listen],
-        true,
-    )
+    let args =
+        ["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&tokenizer), "--listen", listen];
+    start_with_env(dir, name, &args, true, &[("RUST_LOG", DEBUG_REWARD_LOG)])
 }
 
 /// Polls `ready` until it holds; on timeout, fails with the logs of `procs`.
@@ -103,15 +116,29 @@ pub(super) fn lines(path: &Path) -> Vec<serde_json::Value> {
 
 /// A learner config on the fixture policy, IMDb prompts and the lexicon reward.
 pub(super) fn config(dir: &Path, iterations: usize, batch: usize, lease_size: usize, extra: &str) -> PathBuf {
+    let lexicon = format!("lexicon = {:?}", path_str(&assets().join("imdb-lexicon")));
+    config_with(dir, iterations, batch, lease_size, &lexicon, "", extra)
+}
+
+/// A learner config on the fixture policy and IMDb prompts, with `reward` lines in `[reward]`,
+/// `train` lines in `[train]` and `extra` after `[runtime]`'s.
+pub(super) fn config_with(
+    dir: &Path,
+    iterations: usize,
+    batch: usize,
+    lease_size: usize,
+    reward: &str,
+    train: &str,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join("run.toml");
     let text = format!(
-        "model = {model:?}\nprompts = {prompts:?}\nout = {out:?}\n\n[reward]\nlexicon = {lexicon:?}\n\n\
-         [train]\niterations = {iterations}\nbatch_size = {batch}\n\n[train.sampling]\nmax_new_tokens = 8\n\n\
+        "model = {model:?}\nprompts = {prompts:?}\nout = {out:?}\n\n[reward]\n{reward}\n\n\
+         [train]\niterations = {iterations}\nbatch_size = {batch}\n{train}\n\n[train.sampling]\nmax_new_tokens = 8\n\n\
          [train.ppo]\nmini_batch_size = 8\n\n[runtime]\nlease_size = {lease_size}\nheartbeat_timeout_s = 1.5\nheartbeat_interval_ms = 200\n{extra}",
         model = path_str(&fixture("lm")),
         prompts = path_str(&assets().join("imdb-sentiment/test.jsonl")),
         out = path_str(&dir.join("out")),
-        lexicon = path_str(&assets().join("imdb-lexicon")),
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -193,30 +220,66 @@ fn one_on_policy_worker_reproduces_ppo_local() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 3, 16, 0, "");
     run_to_end(tmp.path(), "run", &config, "1", &[]);
-    let local_out = tmp.path().join("local");
-    super::rlhf_ok(&[
-        "ppo",
-        "--local",
-        "--model",
-        path_str(&fixture("lm")),
-        "--lexicon",
-        path_str(&assets().join("imdb-lexicon")),
-        "--prompts",
-        path_str(&assets().join("imdb-sentiment/test.jsonl")),
-        "--out",
-        path_str(&local_out),
-        "--iterations",
-        "3",
-        "--batch-size",
-        "16",
-        "--set",
-        "sampling.max_new_tokens=8",
-        "--set",
-        "ppo.mini_batch_size=8",
-    ]);
-    let distributed = lines(&tmp.path().join("out/metrics.jsonl"));
-    let local = lines(&local_out.join("metrics.jsonl"));
+    let lexicon = assets().join("imdb-lexicon");
+    let local_out = ppo_local(tmp.path(), &["--lexicon", path_str(&lexicon)]);
+    assert_same_metrics(&tmp.path().join("out"), &local_out);
+}
+
+#[test]
+fn the_distributed_learner_trains_a_separate_critic_like_ppo_local() {
+    // Seed 001's recipe: a critic initialised from the reward model, with its own optimizer,
+    // checkpointed and exported. Distributed (one on-policy worker) and local runs agree.
+    let tmp = tempfile::tempdir().unwrap();
+    let reward = fixture("reward");
+    let config = config_with(
+        tmp.path(),
+        3,
+        16,
+        0,
+        &format!("model = {:?}", path_str(&reward)),
+        "critic = \"reward-model\"",
+        "checkpoint_every = 1",
+    );
+    run_to_end(tmp.path(), "run", &config, "1", &[]);
+    let local_out = ppo_local(tmp.path(), &["--reward-model", path_str(&reward), "--critic", "reward-model"]);
+    let out = tmp.path().join("out");
+    assert_same_metrics(&out, &local_out);
+    // The critic is in every checkpoint and in the run directory, and trained like the local one.
+    for version in 1..=3 {
+        let dir = out.join(format!("checkpoints/version-{version}/critic"));
+        assert!(dir.join("model.safetensors").is_file() && dir.join("optimizer.bin").is_file(), "{}", dir.display());
+    }
+    assert!(!out.join("value_head.safetensors").exists(), "the policy has no value head with a separate critic");
+    let (initial, distributed) = (reward_scores(&reward), reward_scores(&out.join("critic")));
+    let local = reward_scores(&local_out.join("critic"));
+    assert!(initial.iter().zip(&distributed).all(|(a, b)| (a - b).abs() > 1e-5), "the critic did not train");
+    for (d, l) in distributed.iter().zip(&local) {
+        assert!(
+            (d - l).abs() <= 1e-4 * l.abs().max(1.0),
+            "critics differ: distributed {distributed:?}, local {local:?}"
+        );
+    }
+}
+
+/// `rlhf ppo --local` with the settings of [`config`] (3 iterations of 16) and `reward` flags;
+/// returns its run directory.
+fn ppo_local(dir: &Path, reward: &[&str]) -> PathBuf {
+    let out = dir.join("local");
+    let (model, prompts) = (fixture("lm"), assets().join("imdb-sentiment/test.jsonl"));
+    let mut args = vec!["ppo", "--local", "--model", path_str(&model), "--prompts", path_str(&prompts)];
+    args.extend_from_slice(reward);
+    args.extend_from_slice(&["--out", path_str(&out), "--iterations", "3", "--batch-size", "16"]);
+    args.extend_from_slice(&["--set", "sampling.max_new_tokens=8", "--set", "ppo.mini_batch_size=8"]);
+    super::rlhf_ok(&args);
+    out
+}
+
+/// Every iteration's statistics (timings aside) agree within 1e-4 (relative above 1).
+fn assert_same_metrics(distributed: &Path, local: &Path) {
+    let distributed = lines(&distributed.join("metrics.jsonl"));
+    let local = lines(&local.join("metrics.jsonl"));
     assert_eq!(distributed.len(), 3);
+    assert_eq!(local.len(), 3);
     for (d, l) in distributed.iter().zip(&local) {
         let mut compared = 0;
         for (key, value) in l.as_object().unwrap() {
@@ -257,7 +320,8 @@ fn with_a_policy_lag_workers_roll_out_ahead_within_the_bound() {
     assert!(metrics.iter().all(|m| m["staleness/max"].as_f64().unwrap() <= 1.0));
     // Workers do roll out ahead: while an update runs they lease the next iteration's prompts.
     let ahead = metrics.iter().filter(|m| m["staleness/max"].as_f64().unwrap() >= 1.0).count();
-    assert!(ahead >= 1, "no rollout was generated ahead of its policy version: {metrics:?}");
+    let staleness: Vec<f64> = metrics.iter().map(|m| m["staleness/max"].as_f64().unwrap()).collect();
+    assert!(ahead >= 1, "no rollout was generated ahead of its policy version: staleness/max {staleness:?}");
     assert!(metrics.iter().all(|m| m["objective/kl"].as_f64().unwrap().is_finite()));
 }
 
@@ -284,13 +348,49 @@ fn a_reward_model_with_another_tokenizer_scores_text() {
         "--out",
         path_str(&policy),
     ]);
-    let config = config(tmp.path(), 1, 8, 0, "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(path_str(&fixture("lm")), path_str(&policy)).replace(
-        &format!("lexicon = {:?}", path_str(&assets().join("imdb-lexicon"))),
-        &format!("model = {:?}\nretokenize = true", path_str(&fixture("reward"))),
-    );
+    let reward = format!("model = {:?}\nretokenize = true", path_str(&fixture("reward")));
+    let config = config_with(tmp.path(), 1, 8, 0, &reward, "", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(path_str(&fixture("lm")), path_str(&policy));
     std::fs::write(&config, text).unwrap();
     run_to_end(tmp.path(), "run", &config, "1", &[]);
     let metrics = lines(&tmp.path().join("out/metrics.jsonl"));
     assert!(metrics[0]["env/reward_mean"].as_f64().unwrap().is_finite());
+    // The retokenising scorer (decode with the policy's tokenizer, encode with the reward
+    // model's) gives what `rlhf reward score` gives for the decoded text.
+    let eval = tmp.path().join("eval.json");
+    let (before, after) =
+        (format!("before={}", path_str(&policy)), format!("after={}", path_str(&tmp.path().join("out"))));
+    #[rustfmt::skip]
+    super::rlhf_ok(&[
+        "eval", "--policy", &before, "--policy", &after, "--prompts", path_str(&assets().join("imdb-sentiment/test.jsonl")),
+        "--reward-model", path_str(&fixture("reward")), "--n-prompts", "3", "--samples", "3", "--max-new-tokens", "8",
+        "--out", path_str(&eval),
+    ]);
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    for sample in eval["samples"].as_array().unwrap() {
+        let prompt = sample["prompt"].as_str().unwrap();
+        let responses: Vec<&str> =
+            ["before", "after"].iter().map(|p| sample[p]["response"].as_str().unwrap()).collect();
+        let stdout = super::rlhf_ok(&[
+            "reward",
+            "score",
+            "--model",
+            path_str(&fixture("reward")),
+            "--prompt",
+            prompt,
+            "--text",
+            responses[0],
+            "--text",
+            responses[1],
+        ]);
+        for (line, policy) in stdout.lines().zip(["before", "after"]) {
+            let want = serde_json::from_str::<serde_json::Value>(line).unwrap()["score"].as_f64().unwrap();
+            let got = sample[policy]["reward"].as_f64().unwrap();
+            assert!(
+                (want - got).abs() < 1e-4,
+                "{prompt:?} + {:?}: eval {got}, rlhf reward score {want}",
+                sample[policy]
+            );
+        }
+    }
 }

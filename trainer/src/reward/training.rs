@@ -90,8 +90,10 @@ pub struct PairIds {
 }
 
 /// Tokenizes pairs to at most `max_length` tokens each side. A text that is too long loses the
-/// start of its prompt, so the response (what the pair is about) stays whole; without a prompt,
-/// or with a response longer than `max_length` on its own, it keeps its first `max_length` tokens.
+/// start of its prompt, so the response (what the pair is about) stays whole; a response longer
+/// than `max_length` on its own keeps its first `max_length` tokens and no prompt (keeping the
+/// prompt's start instead would make chosen and rejected the same text); without a prompt, the
+/// first `max_length` tokens are kept.
 pub fn tokenize_pairs(
     pairs: &[PreferencePair],
     tokenizer: &Tokenizer,
@@ -102,11 +104,9 @@ pub fn tokenize_pairs(
         let mut ids = tokenizer.encode(&format!("{prompt}{text}"))?;
         if ids.len() > max_length && !prompt.is_empty() {
             let response = tokenizer.encode(text)?;
-            if response.len() < max_length {
-                let prompt_ids = tokenizer.encode(prompt)?;
-                let keep = (max_length - response.len()).min(prompt_ids.len());
-                ids = [&prompt_ids[prompt_ids.len() - keep..], response.as_slice()].concat();
-            }
+            let prompt_ids = tokenizer.encode(prompt)?;
+            let keep = max_length.saturating_sub(response.len()).min(prompt_ids.len());
+            ids = [&prompt_ids[prompt_ids.len() - keep..], response.as_slice()].concat();
         }
         ids.truncate(max_length);
         if ids.is_empty() {
@@ -308,6 +308,10 @@ mod tests {
         let review = PreferencePair { prompt: String::new(), chosen: long.prompt.clone(), rejected: "x".into() };
         let cut = &tokenize_pairs(&[review], &tokenizer, 5).unwrap()[0];
         assert_eq!(cut.chosen, tokenizer.encode(&long.prompt).unwrap()[..5]);
+        // A response too long on its own keeps its start, so two long responses stay apart.
+        let ids = &tokenize_pairs(&[pair("Q:")], &tokenizer, 3).unwrap()[0];
+        assert_eq!(tokenizer.decode(&ids.chosen).unwrap(), " a fine short");
+        assert_eq!(tokenizer.decode(&ids.rejected).unwrap(), "Q: bad");
     }
 
     #[test]
