@@ -19,7 +19,7 @@ use crate::with_backend;
 
 mod results;
 
-pub use results::{BestOfN, EvalResults, PolicyResults, Sample, SampleResponse, Summary, WinRate};
+pub use results::{BestOfN, EvalResults, JudgeResults, PolicyResults, Sample, SampleResponse, Summary, WinRate};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -50,6 +50,10 @@ pub struct EvalArgs {
     /// Flip the sign of every score (evaluate a "pessimistic" policy by its training objective).
     #[arg(long)]
     negate: bool,
+    /// An independent judge that PPO never optimised: a lexicon (file or aclImdb folder) scoring
+    /// every policy's responses beside the reward, never negated (e.g. aclImdb's imdbEr).
+    #[arg(long, value_name = "PATH")]
+    judge_lexicon: Option<PathBuf>,
     /// Best-of-n baseline: n samples per prompt from the first policy (its evaluated sample and
     /// n − 1 more), the best by reward kept.
     #[arg(long, default_value_t = 0)]
@@ -77,6 +81,8 @@ struct PolicyRun {
     completions: Vec<Vec<u32>>,
     texts: Vec<String>,
     scores: Vec<f32>,
+    /// The independent judge's scores, when there is one.
+    judged: Option<Vec<f32>>,
     kl: Vec<f32>,
 }
 
@@ -106,6 +112,10 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
     let mut scorer =
         scorer::<B>(args.reward_model.as_deref(), args.lexicon.as_deref(), args.negate, &tokenizer, device)?;
     let scorer_name = scorer.name();
+    let mut judge = match &args.judge_lexicon {
+        Some(lexicon) => Some(crate::models::scorer::<B>(None, Some(lexicon), false, &tokenizer, device)?),
+        None => None,
+    };
     let texts = load_prompt_texts(&data_path(&args.prompts, "test")?, OnMalformed::Error)?.rows;
     let mut prompts = rl_prompts(
         &texts,
@@ -126,6 +136,7 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
     for ((name, _), generator) in policies.iter().zip(&generators) {
         let out = generator.generate(&prompts, tokenizer.eos_id(), &sampling, device)?;
         let scores = scorer.score(&prompts, &out.completion_ids)?;
+        let judged = judge.as_mut().map(|j| j.score(&prompts, &out.completion_ids)).transpose()?;
         // k1 KL to the reference on the sampled tokens, summed per response.
         let full: Vec<Vec<u32>> =
             prompts.iter().zip(&out.completion_ids).map(|(p, c)| [p.as_slice(), c].concat()).collect();
@@ -137,7 +148,7 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
             .map(|(lp, rl)| lp.iter().zip(&rl[rl.len() - lp.len()..]).map(|(a, b)| a - b).sum())
             .collect();
         let texts = out.completion_ids.iter().map(|c| tokenizer.decode(c)).collect::<Result<_, _>>()?;
-        runs.push(PolicyRun { name: name.clone(), completions: out.completion_ids, texts, scores, kl });
+        runs.push(PolicyRun { name: name.clone(), completions: out.completion_ids, texts, scores, judged, kl });
     }
 
     let mut report = EvalResults {
@@ -159,6 +170,15 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         best_of_n: None,
         win_rate: None,
         samples: Vec::new(),
+        negated: args.negate,
+        judge: judge.as_ref().map(|j| JudgeResults {
+            judge: j.name(),
+            policies: runs
+                .iter()
+                .filter_map(|run| Some((run.name.clone(), Summary::of(run.judged.as_ref()?))))
+                .collect(),
+            win_rate: None,
+        }),
     };
     if args.best_of > 1 {
         // The first policy's evaluated sample is one of the n, so best-of-n never scores below it
@@ -178,22 +198,7 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         let (a, b) = (&runs[0], &runs[1]);
         let prompt_texts: Vec<String> = prompts.iter().map(|p| tokenizer.decode(p)).collect::<Result<_, _>>()?;
         let (wins, judge) = match args.judge.as_str() {
-            "reward" => (
-                a.scores
-                    .iter()
-                    .zip(&b.scores)
-                    .map(|(x, y)| {
-                        if x > y {
-                            1.0
-                        } else if x < y {
-                            0.0
-                        } else {
-                            0.5
-                        }
-                    })
-                    .collect::<Vec<f64>>(),
-                scorer_name.clone(),
-            ),
+            "reward" => (verdicts(&a.scores, &b.scores, 1.0), scorer_name.clone()),
             command if command.starts_with("command:") => {
                 let program = &command["command:".len()..];
                 let verdicts = (0..prompts.len())
@@ -205,13 +210,25 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         };
         let rate = wins.iter().sum::<f64>() / wins.len() as f64;
         report.win_rate = Some(WinRate { a: a.name.clone(), b: b.name.clone(), a_over_b: rate, judge });
+        if let (Some(results), Some(x), Some(y)) = (report.judge.as_mut(), &a.judged, &b.judged) {
+            // In the objective's direction: with --negate a lower judge score is the better one.
+            let wins = verdicts(x, y, if args.negate { -1.0 } else { 1.0 });
+            let a_over_b = wins.iter().sum::<f64>() / wins.len() as f64;
+            let judge = results.judge.clone();
+            results.win_rate = Some(WinRate { a: a.name.clone(), b: b.name.clone(), a_over_b, judge });
+        }
         report.samples = (0..prompts.len().min(args.samples))
             .map(|i| Sample {
                 prompt: prompt_texts[i].clone(),
                 responses: runs
                     .iter()
                     .map(|run| {
-                        (run.name.clone(), SampleResponse { response: run.texts[i].clone(), reward: run.scores[i] })
+                        let response = SampleResponse {
+                            response: run.texts[i].clone(),
+                            reward: run.scores[i],
+                            judge: run.judged.as_ref().map(|j| j[i]),
+                        };
+                        (run.name.clone(), response)
                     })
                     .collect(),
             })
@@ -223,6 +240,18 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
     }
     println!("{text}");
     Ok(())
+}
+
+/// Per prompt: 1 when `a` scores higher than `b` (times `direction`), 0 when lower, ½ for a tie.
+fn verdicts(a: &[f32], b: &[f32], direction: f32) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| match (direction * x).partial_cmp(&(direction * y)) {
+            Some(std::cmp::Ordering::Greater) => 1.0,
+            Some(std::cmp::Ordering::Less) => 0.0,
+            _ => 0.5,
+        })
+        .collect()
 }
 
 /// Runs an external judge: JSON {"prompt", "a", "b"} on stdin; `a`, `b` or `tie` on stdout.

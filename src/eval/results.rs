@@ -57,6 +57,23 @@ pub struct WinRate {
 pub struct SampleResponse {
     pub response: String,
     pub reward: f32,
+    /// The independent judge's score, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<f32>,
+}
+
+/// An independent judge (`rlhf eval --judge-lexicon`): a scorer that PPO never optimised, run on
+/// the same responses as the reward. Its scores are never negated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgeResults {
+    /// The judge's name.
+    pub judge: String,
+    /// Each policy's judge scores.
+    pub policies: BTreeMap<String, Summary>,
+    /// The first two policies under the judge, in the objective's direction (a lower judge score
+    /// is better when the reward is negated); ties count half.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub win_rate: Option<WinRate>,
 }
 
 /// A prompt and every policy's response (keyed by policy name).
@@ -83,6 +100,11 @@ pub struct EvalResults {
     pub win_rate: Option<WinRate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
+    /// The reward's sign was flipped (`--negate`): the policies were trained to lower the score.
+    #[serde(default)]
+    pub negated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeResults>,
 }
 
 impl EvalResults {
@@ -94,5 +116,64 @@ impl EvalResults {
     /// A policy's mean reward, if it was evaluated.
     pub fn mean_reward(&self, policy: &str) -> Option<f64> {
         self.policies.get(policy).map(|p| p.reward.mean)
+    }
+
+    /// A policy's mean judge score, if there is a judge.
+    pub fn mean_judge(&self, policy: &str) -> Option<f64> {
+        self.judge.as_ref()?.policies.get(policy).map(|s| s.mean)
+    }
+
+    /// Whether `after` looks like reward hacking relative to `before`: its reward (the objective)
+    /// rose, but the independent judge did not move the same way. `None` without a judge.
+    pub fn reward_hacking_suspected(&self, before: &str, after: &str) -> Option<bool> {
+        let reward_gain = self.mean_reward(after)? - self.mean_reward(before)?;
+        let direction = if self.negated { -1.0 } else { 1.0 };
+        let judge_gain = direction * (self.mean_judge(after)? - self.mean_judge(before)?);
+        Some(reward_gain > 0.0 && judge_gain <= 0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results(rewards: [f64; 2], judged: [f64; 2], negated: bool) -> EvalResults {
+        let summary = |mean| Summary { mean, median: mean, std: 0.0 };
+        let policy = |mean| PolicyResults {
+            reward: summary(mean),
+            kl_to_reference: summary(0.0),
+            response_length: summary(1.0),
+        };
+        EvalResults {
+            scorer: "rm".into(),
+            n_prompts: 1,
+            order: vec!["sft".into(), "ppo".into()],
+            policies: [("sft".into(), policy(rewards[0])), ("ppo".into(), policy(rewards[1]))].into(),
+            best_of_n: None,
+            win_rate: None,
+            samples: Vec::new(),
+            negated,
+            judge: Some(JudgeResults {
+                judge: "lexicon".into(),
+                policies: [("sft".into(), summary(judged[0])), ("ppo".into(), summary(judged[1]))].into(),
+                win_rate: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn reward_hacking_is_suspected_when_the_judge_does_not_follow_the_reward() {
+        let suspected =
+            |rewards, judged, negated| results(rewards, judged, negated).reward_hacking_suspected("sft", "ppo");
+        assert_eq!(suspected([0.0, 1.0], [0.1, 0.3], false), Some(false), "both rose");
+        assert_eq!(suspected([0.0, 1.0], [0.1, 0.1], false), Some(true), "the judge stayed put");
+        assert_eq!(suspected([0.0, 1.0], [0.1, -0.2], false), Some(true), "the judge fell");
+        // Negated: the objective rose (the scores are already negated), the raw judge must fall.
+        assert_eq!(suspected([0.0, 1.0], [0.1, -0.2], true), Some(false));
+        assert_eq!(suspected([0.0, 1.0], [0.1, 0.3], true), Some(true));
+        assert_eq!(suspected([1.0, 0.0], [0.1, -0.2], false), Some(false), "no reward gain, nothing to suspect");
+        let mut no_judge = results([0.0, 1.0], [0.0, 0.0], false);
+        no_judge.judge = None;
+        assert_eq!(no_judge.reward_hacking_suspected("sft", "ppo"), None);
     }
 }

@@ -124,6 +124,7 @@ body{{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:24px auto;max-wi
 table{{border-collapse:collapse;margin:8px 0 20px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}\
 th{{background:#f3f3f3}}td.n{{text-align:right;font-variant-numeric:tabular-nums}}img{{max-width:100%;border:1px solid #eee}}\
 pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}}.summary{{font-size:17px;background:#eef6ee;padding:10px 14px;border-radius:6px}}\
+.warn{{background:#fdecea;padding:8px 12px;border-radius:6px}}\
 </style></head><body><h1>{title}</h1>"
     );
 
@@ -150,6 +151,9 @@ pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}}.summary{{fo
         && let (Some(a), Some(b)) = (eval.mean_reward(first), eval.mean_reward(second))
     {
         summary.push(format!("held-out reward {} {a:.3} → {} {b:.3}", escape(first), escape(second)));
+        if let (Some(a), Some(b)) = (eval.mean_judge(first), eval.mean_judge(second)) {
+            summary.push(format!("independent judge {a:.3} → {b:.3}"));
+        }
     }
     if let Some(accuracy) = inputs.reward_model.as_ref().and_then(|(_, results)| results.get("eval/accuracy")) {
         summary.push(format!("reward model test accuracy {:.1}%", accuracy * 100.0));
@@ -197,17 +201,22 @@ pre{{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px}}.summary{{fo
 }
 
 fn eval_section(html: &mut String, eval: &EvalResults) {
+    let negated = if eval.negated { " (negated: the objective)" } else { "" };
     let _ = write!(
         html,
-        "<h2>Before and after: held-out prompts</h2><p>{} prompts, rewards from {}</p><table><tr><th>policy</th>\
-<th>reward mean</th><th>median</th><th>std</th><th>KL to reference</th><th>response length</th></tr>",
+        "<h2>Before and after: held-out prompts</h2><p>{} prompts, rewards from {}{negated}</p><table><tr><th>policy</th>\
+<th>reward mean</th><th>median</th><th>std</th><th>KL to reference</th><th>response length</th>",
         eval.n_prompts,
         escape(&eval.scorer)
     );
+    if let Some(judge) = &eval.judge {
+        let _ = write!(html, "<th>judge mean ({}, never optimised)</th>", escape(&judge.judge));
+    }
+    html.push_str("</tr>");
     for (name, p) in eval.order.iter().filter_map(|name| Some((name, eval.policies.get(name)?))) {
         let _ = write!(
             html,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>",
             escape(name),
             number(p.reward.mean),
             number(p.reward.median),
@@ -215,11 +224,16 @@ fn eval_section(html: &mut String, eval: &EvalResults) {
             number(p.kl_to_reference.mean),
             number(p.response_length.mean),
         );
+        if eval.judge.is_some() {
+            let _ = write!(html, "<td class=\"n\">{}</td>", number(eval.mean_judge(name).unwrap_or(f64::NAN)));
+        }
+        html.push_str("</tr>");
     }
     if let Some(best) = &eval.best_of_n {
+        let judge = if eval.judge.is_some() { "<td>–</td>" } else { "" };
         let _ = write!(
             html,
-            "<tr><td>best-of-{} ({})</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>–</td><td>–</td></tr>",
+            "<tr><td>best-of-{} ({})</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>–</td><td>–</td>{judge}</tr>",
             best.n,
             escape(&best.policy),
             number(best.reward.mean),
@@ -228,6 +242,37 @@ fn eval_section(html: &mut String, eval: &EvalResults) {
         );
     }
     html.push_str("</table>");
+    if let (Some(judge), [before, after, ..]) = (&eval.judge, eval.order.as_slice()) {
+        if let Some(win) = &judge.win_rate {
+            let _ = write!(
+                html,
+                "<p>Judge ({}): win rate of <b>{}</b> over <b>{}</b>: <b>{}</b></p>",
+                escape(&judge.judge),
+                escape(&win.b),
+                escape(&win.a),
+                number(1.0 - win.a_over_b)
+            );
+        }
+        match eval.reward_hacking_suspected(before, after) {
+            Some(true) => {
+                let _ = write!(
+                    html,
+                    "<p class=\"warn\"><b>Reward hacking suspected</b>: {} raised the reward over {} but the independent judge did not follow.</p>",
+                    escape(after),
+                    escape(before)
+                );
+            }
+            Some(false) => {
+                let _ = write!(
+                    html,
+                    "<p>The independent judge moved with the reward from {} to {}.</p>",
+                    escape(before),
+                    escape(after)
+                );
+            }
+            None => {}
+        }
+    }
     if let Some(win) = &eval.win_rate {
         let _ = write!(
             html,
@@ -248,11 +293,12 @@ fn eval_section(html: &mut String, eval: &EvalResults) {
         for sample in &eval.samples {
             let _ = write!(html, "<tr><td>{}</td>", escape(&sample.prompt));
             for name in &eval.order {
-                let (response, reward) = match sample.responses.get(name) {
-                    Some(r) => (r.response.as_str(), number(r.reward as f64)),
-                    None => ("", number(f64::NAN)),
+                let (response, reward, judge) = match sample.responses.get(name) {
+                    Some(r) => (r.response.as_str(), number(r.reward as f64), r.judge),
+                    None => ("", number(f64::NAN), None),
                 };
-                let _ = write!(html, "<td>{}<br><small>reward {reward}</small></td>", escape(response));
+                let judge = judge.map(|j| format!(", judge {}", number(j as f64))).unwrap_or_default();
+                let _ = write!(html, "<td>{}<br><small>reward {reward}{judge}</small></td>", escape(response));
             }
             html.push_str("</tr>");
         }
@@ -290,7 +336,7 @@ mod tests {
             kl_to_reference: summary(0.0),
             response_length: summary(3.0),
         };
-        let response = |text: &str, reward| crate::eval::SampleResponse { response: text.into(), reward };
+        let response = |text: &str, reward| crate::eval::SampleResponse { response: text.into(), reward, judge: None };
         inputs.eval = Some(EvalResults {
             scorer: "rm".into(),
             n_prompts: 2,
@@ -308,6 +354,8 @@ mod tests {
                 responses: [("sft".to_string(), response("meh", -0.5)), ("happy".to_string(), response("great", 1.5))]
                     .into(),
             }],
+            negated: false,
+            judge: None,
         });
         let path = write(dir.path(), &inputs).unwrap();
         let html = std::fs::read_to_string(&path).unwrap();
