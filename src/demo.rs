@@ -3,6 +3,10 @@
 //! corpus → BPE tokenizer → SFT → reward model → distributed PPO (`rlhf run`: learner, reward
 //! server and workers as processes on 127.0.0.1) → eval → report.html
 //!
+//! The corpus is rlhf's procedural reviews, or any labelled text corpus with `--corpus` (e.g.
+//! real IMDb reviews; `deploy/demo-imdb.toml` holds settings chosen for them). With
+//! `--judge-lexicon`, the eval also scores every response with a lexicon PPO never optimised.
+//!
 //! Every stage after the tokenizer runs the same `rlhf` subcommand a user would type, with its
 //! config written next to its output, so the demo doubles as a worked example. A stage whose
 //! directory holds a `.stage` file equal to its settings (and those of the stages it reads) is
@@ -64,24 +68,44 @@ pub struct DemoArgs {
     /// Redo every stage, even finished ones.
     #[arg(long)]
     fresh: bool,
+    /// Resolve and check the settings, print them as TOML, and exit.
+    #[arg(long)]
+    check: bool,
+    /// A labelled text corpus instead of the procedural one: a `{"text","label"}` JSONL, CSV or
+    /// parquet file, a folder with `train.*` (and `test.*`) in those formats, an aclImdb folder,
+    /// or a hub dataset id (`imdb`) when online. Without a test split, `corpus.test_fraction` of
+    /// it is held out.
+    #[arg(long, value_name = "PATH")]
+    corpus: Option<PathBuf>,
+    /// An existing tokenizer (tokenizer.json or a model directory) instead of a BPE trained on
+    /// the corpus.
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    /// An independent judge for the eval: a lexicon (e.g. aclImdb's imdbEr) scoring every
+    /// policy's held-out responses beside the reward model PPO optimised.
+    #[arg(long, value_name = "PATH")]
+    judge_lexicon: Option<PathBuf>,
     #[command(flatten)]
     config: ConfigArgs,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
 
-/// Sizes of the generated corpus.
+/// Sizes of the corpus: reviews generated, or at most this many taken (seeded shuffle) from
+/// `--corpus`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorpusConfig {
     pub train_reviews: usize,
     pub test_reviews: usize,
+    /// With `--corpus` and no test split in it: the fraction held out for testing.
+    pub test_fraction: f64,
     pub seed: u64,
 }
 
 impl Default for CorpusConfig {
     fn default() -> Self {
-        Self { train_reviews: 4000, test_reviews: 400, seed: 0 }
+        Self { train_reviews: 4000, test_reviews: 400, test_fraction: 0.1, seed: 0 }
     }
 }
 
@@ -103,6 +127,16 @@ impl Default for EvalConfig {
     }
 }
 
+/// A GPT-2 shape for the demo's models (`[model]` in the config), instead of a preset.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelShape {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_positions: usize,
+}
+
 /// Every setting of the demo; `--config FILE` and `--set key=value` override these defaults,
 /// e.g. `--set ppo.iterations=60`. The `sft`, `reward` and `ppo` sections are exactly the
 /// configs of `rlhf sft`, `rlhf reward train` and the learner's `[train]`.
@@ -114,6 +148,9 @@ pub struct DemoConfig {
     pub vocab_size: usize,
     /// Model preset for the policy and the reward model (its vocabulary is the tokenizer's).
     pub preset: String,
+    /// A model shape instead of the preset's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelShape>,
     pub sft: SftConfig,
     pub reward: RewardConfig,
     pub ppo: LocalConfig,
@@ -125,6 +162,10 @@ impl DemoConfig {
     pub fn validate(&self) -> Checked {
         at_least_one("corpus.train_reviews", self.corpus.train_reviews)?;
         at_least_one("corpus.test_reviews", self.corpus.test_reviews)?;
+        let fraction = self.corpus.test_fraction;
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(InvalidSetting::new("corpus.test_fraction", "a fraction between 0 and 1", fraction));
+        }
         if self.vocab_size < 260 {
             return Err(InvalidSetting::new(
                 "vocab_size",
@@ -132,7 +173,11 @@ impl DemoConfig {
                 self.vocab_size,
             ));
         }
-        if Gpt2Config::preset(&self.preset).is_err() {
+        if let Some(m) = &self.model {
+            Gpt2Config::new(self.vocab_size, m.n_positions, m.n_embd, m.n_layer, m.n_head)
+                .validate()
+                .map_err(|e| InvalidSetting::new("model", "a valid GPT-2 shape", e))?;
+        } else if Gpt2Config::preset(&self.preset).is_err() {
             return Err(InvalidSetting::new(
                 "preset",
                 &format!("one of {}", rlhf_trainer::model::config::PRESETS.join(", ")),
@@ -191,6 +236,7 @@ impl Default for DemoConfig {
             corpus: CorpusConfig::default(),
             vocab_size: 1024,
             preset: "tiny".into(),
+            model: None,
             sft,
             reward,
             ppo,
@@ -270,6 +316,103 @@ fn rlhf(args: &[String], stdout: Stdio) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `--corpus` reads from: a training split and, if the corpus has one, a test split.
+#[derive(Debug, Clone, Serialize)]
+struct CorpusSource {
+    train: PathBuf,
+    test: Option<PathBuf>,
+    /// Size and modification time of each, so that a changed corpus redoes the stages.
+    identity: Vec<String>,
+}
+
+impl CorpusSource {
+    /// `arg` as a file, a folder with `train.*`/`test.*` (JSONL, CSV or parquet) or `train/` and
+    /// `test/` in the aclImdb layout, an aclImdb folder of one split, or a hub dataset id.
+    fn find(arg: &Path) -> anyhow::Result<Self> {
+        let split_in = |dir: &Path, split: &str| -> Option<PathBuf> {
+            let candidates = ["jsonl", "csv", "parquet"].map(|ext| dir.join(format!("{split}.{ext}")));
+            candidates.into_iter().find(|p| p.is_file()).or_else(|| {
+                let folder = dir.join(split);
+                (folder.join("pos").is_dir() && folder.join("neg").is_dir()).then_some(folder)
+            })
+        };
+        let (train, test) = if arg.is_file() {
+            (arg.to_path_buf(), None)
+        } else if arg.is_dir() {
+            match split_in(arg, "train") {
+                Some(train) => (train, split_in(arg, "test")),
+                None if arg.join("pos").is_dir() && arg.join("neg").is_dir() => (arg.to_path_buf(), None),
+                None => bail!(
+                    "--corpus {}: expected train.jsonl, train.csv or train.parquet (and test.*), or an aclImdb \
+                     folder (train/ and test/ with pos/ and neg/)",
+                    arg.display()
+                ),
+            }
+        } else {
+            // Not a local path: a hub dataset id (which fails at once, naming the path, when the
+            // argument looks like a path).
+            let train =
+                crate::models::data_path(arg, "train").with_context(|| format!("--corpus {}", arg.display()))?;
+            (train, crate::models::data_path(arg, "test").ok())
+        };
+        let identity = std::iter::once(&train).chain(&test).map(|p| file_identity(p)).collect::<anyhow::Result<_>>()?;
+        Ok(Self { train, test, identity })
+    }
+
+    /// The training and test reviews: at most `config.train_reviews` and `config.test_reviews`
+    /// of each, after a seeded shuffle; without a test split, `config.test_fraction` of the
+    /// training split is held out. Both splits must hold both labels.
+    fn load(&self, config: &CorpusConfig) -> anyhow::Result<(Vec<TextExample>, Vec<TextExample>)> {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let read = |path: &Path| -> anyhow::Result<Vec<TextExample>> {
+            let rows = rlhf_trainer::data::load_text(path, rlhf_trainer::data::OnMalformed::Error)?.rows;
+            anyhow::ensure!(!rows.is_empty(), "--corpus {}: no reviews", path.display());
+            Ok(rows)
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+        let mut train = read(&self.train)?;
+        train.shuffle(&mut rng);
+        let mut test = match &self.test {
+            Some(path) => {
+                let mut test = read(path)?;
+                test.shuffle(&mut rng);
+                test
+            }
+            None => {
+                let held_out = ((train.len() as f64) * config.test_fraction).round().max(1.0) as usize;
+                anyhow::ensure!(
+                    held_out < train.len(),
+                    "--corpus {}: {} reviews are too few to hold out {held_out} for testing",
+                    self.train.display(),
+                    train.len()
+                );
+                train.split_off(train.len() - held_out)
+            }
+        };
+        train.truncate(config.train_reviews);
+        test.truncate(config.test_reviews);
+        for (split, rows) in [("training", &train), ("test", &test)] {
+            for label in [0, 1] {
+                anyhow::ensure!(
+                    rows.iter().any(|r| r.label == label),
+                    "--corpus {}: the {split} reviews have no label {label}; the reward model needs positive (1) and \
+                     negative (0) reviews",
+                    self.train.display()
+                );
+            }
+        }
+        Ok((train, test))
+    }
+}
+
+/// A file or folder as `path:bytes:modified`, for a stage's fingerprint.
+fn file_identity(path: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    Ok(format!("{}:{}:{}", path.display(), meta.len(), modified.map_or(0, |d| d.as_nanos())))
+}
+
 fn path(p: &Path) -> String {
     p.display().to_string()
 }
@@ -285,6 +428,10 @@ fn write_jsonl(path: &Path, rows: &[TextExample]) -> anyhow::Result<()> {
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let demo: DemoConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
+    if args.check {
+        print!("{}", toml::to_string_pretty(&demo)?);
+        return Ok(());
+    }
     anyhow::ensure!(
         demo.corpus.train_reviews >= 20 && demo.corpus.test_reviews >= 10,
         "corpus: need at least 20 train and 10 test reviews"
@@ -303,22 +450,45 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let target = args.target.name();
     eprintln!("rlhf demo: target {target}, {} workers, output in {}", args.workers, out.display());
 
-    // 1. The corpus: seeded procedural reviews with sentiment labels.
-    let corpus = Stage::new(out.join("corpus"), &demo.corpus, &[])?;
+    // 1. The corpus: seeded procedural reviews with sentiment labels, or `--corpus`.
+    let source = args.corpus.as_deref().map(CorpusSource::find).transpose()?;
+    let corpus = Stage::new(out.join("corpus"), &(&demo.corpus, &source), &[])?;
     corpus.run(1, "corpus", args.fresh, |dir| {
-        let reviews = generate_reviews(demo.corpus.train_reviews + demo.corpus.test_reviews, demo.corpus.seed);
-        let (train, test) = reviews.split_at(demo.corpus.train_reviews);
-        write_jsonl(&dir.join("train.jsonl"), train)?;
-        write_jsonl(&dir.join("test.jsonl"), test)?;
-        eprintln!("  {} train and {} test reviews, half positive", train.len(), test.len());
+        let (train, test) = match &source {
+            Some(source) => source.load(&demo.corpus)?,
+            None => {
+                let mut reviews =
+                    generate_reviews(demo.corpus.train_reviews + demo.corpus.test_reviews, demo.corpus.seed);
+                let test = reviews.split_off(demo.corpus.train_reviews);
+                (reviews, test)
+            }
+        };
+        write_jsonl(&dir.join("train.jsonl"), &train)?;
+        write_jsonl(&dir.join("test.jsonl"), &test)?;
+        let positive = |rows: &[TextExample]| rows.iter().filter(|r| r.label == 1).count();
+        eprintln!(
+            "  {} train ({} positive) and {} test reviews ({} positive)",
+            train.len(),
+            positive(&train),
+            test.len(),
+            positive(&test)
+        );
         Ok(())
     })?;
     let train_data = corpus.dir.join("train.jsonl");
     let test_data = corpus.dir.join("test.jsonl");
 
-    // 2. A byte-level BPE trained on the training reviews.
-    let tokenizer = Stage::new(out.join("tokenizer"), &demo.vocab_size, &[&corpus])?;
+    // 2. A byte-level BPE trained on the training reviews, or `--tokenizer`.
+    let given_tokenizer = args.tokenizer.as_deref().map(file_identity).transpose()?;
+    let tokenizer = Stage::new(out.join("tokenizer"), &(&demo.vocab_size, &given_tokenizer), &[&corpus])?;
     tokenizer.run(2, "tokenizer", args.fresh, |dir| {
+        if let Some(path) = &args.tokenizer {
+            let given =
+                rlhf_trainer::Tokenizer::load(path).with_context(|| format!("--tokenizer {}", path.display()))?;
+            given.save_hf(dir)?;
+            eprintln!("  {} ({} tokens)", path.display(), given.vocab_size());
+            return Ok(());
+        }
         let texts: Vec<String> = rlhf_trainer::data::load_text(&train_data, rlhf_trainer::data::OnMalformed::Error)?
             .rows
             .into_iter()
@@ -331,13 +501,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     })?;
 
     // 3. SFT of a fresh tiny GPT-2 on the reviews.
-    let sft = Stage::new(out.join("sft"), &(&demo.preset, &demo.sft), &[&tokenizer])?;
+    let sft = Stage::new(out.join("sft"), &(&demo.preset, &demo.model, &demo.sft), &[&tokenizer])?;
     sft.run(3, "supervised fine-tuning", args.fresh, |dir| {
         let config_file = configs.join("sft.toml");
         config::write(&demo.sft, &config_file)?;
+        // A preset, or the `[model]` shape as a config.json (the vocabulary follows the tokenizer).
+        let init = match &demo.model {
+            None => demo.preset.clone(),
+            Some(m) => {
+                let shape = configs.join("model.json");
+                Gpt2Config::new(demo.vocab_size, m.n_positions, m.n_embd, m.n_layer, m.n_head)
+                    .save(&shape, "GPT2LMHeadModel")?;
+                path(&shape)
+            }
+        };
         #[rustfmt::skip]
         let command = [
-            "sft", "--init", &demo.preset, "--tokenizer", &path(&tokenizer.dir.join("tokenizer.json")),
+            "sft", "--init", &init, "--tokenizer", &path(&tokenizer.dir.join("tokenizer.json")),
             "--data", &path(&train_data), "--eval-data", &path(&test_data),
             "--config", &path(&config_file), "--out", &path(dir), "--device", &device,
         ];
@@ -384,7 +564,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     })?;
 
     // 6. Evaluation on held-out prompts, and the report.
-    let eval = Stage::new(out.join(format!("eval-{target}")), &demo.eval, &[&ppo])?;
+    let judge = args.judge_lexicon.as_deref().map(file_identity).transpose()?;
+    let eval = Stage::new(out.join(format!("eval-{target}")), &(&demo.eval, &judge), &[&ppo])?;
     eval.run(6, "evaluation and report", args.fresh, |dir| {
         let e = &demo.eval;
         let mut command: Vec<String> = [
@@ -397,8 +578,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             &path(&sft.dir),
             "--prompts",
             &path(&test_data),
+            // Held-out prompts are cut as the training prompts are.
             "--min-chars",
-            "0",
+            &demo.ppo.prompts.min_chars.to_string(),
             "--reward-model",
             &path(&reward.dir),
             "--n-prompts",
@@ -420,6 +602,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .to_vec();
         if args.target == Target::Negative {
             command.push("--negate".into());
+        }
+        if let Some(lexicon) = &args.judge_lexicon {
+            command.extend(["--judge-lexicon".to_string(), path(lexicon)]);
         }
         rlhf(&command, Stdio::null())
     })?;
@@ -447,6 +632,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("  best-of-{} from sft: {best:.3}", demo.eval.best_of);
     }
     println!("  KL({target} ‖ sft) {kl:.2} nats per response; reward model test accuracy {:.1}%", accuracy * 100.0);
+    if let (Some(judge), Some(before), Some(after)) =
+        (&eval_json.judge, eval_json.mean_judge("sft"), eval_json.mean_judge(target))
+    {
+        let win = judge.win_rate.as_ref().map_or(f64::NAN, |w| 1.0 - w.a_over_b);
+        println!(
+            "  independent judge ({}): sft {before:.3} → {target} {after:.3}; judge win rate {win:.2}",
+            judge.judge
+        );
+        if eval_json.reward_hacking_suspected("sft", target) == Some(true) {
+            println!("  reward hacking suspected: the reward rose but the judge did not follow");
+        }
+    }
     println!("  report: {}", report_path.display());
     Ok(())
 }

@@ -13,9 +13,9 @@ pub struct ModelSource {
     /// Start from this model directory or hub id.
     #[arg(long, conflicts_with = "init")]
     pub model: Option<String>,
-    /// Start from random weights with this preset (tiny, nano, distilgpt2, gpt2, ...); its
-    /// vocabulary is sized to the tokenizer.
-    #[arg(long)]
+    /// Start from random weights with this preset (tiny, nano, distilgpt2, gpt2, ...) or the
+    /// shape in a GPT-2 `config.json`; its vocabulary is sized to the tokenizer.
+    #[arg(long, value_name = "PRESET|CONFIG.json")]
     pub init: Option<String>,
     /// Tokenizer file or directory (default: the model directory's).
     #[arg(long)]
@@ -42,7 +42,11 @@ impl ModelSource {
                 let path =
                     self.tokenizer.as_deref().context("--init needs --tokenizer (a tokenizer.json or a directory)")?;
                 let tokenizer = Tokenizer::load(path)?;
-                let mut config = Gpt2Config::preset(preset)?;
+                let mut config = if preset.ends_with(".json") {
+                    Gpt2Config::load(std::path::Path::new(preset)).with_context(|| format!("--init {preset}"))?
+                } else {
+                    Gpt2Config::preset(preset)?
+                };
                 config.vocab_size = tokenizer.vocab_size();
                 config.eos_token_id = Some(tokenizer.eos_id());
                 config.bos_token_id = Some(tokenizer.eos_id());

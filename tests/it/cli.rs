@@ -229,6 +229,7 @@ fn every_deploy_config_loads() {
             let (role, expect) = match name {
                 "worker" => ("worker", "patience_s"),
                 "reward-server" => ("reward-server", "max_batch"),
+                name if name.starts_with("demo") => ("demo", "[ppo.prompts]"),
                 _ => ("learner", "[train.ppo]"),
             };
             let stdout = rlhf_ok(&[role, "--config", path_str(&path), "--check"]);

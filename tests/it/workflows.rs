@@ -96,6 +96,68 @@ fn the_demo_runs_every_stage_writes_a_report_and_reuses_finished_stages() {
 }
 
 #[test]
+fn the_demo_runs_on_a_labelled_corpus_with_an_independent_judge() {
+    // The committed slice of real IMDb reviews (train.jsonl and test.jsonl in one folder) and the
+    // aclImdb lexicon as a judge PPO never saw; prompts are the first tokens of long reviews.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let corpus = assets().join("imdb-sentiment");
+    let lexicon = assets().join("imdb-lexicon");
+    #[rustfmt::skip]
+    let extra = [
+        "--corpus", path_str(&corpus), "--judge-lexicon", path_str(&lexicon), "--workers", "1",
+        "--set", "ppo.prompts={min_chars=200,min_tokens=2,max_tokens=8,seed=0,whole=false}",
+        "--set", "corpus.test_reviews=40",
+    ];
+    let (stdout, stderr) = demo(&out, &extra);
+    for stage in 1..=6 {
+        assert!(stderr.contains(&format!("[{stage}/6]")), "{stderr}");
+    }
+    // At most corpus.train_reviews (240) of the slice's 350, and 40 of its 300 test reviews.
+    let rows = |split: &str| std::fs::read_to_string(out.join(format!("corpus/{split}.jsonl"))).unwrap();
+    assert_eq!((rows("train").lines().count(), rows("test").lines().count()), (240, 40));
+    let source = rows_of(&corpus.join("test.jsonl"));
+    assert!(rows("test").lines().all(|l| source.contains(l)), "the test reviews come from the test split");
+    assert!(stdout.contains("independent judge (lexicon:"), "{stdout}");
+    let eval = read_json(&out.join("eval-positive/eval.json"));
+    for policy in ["sft", "positive"] {
+        assert!(eval["judge"]["policies"][policy]["mean"].is_number(), "{}", eval["judge"]);
+        assert!(eval["samples"][0][policy]["judge"].is_number(), "{}", eval["samples"][0]);
+    }
+    let win = eval["judge"]["win_rate"]["a_over_b"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&win));
+    let report = std::fs::read_to_string(out.join("ppo-positive/report.html")).unwrap();
+    for needle in ["<th>reward mean</th>", "<th>judge mean (lexicon:", "never optimised", "Judge (lexicon:"] {
+        assert!(report.contains(needle), "the report lacks {needle:?}");
+    }
+    assert!(
+        report.contains("Reward hacking suspected") || report.contains("The independent judge moved with the reward")
+    );
+
+    // A misnamed corpus and an unlabelled one are refused by name, before any stage runs.
+    let missing = tmp.path().join("no-such-corpus.jsonl");
+    let err = rlhf_err(&["demo", "--out", path_str(&tmp.path().join("x")), "--corpus", path_str(&missing)]);
+    assert!(err.contains("--corpus") && err.contains("no-such-corpus.jsonl"), "{err}");
+    let unlabelled = tmp.path().join("unlabelled.jsonl");
+    std::fs::write(&unlabelled, "{\"text\": \"a fine film, and long enough to be a review of its own\"}\n").unwrap();
+    let err = rlhf_err(&["demo", "--out", path_str(&tmp.path().join("y")), "--corpus", path_str(&unlabelled)]);
+    assert!(err.contains("unlabelled.jsonl:1: label"), "{err}");
+    assert!(!tmp.path().join("y/tokenizer").exists(), "no stage after the corpus ran");
+}
+
+fn rows_of(path: &Path) -> String {
+    // The corpus stage rewrites rows as {"text","label"}: compare on that form.
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            serde_json::json!({"text": v["text"], "label": v["label"]}).to_string() + "\n"
+        })
+        .collect()
+}
+
+#[test]
 fn the_demo_rejects_unknown_settings_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let stderr = rlhf_err(&["demo", "--out", path_str(tmp.path()), "--set", "ppo.iteratons=3"]);
