@@ -79,6 +79,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Learner, reward server and N workers as child processes on 127.0.0.1.
     Run(runtime::RunArgs),
+    /// Probe a role's gRPC health service: exit 0 when it is SERVING (for healthchecks and probes).
+    Health(runtime::HealthArgs),
     /// Numerical parity with transformers and TRL on the committed fixtures, on any device.
     Parity(parity::ParityArgs),
     /// Benchmarks that print tables (numbers are measured, never asserted).
@@ -113,6 +115,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => runtime::worker(args),
         Command::RewardServer(args) => runtime::reward_server(args),
         Command::Run(args) => runtime::run(args),
+        Command::Health(args) => runtime::health(args),
         Command::Parity(args) => parity::run(args),
         Command::Bench(command) => bench::run(command),
     }

@@ -69,6 +69,9 @@ pub struct LearnerConfig {
     pub prompts: PathBuf,
     /// Run directory: metrics.jsonl, the resolved config, the trained policy.
     pub out: PathBuf,
+    /// Address the learner serves on (`--listen` overrides it; default 127.0.0.1:0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
     pub reward: RewardSource,
     pub train: LocalConfig,
     pub runtime: RuntimeConfig,

@@ -121,6 +121,13 @@ impl RunDir {
         })
     }
 
+    /// Whether the run in this directory ended having trained `prompts` prompts (its final
+    /// accounting, written last, says so): `--resume auto` then has nothing to do.
+    pub fn finished(&self, prompts: usize) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.out.join(ACCOUNTING_FILE)) else { return false };
+        serde_json::from_str::<Accounting>(&text).is_ok_and(|a| a.prompts_accounted >= prompts)
+    }
+
     /// Writes the whole run's accounting beside the trained policy.
     pub fn write_accounting(&self, totals: &Accounting) -> Result<(), CheckpointError> {
         write_accounting(&self.out.join(ACCOUNTING_FILE), totals)

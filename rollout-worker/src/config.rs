@@ -14,7 +14,8 @@ pub struct WorkerConfig {
     pub learner: String,
     /// Reward server addresses; requests go round robin, and a failing server is skipped for a while (failover).
     pub reward: Vec<String>,
-    /// A name for logs (default: worker-<pid>).
+    /// A name for logs and lineage (default: `HOSTNAME:pid`, unique across containers, where
+    /// every pid is 1).
     pub name: Option<String>,
     /// Seconds without progress (a peer unreachable, failing or refusing) before the worker gives up.
     pub patience_s: f64,
@@ -49,13 +50,13 @@ impl WorkerConfig {
         finite_positive("timeout_s", self.timeout_s)
     }
 
-    /// What [`crate::run`] takes: addresses as URLs, durations, and a name (`worker-<pid>` if
+    /// What [`crate::run`] takes: addresses as URLs, durations, and a name ([`default_name`] if
     /// unset).
     pub fn options(&self) -> WorkerOptions {
         WorkerOptions {
             learner: url(&self.learner),
             rewards: self.reward.iter().map(|r| url(r)).collect(),
-            name: self.name.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
+            name: self.name.clone().unwrap_or_else(default_name),
             timeout: Duration::from_secs_f64(self.timeout_s),
             patience: Duration::from_secs_f64(self.patience_s),
             hold_lease: Duration::from_millis(self.hold_lease_ms),
@@ -68,6 +69,19 @@ rlhf_trainer::impl_validate!(WorkerConfig);
 /// `host:port` as an `http://` URL; a URL is kept as it is.
 pub fn url(addr: &str) -> String {
     if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+}
+
+/// `HOSTNAME:pid`: the host name from `$HOSTNAME` (containers set it to the container's name)
+/// or the kernel's, so workers in containers, where every pid is 1, still get unique names.
+pub fn default_name() -> String {
+    let from_kernel = || std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(from_kernel)
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}:{}", std::process::id())
 }
 
 #[cfg(test)]
@@ -93,7 +107,8 @@ mod tests {
             ("w1", Duration::from_millis(2500), Duration::from_millis(40))
         );
         let unnamed = WorkerConfig { name: None, ..config.clone() }.options();
-        assert_eq!(unnamed.name, format!("worker-{}", std::process::id()));
+        let (host, pid) = unnamed.name.rsplit_once(':').expect("HOSTNAME:pid");
+        assert!(!host.is_empty() && pid == std::process::id().to_string(), "{}", unnamed.name);
     }
 
     #[test]

@@ -29,20 +29,33 @@ pub struct LearnerArgs {
     /// Resolve and check the config, print it as TOML, and exit.
     #[arg(long)]
     check: bool,
-    /// Continue from the newest checkpoint in `out/checkpoints/`.
-    #[arg(long, conflicts_with = "overwrite")]
-    resume: bool,
+    /// Continue from the newest checkpoint in `out/checkpoints/`: `--resume` fails when there is
+    /// none; `--resume auto` then starts afresh, so one command line serves the first start and
+    /// every restart (and a finished run exits 0 at once).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "required", conflicts_with = "overwrite")]
+    resume: Option<Resume>,
     /// Clear `out` first if it already holds a run (otherwise such a directory is refused).
     #[arg(long)]
     overwrite: bool,
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
+    /// Address to serve on (default: `listen` in the config, else 127.0.0.1:0).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
 
+/// `--resume`'s modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resume {
+    /// Resume from the newest checkpoint; fail if there is none.
+    Required,
+    /// Resume from the newest checkpoint if there is one, otherwise start afresh.
+    Auto,
+}
+
 pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
     let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
+    let listen = args.listen.or(learner_config.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
     // The policy's context, when the model is a local directory (else checked once loaded).
     let config_json = std::path::Path::new(&learner_config.model).join("config.json");
     if config_json.is_file() {
@@ -56,11 +69,25 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&learner_config)?);
         return Ok(());
     }
+    let run = RunDir::new(&learner_config.out);
+    let (resume, overwrite) = match args.resume {
+        None => (false, args.overwrite),
+        Some(Resume::Required) => (true, false),
+        Some(Resume::Auto) if run.finished(learner_config.train.iterations * learner_config.train.batch_size) => {
+            // The run ended (its final accounting is written last): nothing to do, and nothing
+            // to restart.
+            tracing::info!(out = %learner_config.out.display(), "the run is already finished");
+            return Ok(());
+        }
+        // Nothing to resume: whatever an attempt cut short before its first checkpoint left
+        // behind is cleared.
+        Some(Resume::Auto) => (run.latest_checkpoint().is_some(), run.latest_checkpoint().is_none()),
+    };
     with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(
         learner_config,
-        args.listen,
-        args.resume,
-        args.overwrite,
+        listen,
+        resume,
+        overwrite,
         device
     ))
 }

@@ -5,6 +5,7 @@
 //! Every server takes `--listen HOST:PORT` (port 0 allowed) and prints the bound address alone on
 //! its first line of stdout, so scripts and tests can read it.
 
+mod health;
 mod learner;
 mod reward_server;
 mod run;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use toml::Value;
 
+pub use health::{HealthArgs, health};
 pub use learner::{LearnerArgs, learner};
 pub use reward_server::{RewardServerArgs, reward_server};
 pub(crate) use run::rlhf_command;

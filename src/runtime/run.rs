@@ -19,9 +19,9 @@ pub struct RunArgs {
     /// Rollout workers to start.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Continue the learner from its newest checkpoint.
-    #[arg(long, conflicts_with = "overwrite")]
-    resume: bool,
+    /// Continue the learner from its newest checkpoint (`--resume auto`: if there is one).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "required", conflicts_with = "overwrite")]
+    resume: Option<super::learner::Resume>,
     /// Clear the learner's `out` first if it already holds a run.
     #[arg(long)]
     overwrite: bool,
@@ -133,16 +133,26 @@ fn spawn_server(name: &str, args: &[String]) -> anyhow::Result<(ChildGuard, Stri
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
+    let prompts = learner_config.train.iterations * learner_config.train.batch_size;
+    let finished = rlhf_actors::run_dir::RunDir::new(&learner_config.out).finished(prompts);
+    if args.resume == Some(super::learner::Resume::Auto) && finished {
+        tracing::info!(out = %learner_config.out.display(), "the run is already finished");
+        return Ok(());
+    }
     let device = args.device.to_string();
-    let mut learner_args = vec!["learner".to_string(), "--device".into(), device.clone()];
+    // Children talk on 127.0.0.1, whatever `listen` the config sets for a cluster.
+    let mut learner_args =
+        vec!["learner".to_string(), "--device".into(), device.clone(), "--listen".into(), "127.0.0.1:0".into()];
     if let Some(file) = &args.config.config {
         learner_args.extend(["--config".into(), file.display().to_string()]);
     }
     for set in &args.config.sets {
         learner_args.extend(["--set".into(), set.clone()]);
     }
-    if args.resume {
-        learner_args.push("--resume".into());
+    match args.resume {
+        Some(super::learner::Resume::Required) => learner_args.push("--resume".into()),
+        Some(super::learner::Resume::Auto) => learner_args.extend(["--resume".into(), "auto".into()]),
+        None => {}
     }
     if args.overwrite {
         learner_args.push("--overwrite".into());

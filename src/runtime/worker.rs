@@ -22,7 +22,7 @@ pub struct WorkerArgs {
     /// Reward server addresses, comma separated; requests go round robin, failing over to the next.
     #[arg(long, value_delimiter = ',')]
     reward: Vec<String>,
-    /// A name for logs (default: worker-<pid>).
+    /// A name for logs and lineage (default: HOSTNAME:pid).
     #[arg(long)]
     name: Option<String>,
     /// Seconds without progress (a peer unreachable, failing or refusing) before the worker gives up.

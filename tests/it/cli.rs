@@ -240,6 +240,9 @@ fn every_deploy_config_loads() {
     let learner = super::root().join("deploy/learner.toml");
     let err = rlhf_err(&["learner", "--config", path_str(&learner), "--set", "train.ppo.temperature=0.7", "--check"]);
     assert!(err.contains("temperature"), "{err}");
+    // The learner's address can live in its config (`--listen` overrides it).
+    let stdout = rlhf_ok(&["learner", "--config", path_str(&learner), "--set", "listen=\"0.0.0.0:7000\"", "--check"]);
+    assert!(stdout.contains("listen = \"0.0.0.0:7000\""), "{stdout}");
     // A separate critic starts from the reward model, so it needs one that reads the policy's tokens.
     let critic = ["--set", "train.critic=reward-model"];
     let stdout = rlhf_ok(&["learner", "--config", path_str(&learner), critic[0], critic[1], "--check"]);

@@ -311,3 +311,38 @@ fn children_die_with_a_killed_rlhf_run() {
     run.wait(Duration::from_secs(10));
     wait_for("every orphan to exit", Duration::from_secs(30), &[&run], || children.iter().all(|&c| !alive(c)));
 }
+
+#[test]
+fn resume_auto_starts_afresh_resumes_and_leaves_a_finished_run_alone() {
+    // One command line for the first start and every restart (what a restart policy reruns).
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 2, 8, 0, "checkpoint_every = 1\n");
+    let out = tmp.path().join("out");
+    // What an attempt cut short before its first checkpoint leaves behind is cleared.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("metrics.jsonl"), "{\"step\": 1, \"stale\": true}\n").unwrap();
+    let auto = ["--resume", "auto"];
+    run_to_end(tmp.path(), "first", &config, "1", &auto);
+    assert_eq!(lines(&out.join("metrics.jsonl")).len(), 2);
+    assert!(lines(&out.join("metrics.jsonl")).iter().all(|m| m["stale"].is_null()), "the stale record was kept");
+    // A finished run: nothing to do, exit 0, nothing written.
+    let before = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let again = run_to_end(tmp.path(), "again", &config, "1", &auto);
+    assert!(again.log().contains("the run is already finished"), "{}", again.log());
+    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap(), before);
+    let learner = crate::rlhf_ok(&["learner", "--config", path_str(&config), "--resume", "auto"]);
+    assert!(learner.is_empty(), "a finished learner serves nothing: {learner}");
+    // More iterations: it resumes from the newest checkpoint.
+    let more = run_to_end(tmp.path(), "more", &config, "1", &["--resume", "auto", "--set", "train.iterations=3"]);
+    assert!(more.log().contains("resuming"), "{}", more.log());
+    assert_eq!(lines(&out.join("metrics.jsonl")).len(), 3);
+    // Plain --resume still needs a checkpoint.
+    let fresh = tmp.path().join("fresh.toml");
+    std::fs::write(
+        &fresh,
+        std::fs::read_to_string(&config).unwrap().replace(path_str(&out), path_str(&tmp.path().join("empty"))),
+    )
+    .unwrap();
+    let err = crate::rlhf_err(&["learner", "--config", path_str(&fresh), "--resume"]);
+    assert!(err.contains("no checkpoint"), "{err}");
+}

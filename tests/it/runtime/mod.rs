@@ -295,6 +295,19 @@ fn assert_same_metrics(distributed: &Path, local: &Path) {
 }
 
 #[test]
+fn rlhf_health_probes_a_role_s_health_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reward, addr) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
+    assert_eq!(super::rlhf_ok(&["health", &addr]).trim(), "SERVING");
+    assert_eq!(super::rlhf_ok(&["health", &addr, "--service", "rlhf.v1.RewardModel"]).trim(), "SERVING");
+    // Asked about a service it does not serve, or with nothing listening: non-zero, with the reason.
+    let err = super::rlhf_err(&["health", &addr, "--service", "rlhf.v1.Learner"]);
+    assert!(err.contains(&addr) && err.contains("health check failed"), "{err}");
+    let err = super::rlhf_err(&["health", "127.0.0.1:1", "--timeout-s", "2"]);
+    assert!(err.contains("127.0.0.1:1") && err.contains("cannot connect"), "{err}");
+}
+
+#[test]
 fn bf16_weights_on_the_wire_halve_the_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let mut bytes = Vec::new();
