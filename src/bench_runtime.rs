@@ -44,7 +44,7 @@ async fn start_learner(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {
-        if let Err(e) = rlhf_actors::serve(args, listener).await {
+        if let Err(e) = rlhf_actors::serve(args, listener, std::future::pending()).await {
             tracing::error!(error = %e, "learner stopped");
         }
     });

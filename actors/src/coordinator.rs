@@ -45,6 +45,7 @@ use ledger::{Ledger, UpdateTiming};
 /// Registered names of the children the gRPC service talks to.
 pub const MEMBERSHIP: &str = "membership";
 pub const PUBLISHER: &str = "publisher";
+pub const PPO_LEARNER: &str = "ppo-learner";
 
 /// Messages the coordinator handles. RPC handlers send one per call and await the reply;
 /// children's events arrive wrapped in `Membership` and `Learner`.
@@ -192,9 +193,10 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
             on_done: args.on_done,
             on_checkpoint: args.on_checkpoint,
             checkpoint_every: runtime.checkpoint_every,
+            start_version,
         };
         let (learner, _) =
-            Actor::spawn_linked(Some("ppo-learner".into()), PpoLearner::<B>::default(), learner_args, cell).await?;
+            Actor::spawn_linked(Some(PPO_LEARNER.into()), PpoLearner::<B>::default(), learner_args, cell).await?;
         myself.send_interval(Duration::from_millis(200), || CoordinatorMsg::Tick);
         Ok(State {
             ledger: Ledger::new(args.config, limits, args.prompts, start_version, args.prior),

@@ -57,6 +57,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub async fn serve<B: AutodiffKernels>(
     mut args: CoordinatorArgs<B>,
     listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let grace = Duration::from_millis(args.config.runtime.heartbeat_interval_ms * 3);
     let (finished, finished_rx) = tokio::sync::oneshot::channel::<()>();
@@ -83,6 +84,7 @@ pub async fn serve<B: AutodiffKernels>(
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut completed = false;
+    let mut stopped = None;
     let shutdown = async {
         tokio::select! {
             result = finished_rx => {
@@ -92,6 +94,8 @@ pub async fn serve<B: AutodiffKernels>(
             }
             // The coordinator stopped on its own: a failure (its supervision policy logs why).
             _ = &mut handle => {}
+            // SIGTERM (a node drain, a Slurm time limit, `docker stop`): keep what was trained.
+            _ = stop => stopped = Some(checkpoint_before_stopping::<B>().await),
         }
     };
     // Larger HTTP/2 windows let a weight stream approach loopback speed (see the bench).
@@ -106,8 +110,27 @@ pub async fn serve<B: AutodiffKernels>(
     if !handle.is_finished() {
         let _ = handle.await;
     }
-    if !completed {
-        return Err("the learner stopped before the run ended (see the log)".into());
+    match stopped {
+        Some(result) => result,
+        None if completed => Ok(()),
+        None => Err("the learner stopped before the run ended (see the log)".into()),
+    }
+}
+
+/// Asks the PPO learner to finish its running update and checkpoint the newest version.
+async fn checkpoint_before_stopping<B: AutodiffKernels>() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing::info!("stop requested: finishing the running update, then writing a checkpoint");
+    let cell = ractor::registry::where_is(coordinator::PPO_LEARNER).ok_or("the PPO learner is gone")?;
+    let learner: ractor::ActorRef<ppo_learner::PpoLearnerMsg<B>> = cell.into();
+    match ractor::call!(learner, ppo_learner::PpoLearnerMsg::Stop)? {
+        Ok(Some(version)) => {
+            tracing::info!(
+                policy_version = version,
+                "stopped with a checkpoint; restart with --resume (or --resume auto)"
+            )
+        }
+        Ok(None) => tracing::info!("stopped; the newest version was checkpointed already"),
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use rlhf_trainer::AutodiffKernels;
 use rlhf_trainer::error::{CheckpointError, TrainError};
 use rlhf_trainer::model::wire::WireDtype;
@@ -26,7 +26,14 @@ pub enum PpoLearnerMsg<B: AutodiffKernels> {
     StepDone { trainer: Box<PpoTrainer<B>>, updated: Updated },
     /// The run is over: hand the trainer and the run's final totals to `on_done`.
     EndRun(Accounting),
+    /// The process was asked to stop (SIGTERM): finish the update that is running, if any, start
+    /// no other, and checkpoint the newest version unless it is checkpointed already. Replies
+    /// with the version written (`None`: nothing new to write).
+    Stop(StopReply),
 }
+
+/// Where [`PpoLearnerMsg::Stop`] answers: the version checkpointed, if any, or why it failed.
+pub type StopReply = RpcReplyPort<Result<Option<u64>, String>>;
 
 /// What the PPO learner tells its parent.
 pub enum LearnerEvent {
@@ -53,6 +60,8 @@ pub struct PpoLearnerArgs<B: AutodiffKernels> {
     pub on_checkpoint: Checkpointer<B>,
     /// Checkpoint every this many versions (0: never).
     pub checkpoint_every: u64,
+    /// The version the run starts from (a resumed run's checkpoint).
+    pub start_version: u64,
 }
 
 /// Called once with the trained trainer and the run's totals when the run is over.
@@ -72,6 +81,13 @@ pub struct PpoLearnerState<B: AutodiffKernels> {
     checkpoint_every: u64,
     /// The run's totals up to the version being trained, for its checkpoint.
     totals: Accounting,
+    /// The newest version trained (or the one the run started from).
+    version: u64,
+    /// The newest version with a checkpoint on disk.
+    checkpointed: u64,
+    /// Set by [`PpoLearnerMsg::Stop`]: no update starts any more; the reply waits for the one
+    /// that is running.
+    stopping: Option<Option<StopReply>>,
 }
 
 pub struct PpoLearner<B>(std::marker::PhantomData<fn() -> B>);
@@ -101,6 +117,9 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
             on_checkpoint: args.on_checkpoint,
             checkpoint_every: args.checkpoint_every,
             totals: Accounting::default(),
+            version: args.start_version,
+            checkpointed: args.start_version,
+            stopping: None,
         })
     }
 
@@ -114,6 +133,37 @@ impl<B: AutodiffKernels> Actor for PpoLearner<B> {
     }
 }
 
+/// Writes a checkpoint of `trainer` at the newest version (file IO on this actor's thread:
+/// nothing else runs here meanwhile).
+fn write_checkpoint<B: AutodiffKernels>(
+    state: &mut PpoLearnerState<B>,
+    trainer: &PpoTrainer<B>,
+) -> Result<u64, String> {
+    let version = state.version;
+    match tokio::task::block_in_place(|| (state.on_checkpoint)(trainer, version, &state.totals)) {
+        Ok(()) => {
+            tracing::info!(policy_version = version, "checkpoint written");
+            state.checkpointed = version;
+            Ok(version)
+        }
+        Err(e) => {
+            tracing::error!(policy_version = version, error = %e, "checkpoint failed");
+            Err(format!("checkpoint of version {version} failed: {e}"))
+        }
+    }
+}
+
+/// Checkpoints the newest version unless it is on disk already (for [`PpoLearnerMsg::Stop`]).
+fn checkpoint_newest<B: AutodiffKernels>(state: &mut PpoLearnerState<B>) -> Result<Option<u64>, String> {
+    if state.version == state.checkpointed {
+        return Ok(None);
+    }
+    let trainer = state.trainer.take().ok_or("no trainer to checkpoint")?;
+    let written = write_checkpoint(state, &trainer);
+    state.trainer = Some(trainer);
+    written.map(Some)
+}
+
 async fn handle_message<B: AutodiffKernels>(
     myself: ActorRef<PpoLearnerMsg<B>>,
     message: PpoLearnerMsg<B>,
@@ -121,6 +171,10 @@ async fn handle_message<B: AutodiffKernels>(
 ) -> Result<(), ActorProcessingErr> {
     match message {
         PpoLearnerMsg::Update { rollouts, next_version, totals } => {
+            if state.stopping.is_some() {
+                tracing::info!(policy_version = next_version, "stopping: update not started");
+                return Ok(());
+            }
             state.totals = totals;
             let mut trainer = state.trainer.take().ok_or("an update is already running")?;
             let (total_steps, dtype) = (state.total_optimizer_steps, state.weights_dtype);
@@ -142,21 +196,25 @@ async fn handle_message<B: AutodiffKernels>(
         }
         PpoLearnerMsg::StepDone { trainer, updated } => {
             if let Ok(weights) = &updated.weights {
-                let version = weights.version;
-                if state.checkpoint_every > 0 && version % state.checkpoint_every == 0 {
-                    // File IO on this actor's thread: nothing else runs here meanwhile.
-                    let written =
-                        tokio::task::block_in_place(|| (state.on_checkpoint)(&trainer, version, &state.totals));
-                    match written {
-                        Ok(()) => tracing::info!(policy_version = version, "checkpoint written"),
-                        Err(e) => {
-                            tracing::error!(policy_version = version, error = %e, "checkpoint failed")
-                        }
-                    }
+                state.version = weights.version;
+                if state.checkpoint_every > 0 && state.version.is_multiple_of(state.checkpoint_every) {
+                    let _ = write_checkpoint(state, &trainer);
                 }
             }
             state.trainer = Some(*trainer);
+            if let Some(reply) = state.stopping.as_mut().and_then(Option::take) {
+                let _ = reply.send(checkpoint_newest(state));
+            }
             state.parent.send_message(LearnerEvent::Updated(updated))?;
+        }
+        PpoLearnerMsg::Stop(reply) => {
+            if state.trainer.is_some() {
+                state.stopping = Some(None);
+                let _ = reply.send(checkpoint_newest(state));
+            } else {
+                tracing::info!(policy_version = state.version + 1, "stopping: finishing the running update first");
+                state.stopping = Some(Some(reply));
+            }
         }
         PpoLearnerMsg::EndRun(totals) => {
             let trainer = state.trainer.take().ok_or("the run ended during an update")?;

@@ -175,6 +175,9 @@ fn run_learner<B: AutodiffKernels>(
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         announce(listener.local_addr()?)?;
         let span = tracing::info_span!("run", out = %out.display());
-        rlhf_actors::serve(args, listener).instrument(span).await.map_err(|e| anyhow::anyhow!("learner: {e}"))
+        rlhf_actors::serve(args, listener, super::shutdown_signal())
+            .instrument(span)
+            .await
+            .map_err(|e| anyhow::anyhow!("learner: {e}"))
     })
 }

@@ -346,3 +346,49 @@ fn resume_auto_starts_afresh_resumes_and_leaves_a_finished_run_alone() {
     let err = crate::rlhf_err(&["learner", "--config", path_str(&fresh), "--resume"]);
     assert!(err.contains("no checkpoint"), "{err}");
 }
+
+#[test]
+fn a_learner_stopped_by_sigterm_checkpoints_exits_0_and_resumes() {
+    // No periodic checkpoints: whatever is on disk after the stop, SIGTERM wrote.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 12, 8, 8, "");
+    let out = tmp.path().join("out");
+    let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
+    let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
+    let worker_args = |addr: &str| {
+        ["worker", "--learner", addr, "--reward", &reward, "--hold-lease-ms", "300"].map(String::from).to_vec()
+    };
+    let args = worker_args(&addr);
+    let (worker, _) = start(tmp.path(), "worker", &args.iter().map(String::as_str).collect::<Vec<_>>(), false);
+    let metrics = out.join("metrics.jsonl");
+    wait_for("two iterations", Duration::from_secs(60), &[&learner, &worker], || lines(&metrics).len() >= 2);
+    // SAFETY: kill(2) on a child of this test.
+    unsafe { libc::kill(learner.child.id() as i32, libc::SIGTERM) };
+    let status = learner.wait(Duration::from_secs(30));
+    let log = learner.log();
+    assert!(status.success(), "a learner stopped by SIGTERM exits 0:\n{log}");
+    assert!(log.contains("stopped with a checkpoint"), "{log}");
+    let version = newest_checkpoint(&out).expect("a checkpoint written on SIGTERM");
+    assert!((2..12).contains(&version), "checkpoint at version {version}");
+    drop(worker);
+    // The same command line with --resume auto continues from it and finishes the run.
+    let resume = ["learner", "--config", path_str(&config), "--resume", "auto"];
+    let (mut learner, addr) = start(tmp.path(), "resumed", &resume, true);
+    let args = worker_args(&addr);
+    let (_worker, _) = start(tmp.path(), "worker-2", &args.iter().map(String::as_str).collect::<Vec<_>>(), false);
+    let status = learner.wait(Duration::from_secs(120));
+    assert!(status.success() && learner.log().contains("resuming"), "{}", learner.log());
+    let steps: Vec<u64> = lines(&metrics).iter().map(|m| m["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=12).collect::<Vec<_>>());
+    assert_accounted_once(&out, 12, 8);
+}
+
+/// The newest complete learner checkpoint's version in a run directory.
+fn newest_checkpoint(out: &Path) -> Option<u64> {
+    std::fs::read_dir(out.join("checkpoints"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("ppo_state.json").is_file())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("version-")?.parse().ok())
+        .max()
+}
