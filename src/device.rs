@@ -85,6 +85,40 @@ pub fn check(device: Device) -> anyhow::Result<Device> {
     }
 }
 
+/// Where `rlhf run` puts each child: the learner, the reward server and every worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub learner: Device,
+    pub reward: Device,
+    pub workers: Vec<Device>,
+}
+
+impl Placement {
+    /// `device` for every child on the CPU or a single GPU. With `gpus` > 1 (and `device` =
+    /// `cuda`), the learner gets `cuda:0` and the reward server and workers spread round robin
+    /// over the others; `worker_devices` places the workers explicitly (round robin when there
+    /// are more workers than devices; the reward server keeps its place).
+    pub fn plan(device: Device, gpus: usize, workers: usize, worker_devices: &[Device]) -> Self {
+        let spread = matches!(device, Device::Cuda(_)) && gpus > 1;
+        let (learner, rest): (Device, Vec<Device>) =
+            if spread { (Device::Cuda(0), (1..gpus).map(Device::Cuda).collect()) } else { (device, vec![device]) };
+        let reward = rest[0];
+        let workers = if worker_devices.is_empty() {
+            // Workers start after the reward server in the rotation, so with two spare GPUs the
+            // first worker does not share the reward server's.
+            (0..workers).map(|i| rest[(i + 1) % rest.len()]).collect()
+        } else {
+            (0..workers).map(|i| worker_devices[i % worker_devices.len()]).collect()
+        };
+        Self { learner, reward, workers }
+    }
+}
+
+/// How many GPUs the CUDA driver sees (0 without a driver or without CUDA support).
+pub fn gpu_count() -> usize {
+    if cfg!(feature = "cuda") { cuda_device_count().unwrap_or(0) } else { 0 }
+}
+
 /// Asks the CUDA driver how many GPUs it sees.
 fn cuda_device_count() -> anyhow::Result<usize> {
     type CuInit = unsafe extern "C" fn(u32) -> i32;
@@ -107,5 +141,29 @@ fn cuda_device_count() -> anyhow::Result<usize> {
             bail!("cuDeviceGetCount failed with CUDA error {status}");
         }
         Ok(count.max(0) as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rlhf_run_gives_each_child_its_own_gpu_when_there_are_several() {
+        let cuda = Device::Cuda;
+        let one = Placement::plan(Device::Cpu, 0, 2, &[]);
+        assert_eq!(one, Placement { learner: Device::Cpu, reward: Device::Cpu, workers: vec![Device::Cpu; 2] });
+        let single = Placement::plan(cuda(0), 1, 2, &[]);
+        assert_eq!(single, Placement { learner: cuda(0), reward: cuda(0), workers: vec![cuda(0); 2] });
+        // Four GPUs: learner 0, reward server 1, workers over 2, 3, 1, 2.
+        let four = Placement::plan(cuda(0), 4, 4, &[]);
+        assert_eq!((four.learner, four.reward), (cuda(0), cuda(1)));
+        assert_eq!(four.workers, [cuda(2), cuda(3), cuda(1), cuda(2)]);
+        // Two GPUs: the learner alone on 0, everything else on 1.
+        let two = Placement::plan(cuda(0), 2, 3, &[]);
+        assert_eq!((two.learner, two.reward, two.workers), (cuda(0), cuda(1), vec![cuda(1); 3]));
+        // Explicit worker devices, cycled.
+        let explicit = Placement::plan(cuda(0), 4, 3, &[cuda(2), cuda(3)]);
+        assert_eq!(explicit.workers, [cuda(2), cuda(3), cuda(2)]);
     }
 }

@@ -25,8 +25,13 @@ pub struct RunArgs {
     /// Clear the learner's `out` first if it already holds a run.
     #[arg(long)]
     overwrite: bool,
+    /// `cpu`, `cuda` or `cuda:N`. With `cuda` on a host with several GPUs, the learner gets
+    /// `cuda:0` and the reward server and workers spread over the others.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Place the workers explicitly, e.g. `cuda:1,cuda:2` (round robin over the list).
+    #[arg(long, value_delimiter = ',')]
+    worker_devices: Vec<Device>,
 }
 
 /// A child process that is killed if it is still running when dropped.
@@ -139,7 +144,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(out = %learner_config.out.display(), "the run is already finished");
         return Ok(());
     }
-    let device = args.device.to_string();
+    let gpus = if matches!(args.device, Device::Cuda(_)) { crate::device::gpu_count() } else { 0 };
+    let placement = crate::device::Placement::plan(args.device, gpus, args.workers, &args.worker_devices);
+    for device in [&placement.learner, &placement.reward].into_iter().chain(&placement.workers) {
+        crate::device::check(*device)?;
+    }
+    tracing::info!(learner = %placement.learner, reward = %placement.reward, workers = ?placement.workers.iter().map(ToString::to_string).collect::<Vec<_>>(), "devices");
+    let device = placement.learner.to_string();
     // Children talk on 127.0.0.1, whatever `listen` the config sets for a cluster.
     let mut learner_args =
         vec!["learner".to_string(), "--device".into(), device.clone(), "--listen".into(), "127.0.0.1:0".into()];
@@ -158,7 +169,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         learner_args.push("--overwrite".into());
     }
     let (mut learner, learner_addr) = spawn_server("learner", &learner_args)?;
-    let mut reward_args = vec!["reward-server".to_string(), "--device".into(), device.clone()];
+    let mut reward_args = vec!["reward-server".to_string(), "--device".into(), placement.reward.to_string()];
     match (&learner_config.reward.model, &learner_config.reward.lexicon) {
         (Some(model), _) => reward_args.extend(["--model".into(), model.clone()]),
         (None, Some(lexicon)) => reward_args.extend([
@@ -175,7 +186,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (mut reward, reward_addr) = spawn_server("reward server", &reward_args)?;
     tracing::info!(learner = %learner_addr, reward = %reward_addr, workers = args.workers, "started learner and reward server");
     let mut workers: Vec<ChildGuard> = Vec::new();
-    for i in 0..args.workers {
+    for (i, worker_device) in placement.workers.iter().enumerate() {
+        let worker_device = worker_device.to_string();
         let child = rlhf_command()?
             .args([
                 "worker",
@@ -184,7 +196,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 "--reward",
                 &reward_addr,
                 "--device",
-                &device,
+                &worker_device,
                 "--name",
                 &format!("worker-{}", i + 1),
             ])
