@@ -15,6 +15,12 @@ fn a_lease_past_its_deadline_is_reissued_and_its_late_submission_refused() {
     // submission refused; then a fast worker joins and finishes the run with every prompt once.
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 2, 16, 4, "lease_timeout_s = 1.0\n");
+    // A generous heartbeat timeout, so that a loaded machine cannot expire the slow worker: its
+    // leases must go by their deadline.
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("heartbeat_timeout_s = 1.5", "heartbeat_timeout_s = 10.0");
+    assert!(text.contains("heartbeat_timeout_s = 10.0"));
+    std::fs::write(&config, text).unwrap();
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     let slow_args = ["worker", "--learner", &addr, "--reward", &reward, "--name", "slow", "--hold-lease-ms", "3000"];
