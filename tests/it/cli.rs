@@ -236,6 +236,10 @@ fn every_deploy_config_loads() {
             assert!(stdout.contains(expect), "{}: {stdout}", path.display());
         }
     }
+    // The Compose learner's config (its paths are the containers').
+    let compose = super::root().join("deploy/compose/learner.toml");
+    let stdout = rlhf_ok(&["learner", "--config", path_str(&compose), "--check"]);
+    assert!(stdout.contains("listen = \"0.0.0.0:7000\""), "{stdout}");
     // `ppo.temperature` is the sampler's, not a setting of its own: setting it is refused by name.
     let learner = super::root().join("deploy/learner.toml");
     let err = rlhf_err(&["learner", "--config", path_str(&learner), "--set", "train.ppo.temperature=0.7", "--check"]);
