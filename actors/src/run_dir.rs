@@ -121,9 +121,10 @@ impl RunDir {
         })
     }
 
-    /// Whether the run in this directory ended having trained `prompts` prompts (its final
-    /// accounting, written last, says so): `--resume auto` then has nothing to do.
-    pub fn finished(&self, prompts: usize) -> bool {
+    /// Whether the run in this directory ended having trained every prompt `config` asks for
+    /// (its final accounting, written last, says so): `--resume auto` then has nothing to do.
+    pub fn finished(&self, config: &crate::LearnerConfig) -> bool {
+        let prompts = config.train.iterations * config.train.batch_size;
         let Ok(text) = std::fs::read_to_string(self.out.join(ACCOUNTING_FILE)) else { return false };
         serde_json::from_str::<Accounting>(&text).is_ok_and(|a| a.prompts_accounted >= prompts)
     }

@@ -73,7 +73,7 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
     let (resume, overwrite) = match args.resume {
         None => (false, args.overwrite),
         Some(Resume::Required) => (true, false),
-        Some(Resume::Auto) if run.finished(learner_config.train.iterations * learner_config.train.batch_size) => {
+        Some(Resume::Auto) if run.finished(&learner_config) => {
             // The run ended (its final accounting is written last): nothing to do, and nothing
             // to restart.
             tracing::info!(out = %learner_config.out.display(), "the run is already finished");
@@ -81,7 +81,10 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
         }
         // Nothing to resume: whatever an attempt cut short before its first checkpoint left
         // behind is cleared.
-        Some(Resume::Auto) => (run.latest_checkpoint().is_some(), run.latest_checkpoint().is_none()),
+        Some(Resume::Auto) => {
+            let checkpointed = run.latest_checkpoint().is_some();
+            (checkpointed, !checkpointed)
+        }
     };
     with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(
         learner_config,

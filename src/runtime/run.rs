@@ -138,8 +138,7 @@ fn spawn_server(name: &str, args: &[String]) -> anyhow::Result<(ChildGuard, Stri
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
-    let prompts = learner_config.train.iterations * learner_config.train.batch_size;
-    let finished = rlhf_actors::run_dir::RunDir::new(&learner_config.out).finished(prompts);
+    let finished = rlhf_actors::run_dir::RunDir::new(&learner_config.out).finished(&learner_config);
     if args.resume == Some(super::learner::Resume::Auto) && finished {
         tracing::info!(out = %learner_config.out.display(), "the run is already finished");
         return Ok(());

@@ -98,19 +98,20 @@ fn adaptive_kl_controller_matches_trl() {
     assert_close("adaptive_kl/values", got, r.get("adaptive_kl/values").1);
 }
 
+/// Runs [`crate::parity::ppo_step`] on the CPU, asserts every check, and returns the trainer.
+fn ppo_step_passes(which: crate::parity::PpoStep) -> PpoTrainer<burn::backend::Autodiff<Flex>> {
+    let (checks, trainer) = crate::parity::ppo_step(&fixtures(), which, &Default::default()).unwrap();
+    for check in checks {
+        crate::testutil::assert_passes(check);
+    }
+    trainer
+}
+
 /// TRL's statistics of `PPOTrainer.step()` with one epoch of one mini-batch: the first
 /// mini-batch's losses before any parameter update (`make_trl_fixtures.py::model_step`).
 #[test]
 fn first_ppo_step_statistics_match_trl_on_a_tiny_gpt2() {
-    let (checks, trainer) = crate::parity::ppo_step::<burn::backend::Autodiff<Flex>>(
-        &fixtures(),
-        crate::parity::PpoStep::FirstMiniBatch,
-        &Default::default(),
-    )
-    .unwrap();
-    for check in checks {
-        crate::testutil::assert_passes(check);
-    }
+    let trainer = ppo_step_passes(crate::parity::PpoStep::FirstMiniBatch);
     // The update moved the policy, and the adaptive controller moved beta towards the target.
     assert_eq!(trainer.optimizer_steps, 1);
     assert!(trainer.kl.value() < 0.2);
@@ -120,15 +121,7 @@ fn first_ppo_step_statistics_match_trl_on_a_tiny_gpt2() {
 /// parameters' change over both steps matches TRL's.
 #[test]
 fn ppo_statistics_and_parameters_match_trl_after_an_update() {
-    let (checks, trainer) = crate::parity::ppo_step::<burn::backend::Autodiff<Flex>>(
-        &fixtures(),
-        crate::parity::PpoStep::AfterAnUpdate,
-        &Default::default(),
-    )
-    .unwrap();
-    for check in checks {
-        crate::testutil::assert_passes(check);
-    }
+    let trainer = ppo_step_passes(crate::parity::PpoStep::AfterAnUpdate);
     assert_eq!(trainer.optimizer_steps, 2);
 }
 
