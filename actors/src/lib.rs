@@ -100,6 +100,10 @@ pub async fn serve<B: AutodiffKernels>(
     };
     // Larger HTTP/2 windows let a weight stream approach loopback speed (see the bench).
     tonic::transport::Server::builder()
+        // Connections of workers that vanished without closing them (killed hosts, partitions)
+        // are found by pings and closed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20)
         .add_service(health_service)

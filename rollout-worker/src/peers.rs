@@ -16,11 +16,20 @@ use crate::WorkerError;
 use crate::retry::{Backoff, retryable, unknown_worker};
 use crate::reward::{self, Rotation};
 
+/// How often an HTTP/2 ping checks a connection to a peer, and how long its answer may take.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) fn channel(url: &str, timeout: Duration) -> Result<Channel, WorkerError> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| WorkerError::Connect { url: url.into(), message: e.to_string() })?
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(2))
+        // A peer cut off without a word (a network partition, a host gone) leaves a connection
+        // that looks open: pings find it dead in seconds, and the next call connects afresh.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20);
     Ok(endpoint.connect_lazy())
