@@ -8,7 +8,11 @@
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Lineage {
     pub rollout_id: u64,
+    /// The learner's number for the worker: unique within one learner process, not across its
+    /// restarts.
     pub worker_id: u64,
+    /// The worker's name (`--name`, by default `HOSTNAME:pid`): unique across the whole run.
+    pub worker: String,
     pub lease_id: u64,
     pub policy_version: u64,
     pub prompt_index: u64,

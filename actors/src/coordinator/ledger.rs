@@ -176,11 +176,16 @@ impl Ledger {
     /// Puts a lease's prompts back at the front of the queue.
     fn reissue(&mut self, lease_id: u64, why: &str) {
         if let Some(lease) = self.leases.remove(&lease_id) {
-            let name = self.workers.get(&lease.worker_id).map(|w| w.name.clone()).unwrap_or_default();
+            let name = self.worker_name(lease.worker_id);
             tracing::warn!(lease_id, worker_id = lease.worker_id, worker = %name, prompts = lease.prompts.len(), "{why}; re-issuing its prompts");
             self.totals.leases_reissued += 1;
             self.pending.push_front(lease.prompts);
         }
+    }
+
+    /// A worker's name (`--name`); empty for one that is not known (any more).
+    fn worker_name(&self, worker_id: u64) -> String {
+        self.workers.get(&worker_id).map(|w| w.name.clone()).unwrap_or_default()
     }
 
     /// A worker joined: it may take leases from now on.
@@ -277,6 +282,7 @@ impl Ledger {
         }
         let lag = self.config.runtime.max_policy_lag;
         let version = lease.policy_version;
+        let worker = self.worker_name(lease.worker_id);
         if version > self.version || self.version - version > lag {
             // Too stale to train on: drop it and roll the prompts out again with fresh weights.
             let message = format!(
@@ -300,6 +306,7 @@ impl Ledger {
             let lineage = Lineage {
                 rollout_id: r.rollout_id,
                 worker_id: r.worker_id,
+                worker: worker.clone(),
                 lease_id: request.lease_id,
                 policy_version: r.policy_version,
                 prompt_index: r.prompt_index,
