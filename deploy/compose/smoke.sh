@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A smoke run of docker-compose.yml on this machine's Docker Engine: two workers finish a run,
 # then a second run is stopped mid-way with `docker stop` (SIGTERM: the learner checkpoints and
-# exits 0) and restarted (`--resume auto` continues from its volume to the end). Not yet part of
-# .ci/run; the full container test (scaling, kills, partitions) is still to be written.
+# exits 0) and restarted (`--resume auto` continues from its volume to the end). A manual check
+# with real models; the full container test (scaling, kills, a partition, learner restarts) is
+# tests/it/runtime/containers.rs, in `cargo test`.
 #
 #   deploy/compose/smoke.sh RUNS_DEMO_DIR        # the output of `rlhf demo` (runs/demo)
 set -euo pipefail

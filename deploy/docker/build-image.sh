@@ -4,12 +4,18 @@
 # scratch image.
 #
 #   deploy/docker/build-image.sh [TAG]        # default tag: rlhf:dev
+#   RLHF_BINARY=PATH build-image.sh [TAG]     # an rlhf binary built already (no cargo run)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tag="${1:-rlhf:dev}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rlhf-target}"
-cargo build --release --locked
-binary="$CARGO_TARGET_DIR/release/rlhf"
+if [ -n "${RLHF_BINARY:-}" ]; then
+    binary="$RLHF_BINARY"
+    [ -x "$binary" ] || { echo "build-image.sh: RLHF_BINARY=$binary is not an executable" >&2; exit 1; }
+else
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rlhf-target}"
+    cargo build --release --locked
+    binary="$CARGO_TARGET_DIR/release/rlhf"
+fi
 tini="$(command -v tini-static || command -v tini || true)"
 if [ -z "$tini" ]; then
     echo "build-image.sh: needs tini (apt-get install tini) to run as the containers' PID 1" >&2

@@ -3,6 +3,7 @@
 //! helpers and normal runs; `faults.rs`: processes killed, restarted and resumed; `hostile.rs`:
 //! peers that send what they should not.
 
+mod containers;
 mod faults;
 mod hostile;
 mod paths;
