@@ -11,6 +11,7 @@ use rlhf_actors::coordinator::CoordinatorArgs;
 use rlhf_actors::{LearnerConfig, MAX_MESSAGE_BYTES};
 use rlhf_proto::v1 as pb;
 use rlhf_proto::v1::learner_client::LearnerClient;
+use rlhf_secure::{AuthConfig, ServerSecurity, TlsConfig};
 use rlhf_trainer::model::wire::WireDtype;
 use rlhf_trainer::ppo::{PpoConfig, PpoTrainer};
 use rlhf_trainer::{Gpt2Config, Heads};
@@ -22,6 +23,16 @@ async fn start_learner(
     model: Gpt2Config,
     config: LearnerConfig,
     on_iteration: rlhf_actors::coordinator::OnIteration,
+) -> anyhow::Result<String> {
+    start_learner_with(model, config, on_iteration, ServerSecurity::plain()).await
+}
+
+/// [`start_learner`] with its port secured by `security` (`https://` when it speaks TLS).
+async fn start_learner_with(
+    model: Gpt2Config,
+    config: LearnerConfig,
+    on_iteration: rlhf_actors::coordinator::OnIteration,
+    security: ServerSecurity,
 ) -> anyhow::Result<String> {
     let device = Default::default();
     let policy = model.init::<A>(Heads::LmValue, &device);
@@ -42,9 +53,10 @@ async fn start_learner(
         prior: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = format!("http://{}", listener.local_addr()?);
+    let scheme = if security.tls() { "https" } else { "http" };
+    let addr = format!("{scheme}://{}", listener.local_addr()?);
     tokio::spawn(async move {
-        if let Err(e) = rlhf_actors::serve(args, listener, std::future::pending()).await {
+        if let Err(e) = rlhf_actors::serve(args, listener, security, std::future::pending()).await {
             tracing::error!(error = %e, "learner stopped");
         }
     });
@@ -82,38 +94,65 @@ pub fn weight_sync(preset: &str, workers: usize, dtype: &str, runs: usize) -> an
     config.runtime.weights_dtype = dtype;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let addr = start_learner(model, config, Box::new(|_, _, _| {})).await?;
-        let mut grpc_times = Vec::new();
-        let mut bytes = 0usize;
-        for _ in 0..runs.max(1) {
-            let mut clients = Vec::new();
-            for _ in 0..workers {
-                clients.push(client(&addr).await?);
+        // The same learner twice: plain text, then TLS 1.3 with mutual TLS and a token (a
+        // development PKI made here), each worker on a new connection, handshake included.
+        let pki_dir = tempfile::tempdir()?;
+        let pki = rlhf_secure::certs::write(pki_dir.path(), &["127.0.0.1".into()])?;
+        let server_tls = TlsConfig {
+            cert: Some(pki.server_cert.clone()),
+            key: Some(pki.server_key.clone()),
+            ca: Some(pki.ca.clone()),
+            require_client_cert: true,
+            ..Default::default()
+        };
+        let client_tls = TlsConfig {
+            ca: Some(pki.ca.clone()),
+            client_cert: Some(pki.client_cert.clone()),
+            client_key: Some(pki.client_key.clone()),
+            ..Default::default()
+        };
+        let auth = AuthConfig { token_file: Some(pki.token.clone()), ..Default::default() };
+        let token = auth.token()?;
+        let secure = ServerSecurity::new(&server_tls, &auth, None)?;
+        let plain_addr = start_learner(model.clone(), config.clone(), Box::new(|_, _, _| {})).await?;
+        let tls_addr = start_learner_with(model, config, Box::new(|_, _, _| {}), secure).await?;
+        let paths = [
+            ("gRPC stream (rlhf, plain text)", plain_addr, TlsConfig::default(), None),
+            ("gRPC stream (rlhf, mTLS + token)", tls_addr, client_tls, token),
+        ];
+        let mut rows = Vec::new();
+        let mut wire_bytes = 0;
+        for (name, addr, tls, token) in paths {
+            let mut times = Vec::new();
+            for _ in 0..runs.max(1) {
+                let clients = (0..workers)
+                    .map(|_| rlhf_rollout_worker::learner_client(&addr, Duration::from_secs(60), &tls, token.as_ref()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let started = Instant::now();
+                let tasks: Vec<_> = clients
+                    .into_iter()
+                    .map(|mut c| tokio::spawn(async move { rlhf_rollout_worker::download_weights(&mut c, 0).await }))
+                    .collect();
+                let mut bytes = 0;
+                for task in tasks {
+                    bytes = task.await?.with_context(|| format!("download from {addr}"))?.len();
+                }
+                times.push(started.elapsed().as_secs_f64());
+                // The wire size (bf16 is widened to fp32 after the download).
+                wire_bytes = if dtype == WireDtype::Bf16 { bytes / 2 } else { bytes };
             }
-            let started = Instant::now();
-            let tasks: Vec<_> = clients
-                .into_iter()
-                .map(|mut c| tokio::spawn(async move { rlhf_rollout_worker::download_weights(&mut c, 0).await }))
-                .collect();
-            for task in tasks {
-                bytes = task.await?.context("download")?.len();
-            }
-            grpc_times.push(started.elapsed().as_secs_f64());
+            rows.push((name, median(times)));
         }
-        // The wire size (bf16 is widened to fp32 after the download).
-        let wire_bytes = if dtype == WireDtype::Bf16 { bytes / 2 } else { bytes };
         let tcp = raw_tcp(wire_bytes, workers, runs)?;
-        let grpc = median(grpc_times);
+        rows.push(("raw TCP copy", tcp));
         let gbps = |seconds: f64| (wire_bytes * workers) as f64 / seconds / 1e9;
-        println!("| path | dtype | workers | bytes per worker | median s | GB/s (all workers) |");
+        println!("| path | dtype | workers | bytes per worker | median s (new connections) | GB/s (all workers) |");
         println!("|---|---|---|---|---|---|");
-        println!(
-            "| gRPC stream (rlhf) | {} | {workers} | {wire_bytes} | {grpc:.3} | {:.2} |",
-            dtype.name(),
-            gbps(grpc)
-        );
-        println!("| raw TCP copy | {} | {workers} | {wire_bytes} | {tcp:.3} | {:.2} |", dtype.name(), gbps(tcp));
-        println!("\nratio gRPC / raw TCP time: {:.2}", grpc / tcp);
+        for (name, seconds) in &rows {
+            println!("| {name} | {} | {workers} | {wire_bytes} | {seconds:.3} | {:.2} |", dtype.name(), gbps(*seconds));
+        }
+        println!("\nratio gRPC / raw TCP time: {:.2}", rows[0].1 / tcp);
+        println!("ratio mTLS + token / plain gRPC time: {:.2}", rows[1].1 / rows[0].1);
         Ok(())
     })
 }

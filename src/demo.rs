@@ -553,7 +553,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
         train: demo.ppo.clone(),
         runtime: demo.runtime.clone(),
-        listen: None,
+        ..Default::default()
     };
     let ppo = Stage::new(learner_config.out.clone(), &(&learner_config, args.workers), &[&sft, &reward])?;
     ppo.run(5, &format!("PPO towards {target} reviews ({} iterations, {} workers)", demo.ppo.iterations, args.workers), args.fresh, |_dir| {

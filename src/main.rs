@@ -81,6 +81,9 @@ enum Command {
     Run(runtime::RunArgs),
     /// Probe a role's gRPC health service: exit 0 when it is SERVING (for healthchecks and probes).
     Health(runtime::HealthArgs),
+    /// Write a development CA, server and client certificates and a token (TLS in one command;
+    /// production setups bring their own PKI).
+    Certs(runtime::CertsArgs),
     /// Numerical parity with transformers and TRL on the committed fixtures, on any device.
     Parity(parity::ParityArgs),
     /// Benchmarks that print tables (numbers are measured, never asserted).
@@ -91,6 +94,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    // One TLS crypto provider for the process (rustls has two in the build and will not guess).
+    rlhf_secure::install_crypto_provider();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -116,6 +121,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::RewardServer(args) => runtime::reward_server(args),
         Command::Run(args) => runtime::run(args),
         Command::Health(args) => runtime::health(args),
+        Command::Certs(args) => runtime::certs(args),
         Command::Parity(args) => parity::run(args),
         Command::Bench(command) => bench::run(command),
     }

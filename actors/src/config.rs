@@ -43,6 +43,8 @@ pub struct RuntimeConfig {
     pub weights_dtype: rlhf_trainer::model::wire::WireDtype,
     /// Write a learner checkpoint every this many policy versions (0: only the final policy).
     pub checkpoint_every: u64,
+    /// Live workers at most; more joins are refused (a flood of joins cannot exhaust memory).
+    pub max_workers: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -55,6 +57,7 @@ impl Default for RuntimeConfig {
             max_policy_lag: 0,
             weights_dtype: Default::default(),
             checkpoint_every: 0,
+            max_workers: 1024,
         }
     }
 }
@@ -72,6 +75,14 @@ pub struct LearnerConfig {
     /// Address the learner serves on (`--listen` overrides it; default 127.0.0.1:0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<std::net::SocketAddr>,
+    /// A plain-text port serving only the gRPC health service, for probes that carry neither
+    /// client certificates nor tokens (`--health-listen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_listen: Option<std::net::SocketAddr>,
+    /// TLS on the learner's port (`[tls]`: cert, key; ca + require_client_cert for mutual TLS).
+    pub tls: rlhf_secure::TlsConfig,
+    /// The token workers must send (`[auth]`: token_file, else RLHF_TOKEN).
+    pub auth: rlhf_secure::AuthConfig,
     pub reward: RewardSource,
     pub train: LocalConfig,
     pub runtime: RuntimeConfig,
@@ -83,6 +94,7 @@ impl RuntimeConfig {
         finite_positive("lease_timeout_s", self.lease_timeout_s)?;
         finite_positive("heartbeat_timeout_s", self.heartbeat_timeout_s)?;
         at_least_one("heartbeat_interval_ms", self.heartbeat_interval_ms as usize)?;
+        at_least_one("max_workers", self.max_workers)?;
         if self.heartbeat_interval_ms as f64 >= self.heartbeat_timeout_s * 1000.0 {
             return Err(InvalidSetting::new(
                 "heartbeat_interval_ms",
@@ -116,6 +128,7 @@ impl LearnerConfig {
         if self.out.as_os_str().is_empty() {
             return Err(InvalidSetting::new("out", "a run directory", "nothing"));
         }
+        self.tls.validate().map_err(|e| InvalidSetting::new("tls", &e.to_string(), "a partial [tls]"))?;
         section("reward", self.reward.validate())?;
         section("train", self.train.validate())?;
         if self.train.critic == CriticKind::RewardModel {

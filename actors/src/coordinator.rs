@@ -182,6 +182,7 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
             heartbeat_timeout: Duration::from_secs_f64(runtime.heartbeat_timeout_s),
             parent: myself.get_derived::<MembershipEvent>(),
             start_version,
+            max_workers: runtime.max_workers,
         };
         let (membership, _) =
             Actor::spawn_linked(Some(MEMBERSHIP.into()), Membership, membership_args, cell.clone()).await?;

@@ -29,6 +29,7 @@ pub mod validation;
 pub mod weights;
 
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 
 use ractor::{Actor, ActorRef};
 use rlhf_proto::v1::learner_server::LearnerServer;
@@ -54,9 +55,12 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Runs the learner until the run is over: serves the gRPC service on `listener`, and returns
 /// after the last iteration once workers have had time to hear that the run is done.
+/// `security` says how the port is secured (TLS, the token every call but health's must carry)
+/// and where plain-text health goes.
 pub async fn serve<B: AutodiffKernels>(
     mut args: CoordinatorArgs<B>,
     listener: tokio::net::TcpListener,
+    mut security: rlhf_secure::ServerSecurity,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let grace = Duration::from_millis(args.config.runtime.heartbeat_interval_ms * 3);
@@ -79,10 +83,13 @@ pub async fn serve<B: AutodiffKernels>(
     let child = |name: &str| ractor::registry::where_is(name).ok_or(format!("the {name} actor did not start"));
     let membership: ActorRef<membership::MembershipMsg> = child(coordinator::MEMBERSHIP)?.into();
     let publisher: ActorRef<publisher::PublisherMsg> = child(coordinator::PUBLISHER)?.into();
+    security.spawn_health(&health, std::future::pending());
     let service =
         LearnerServer::new(service::LearnerService { coordinator: coordinator.clone(), membership, publisher })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Every learner call carries the token (when one is set); health stays open for probes.
+    let service = InterceptedService::new(service, security.token_check("rlhf.v1.Learner"));
     let mut completed = false;
     let mut stopped = None;
     let shutdown = async {
@@ -99,7 +106,8 @@ pub async fn serve<B: AutodiffKernels>(
         }
     };
     // Larger HTTP/2 windows let a weight stream approach loopback speed (see the bench).
-    tonic::transport::Server::builder()
+    security
+        .builder()?
         // Connections of workers that vanished without closing them (killed hosts, partitions)
         // are found by pings and closed.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))

@@ -21,9 +21,10 @@ pub enum MembershipEvent {
 }
 
 pub enum MembershipMsg {
+    /// Refused with `ResourceExhausted` at `runtime.max_workers` live workers.
     Join {
         name: String,
-        reply: RpcReplyPort<pb::JoinResponse>,
+        reply: RpcReplyPort<Result<pb::JoinResponse, Status>>,
     },
     Heartbeat {
         worker_id: u64,
@@ -54,6 +55,9 @@ pub struct MembershipArgs {
     /// Where joins and expiries are reported (the coordinator).
     pub parent: DerivedActorRef<MembershipEvent>,
     pub start_version: u64,
+    /// Live workers at most (`runtime.max_workers`): a flood of joins cannot grow the learner's
+    /// state without bound.
+    pub max_workers: usize,
 }
 
 pub struct MembershipState {
@@ -63,6 +67,7 @@ pub struct MembershipState {
     /// Worker id -> (name, last heard from).
     workers: BTreeMap<u64, (String, Instant)>,
     next_worker_id: u64,
+    max_workers: usize,
     version: u64,
     done: bool,
 }
@@ -86,6 +91,7 @@ impl Actor for Membership {
             parent: args.parent,
             workers: BTreeMap::new(),
             next_worker_id: 1,
+            max_workers: args.max_workers,
             version: args.start_version,
             done: false,
         })
@@ -108,6 +114,14 @@ async fn handle_message(
 ) -> Result<(), ActorProcessingErr> {
     match message {
         MembershipMsg::Join { name, reply } => {
+            if state.workers.len() >= state.max_workers {
+                tracing::debug!(worker = %name, "join refused: runtime.max_workers reached");
+                let _ = reply.send(Err(Status::resource_exhausted(format!(
+                    "the learner has {} workers, its limit (runtime.max_workers); join refused",
+                    state.workers.len()
+                ))));
+                return Ok(());
+            }
             let worker_id = state.next_worker_id;
             state.next_worker_id += 1;
             // The coordinator must know the worker before the worker asks it for a lease.
@@ -124,14 +138,14 @@ async fn handle_message(
             tracing::info!(worker_id, worker = %name, "worker joined");
             state.workers.insert(worker_id, (name, Instant::now()));
             let settings = &state.settings;
-            let _ = reply.send(pb::JoinResponse {
+            let _ = reply.send(Ok(pb::JoinResponse {
                 worker_id,
                 sampling_json: settings.sampling_json.clone(),
                 eos_id: settings.eos_id,
                 heartbeat_interval_ms: settings.heartbeat_interval_ms,
                 model_config_json: settings.model_config_json.clone(),
                 tokenizer_json: settings.tokenizer_json.clone(),
-            });
+            }));
         }
         MembershipMsg::Heartbeat { worker_id, reply } => {
             let result = match state.workers.get_mut(&worker_id) {
@@ -234,13 +248,18 @@ mod tests {
             heartbeat_timeout: Duration::from_millis(500),
             parent: parent.get_derived(),
             start_version: 3,
+            max_workers: 1,
         };
         let (membership, membership_handle) = Actor::spawn(None, Membership, args).await.unwrap();
 
-        let joined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await;
+        let joined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await.unwrap();
         assert_eq!((joined.worker_id, joined.eos_id), (1, 7));
         // The parent heard of the worker before the worker heard its id.
         assert_eq!(events.try_recv().unwrap(), "joined 1 w");
+        // At max_workers (1 here) a join is refused and changes nothing.
+        let refused = ask(&membership, |reply| MembershipMsg::Join { name: "x".into(), reply }).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(events.try_recv().is_err());
 
         let beat = ask(&membership, |reply| MembershipMsg::Heartbeat { worker_id: 1, reply }).await.unwrap();
         assert_eq!((beat.policy_version, beat.done), (3, false));
@@ -252,7 +271,7 @@ mod tests {
         assert_eq!(next_event(&mut events).await, "expired 1");
         let status = ask(&membership, |reply| MembershipMsg::Heartbeat { worker_id: 1, reply }).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound);
-        let rejoined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await;
+        let rejoined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await.unwrap();
         assert_eq!(rejoined.worker_id, 2);
         assert_eq!(next_event(&mut events).await, "joined 2 w");
 

@@ -38,7 +38,7 @@ async fn ask<M: ractor::Message, T: Send + 'static>(
 impl Learner for LearnerService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let name = request.into_inner().name;
-        Ok(Response::new(ask(&self.membership, |reply| MembershipMsg::Join { name, reply }).await?))
+        Ok(Response::new(ask(&self.membership, |reply| MembershipMsg::Join { name, reply }).await??))
     }
 
     async fn heartbeat(

@@ -22,6 +22,14 @@ pub struct RewardServerConfig {
     /// Flip the sign of every score (train towards negative).
     pub negate: bool,
     pub listen: SocketAddr,
+    /// A plain-text port serving only the gRPC health service, for probes that carry neither
+    /// client certificates nor tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_listen: Option<SocketAddr>,
+    /// TLS on the server's port (`[tls]`: cert, key; ca + require_client_cert for mutual TLS).
+    pub tls: rlhf_secure::TlsConfig,
+    /// The token clients must send (`[auth]`: token_file, else RLHF_TOKEN).
+    pub auth: rlhf_secure::AuthConfig,
     /// Dynamic batching: largest batch, and how long the first request waits for company.
     pub max_batch: usize,
     pub max_wait_ms: u64,
@@ -35,6 +43,9 @@ impl Default for RewardServerConfig {
             tokenizer: None,
             negate: false,
             listen: "127.0.0.1:0".parse().expect("a valid address"),
+            health_listen: None,
+            tls: Default::default(),
+            auth: Default::default(),
             max_batch: 64,
             max_wait_ms: 5,
         }
@@ -43,6 +54,7 @@ impl Default for RewardServerConfig {
 
 impl RewardServerConfig {
     pub fn validate(&self) -> Checked {
+        self.tls.validate().map_err(|e| InvalidSetting::new("tls", &e.to_string(), "a partial [tls]"))?;
         match (&self.model, &self.lexicon, &self.tokenizer) {
             (Some(_), Some(_), _) => {
                 return Err(InvalidSetting::new("model", "either model or lexicon, not both", "both"));

@@ -13,6 +13,7 @@ pub mod scorer;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
 
 use rlhf_proto::v1::reward_model_server::{RewardModel, RewardModelServer};
 use rlhf_proto::v1::{ScoreRequest, ScoreResponse};
@@ -259,24 +260,40 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Serves `scorer` on `listener` until `shutdown` resolves. Prints nothing; the caller reports
 /// the bound address.
+/// `security` says how the port is secured (TLS, the token every scoring call must carry) and
+/// where plain-text health goes.
 pub async fn serve(
     scorer: Box<dyn Scorer>,
     listener: tokio::net::TcpListener,
     config: BatchConfig,
+    mut security: rlhf_secure::ServerSecurity,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let (scorer_name, vocab_size) = (scorer.name(), scorer.vocab_size());
     let (jobs, receiver) = mpsc::channel(1024);
     tokio::spawn(batcher(scorer, receiver, config));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RewardModelServer<Service>>().await;
+    security.spawn_health(&health, std::future::pending());
     let service = RewardModelServer::new(Service { jobs, scorer_name, vocab_size }).max_decoding_message_size(64 << 20);
-    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "reward server listening");
-    tonic::transport::Server::builder()
+    let service = InterceptedService::new(service, security.token_check("rlhf.v1.RewardModel"));
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = security.tls(), "reward server listening");
+    security
+        .builder()?
         .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await
+        .await?;
+    Ok(())
+}
+
+/// Why the reward server stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Security(#[from] rlhf_secure::SecureError),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
 }
 
 /// Binds `addr` (port 0 allowed) and returns the listener with its real address.

@@ -23,6 +23,10 @@ pub struct WorkerConfig {
     pub timeout_s: f64,
     /// Fault injection for tests: hold each lease this long before rolling it out.
     pub hold_lease_ms: u64,
+    /// TLS for `https://` peers (`[tls]`: ca; client_cert + client_key for mutual TLS).
+    pub tls: rlhf_secure::TlsConfig,
+    /// Tokens (`[auth]`: token_file, else RLHF_TOKEN; reward_token_file for the reward servers).
+    pub auth: rlhf_secure::AuthConfig,
 }
 
 impl Default for WorkerConfig {
@@ -34,6 +38,8 @@ impl Default for WorkerConfig {
             patience_s: 60.0,
             timeout_s: 30.0,
             hold_lease_ms: 0,
+            tls: Default::default(),
+            auth: Default::default(),
         }
     }
 }
@@ -46,6 +52,7 @@ impl WorkerConfig {
         if self.reward.is_empty() {
             return Err(InvalidSetting::new("reward", "at least one reward server address (--reward)", "none"));
         }
+        self.tls.validate().map_err(|e| InvalidSetting::new("tls", &e.to_string(), "a partial [tls]"))?;
         finite_positive("patience_s", self.patience_s)?;
         finite_positive("timeout_s", self.timeout_s)
     }
@@ -60,6 +67,8 @@ impl WorkerConfig {
             timeout: Duration::from_secs_f64(self.timeout_s),
             patience: Duration::from_secs_f64(self.patience_s),
             hold_lease: Duration::from_millis(self.hold_lease_ms),
+            tls: self.tls.clone(),
+            auth: self.auth.clone(),
         }
     }
 }

@@ -21,17 +21,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rlhf_proto::v1 as pb;
-use rlhf_proto::v1::learner_client::LearnerClient;
-use rlhf_proto::v1::reward_model_client::RewardModelClient;
 use rlhf_trainer::Kernels;
 use rlhf_trainer::{Generator, Gpt2, Gpt2Config, SamplingConfig};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::peer_input::RunSettings;
-use crate::peers::{Flow, Peers, channel};
+use crate::peers::{Flow, Peers};
+pub use crate::peers::{Learner, RewardServer, learner_client, reward_client};
 use crate::retry::{Backoff, unknown_worker};
 use crate::reward::Rotation;
 
@@ -48,6 +46,10 @@ pub enum WorkerError {
     WrongService { url: String, service: &'static str, other: &'static str },
     #[error("gave up on the {peer} at {url}: no progress for {seconds:.0} s (--patience-s); last error: {last}")]
     GaveUp { peer: &'static str, url: String, seconds: f64, last: String },
+    #[error("{peer} at {url}: {problem}")]
+    Tls { peer: &'static str, url: String, problem: rlhf_secure::TlsProblem },
+    #[error("{url}: {error}")]
+    Security { url: String, error: rlhf_secure::SecureError },
     #[error("cannot connect to {url}: {message}")]
     Connect { url: String, message: String },
     #[error("weights for policy version {version}: {status}")]
@@ -75,11 +77,15 @@ pub struct WorkerOptions {
     pub patience: Duration,
     /// Fault injection for tests: wait this long after taking a lease.
     pub hold_lease: Duration,
+    /// TLS for `https://` peers.
+    pub tls: rlhf_secure::TlsConfig,
+    /// Tokens for the learner and the reward servers.
+    pub auth: rlhf_secure::AuthConfig,
 }
 
 /// Downloads one weights version, checks length and CRC, and returns it as an fp32 safetensors
 /// buffer (bf16 on the wire is widened).
-pub async fn download_weights(client: &mut LearnerClient<Channel>, version: u64) -> Result<Vec<u8>, WorkerError> {
+pub async fn download_weights(client: &mut Learner, version: u64) -> Result<Vec<u8>, WorkerError> {
     let download = |status| WorkerError::Download { version, status };
     let bad = |error| WorkerError::Weights { version, error };
     let request = pb::GetWeightsRequest { policy_version: version };
@@ -93,7 +99,7 @@ pub async fn download_weights(client: &mut LearnerClient<Channel>, version: u64)
 
 /// Fetches one weights version and builds the model from it.
 async fn fetch_weights<B: Kernels>(
-    client: &mut LearnerClient<Channel>,
+    client: &mut Learner,
     version: u64,
     config: &Gpt2Config,
     device: &B::Device,
@@ -119,13 +125,22 @@ pub async fn run<B: Kernels>(
     device: B::Device,
     stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let learner = LearnerClient::new(channel(&options.learner, options.timeout)?)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    let rewards: Vec<(String, RewardModelClient<Channel>)> = options
+    let auth = &options.auth;
+    fn security(url: &str) -> impl FnOnce(rlhf_secure::SecureError) -> WorkerError + '_ {
+        move |error| WorkerError::Security { url: url.to_string(), error }
+    }
+    // Tokens go only over TLS, unless plain text is allowed explicitly (with a warning).
+    let token = auth.token().map_err(security(&options.learner))?;
+    let token = auth.for_peer(token, &options.learner).map_err(security(&options.learner))?;
+    let learner = learner_client(&options.learner, options.timeout, &options.tls, token.as_ref())?;
+    let reward_token = auth.reward_token().map_err(security(&options.learner))?;
+    let rewards: Vec<(String, RewardServer)> = options
         .rewards
         .iter()
-        .map(|url| Ok((url.clone(), RewardModelClient::new(channel(url, options.timeout)?))))
+        .map(|url| {
+            let token = auth.for_peer(reward_token.clone(), url).map_err(security(url))?;
+            Ok((url.clone(), reward_client(url, options.timeout, &options.tls, token.as_ref())?))
+        })
         .collect::<Result<_, WorkerError>>()?;
     if rewards.is_empty() {
         return Err(WorkerError::NoRewardServer);

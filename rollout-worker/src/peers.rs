@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use rlhf_proto::v1 as pb;
 use rlhf_proto::v1::learner_client::LearnerClient;
 use rlhf_proto::v1::reward_model_client::RewardModelClient;
+use rlhf_secure::{AttachToken, TlsConfig, TlsProblem, Token};
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -20,8 +22,36 @@ use crate::reward::{self, Rotation};
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) fn channel(url: &str, timeout: Duration) -> Result<Channel, WorkerError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+/// The learner as a worker calls it: its token on every call.
+pub type Learner = LearnerClient<InterceptedService<Channel, AttachToken>>;
+/// A reward server as a worker calls it.
+pub type RewardServer = RewardModelClient<InterceptedService<Channel, AttachToken>>;
+
+/// A client of the learner at `url` (`https://` speaks TLS with `tls`), sending `token`.
+pub fn learner_client(
+    url: &str,
+    timeout: Duration,
+    tls: &TlsConfig,
+    token: Option<&Token>,
+) -> Result<Learner, WorkerError> {
+    Ok(LearnerClient::with_interceptor(channel(url, timeout, tls)?, AttachToken::new(token))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// A client of the reward server at `url`.
+pub fn reward_client(
+    url: &str,
+    timeout: Duration,
+    tls: &TlsConfig,
+    token: Option<&Token>,
+) -> Result<RewardServer, WorkerError> {
+    Ok(RewardModelClient::with_interceptor(channel(url, timeout, tls)?, AttachToken::new(token)))
+}
+
+fn channel(url: &str, timeout: Duration, tls: &TlsConfig) -> Result<Channel, WorkerError> {
+    let security = |error: rlhf_secure::SecureError| WorkerError::Security { url: url.into(), error };
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| WorkerError::Connect { url: url.into(), message: e.to_string() })?
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(2))
@@ -32,6 +62,11 @@ pub(crate) fn channel(url: &str, timeout: Duration) -> Result<Channel, WorkerErr
         .keep_alive_while_idle(true)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20);
+    if let Some(config) = tls.client(url).map_err(security)? {
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| WorkerError::Connect { url: url.into(), message: format!("TLS: {e}") })?;
+    }
     Ok(endpoint.connect_lazy())
 }
 
@@ -52,9 +87,9 @@ impl From<WorkerError> for Flow {
 
 /// The worker's peers and how it waits for them.
 pub(crate) struct Peers {
-    pub(crate) learner: LearnerClient<Channel>,
+    pub(crate) learner: Learner,
     pub(crate) learner_url: String,
-    pub(crate) rewards: Vec<(String, RewardModelClient<Channel>)>,
+    pub(crate) rewards: Vec<(String, RewardServer)>,
     pub(crate) rotation: Rotation,
     pub(crate) backoff: Backoff,
     pub(crate) stop: watch::Receiver<bool>,
@@ -74,10 +109,20 @@ impl Peers {
                 peer,
                 url: url.to_string(),
                 seconds,
-                last: status.to_string(),
+                last: match tls_problem(status, url) {
+                    Some(hint) => format!("{status} ({hint})"),
+                    None => status.to_string(),
+                },
             }));
         };
-        tracing::warn!(peer, url, code = ?status.code(), retry_in_ms = delay.as_millis() as u64, "peer unavailable; backing off");
+        match tls_problem(status, url) {
+            Some(hint) => {
+                tracing::warn!(peer, url, code = ?status.code(), retry_in_ms = delay.as_millis() as u64, %hint, "peer unavailable; backing off")
+            }
+            None => {
+                tracing::warn!(peer, url, code = ?status.code(), retry_in_ms = delay.as_millis() as u64, "peer unavailable; backing off")
+            }
+        }
         if self.stopping() {
             return Err(Flow::Stopped);
         }
@@ -102,7 +147,7 @@ impl Peers {
     /// Calls the learner until it answers, retrying what is worth retrying.
     pub(crate) async fn learner<T, F, Fut>(&mut self, mut call: F) -> Result<T, Flow>
     where
-        F: FnMut(LearnerClient<Channel>) -> Fut,
+        F: FnMut(Learner) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         loop {
@@ -112,6 +157,13 @@ impl Peers {
                     return Ok(value);
                 }
                 Err(status) if unknown_worker(&status) => return Err(Flow::Rejoin),
+                Err(status) if let Some(problem) = definite_tls_problem(&status, &self.learner_url) => {
+                    return Err(Flow::Failed(WorkerError::Tls {
+                        peer: "learner",
+                        url: self.learner_url.clone(),
+                        problem,
+                    }));
+                }
                 Err(status) if retryable(&status) => {
                     let url = self.learner_url.clone();
                     self.wait("learner", &url, &status).await?;
@@ -156,6 +208,9 @@ impl Peers {
                         other: "learner",
                     }));
                 }
+                Err(status) if let Some(problem) = definite_tls_problem(&status, &url) => {
+                    return Err(Flow::Failed(WorkerError::Tls { peer: "reward server", url, problem }));
+                }
                 Err(status) if retryable(&status) => status,
                 Err(status) => return Err(Flow::Failed(WorkerError::Reward { url, status })),
             };
@@ -175,4 +230,16 @@ impl Peers {
             self.wait("reward server", &url, &status).await?;
         }
     }
+}
+
+/// The TLS problem behind a failed call to `url`, if any.
+fn tls_problem(status: &Status, url: &str) -> Option<TlsProblem> {
+    let source = std::error::Error::source(status)?;
+    TlsProblem::find(source, !rlhf_secure::is_tls_url(url))
+}
+
+/// A TLS problem that retrying cannot fix (a certificate or CA mismatch, TLS against plain
+/// text); a connection merely closed during the handshake may be a restart, so it is retried.
+fn definite_tls_problem(status: &Status, url: &str) -> Option<TlsProblem> {
+    tls_problem(status, url).filter(|p| *p != TlsProblem::PeerWantsTls || !retryable(status))
 }

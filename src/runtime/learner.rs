@@ -15,6 +15,7 @@ use rlhf_trainer::ppo::{CRITIC_DIR, CriticKind, PpoTrainer};
 use rlhf_trainer::{AutodiffKernels, model::hf};
 use tracing::Instrument;
 
+use super::security::{SecurityArgs, server_security};
 use super::{announce, runtime};
 use crate::config::{self, ConfigArgs};
 use crate::device::Device;
@@ -40,6 +41,12 @@ pub struct LearnerArgs {
     /// Address to serve on (default: `listen` in the config, else 127.0.0.1:0).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// A plain-text port serving only the gRPC health service (`health_listen`), for probes
+    /// that carry neither client certificates nor tokens.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    security: SecurityArgs,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -54,7 +61,11 @@ pub enum Resume {
 }
 
 pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
-    let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), Vec::new(), &args.config.sets)?;
+    let mut flags = args.security.flags();
+    if let Some(addr) = args.health_listen {
+        flags.push(("health_listen", super::string(&addr.to_string())));
+    }
+    let learner_config: LearnerConfig = config::resolve(args.config.config.as_deref(), flags, &args.config.sets)?;
     let listen = args.listen.or(learner_config.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
     // The policy's context, when the model is a local directory (else checked once loaded).
     let config_json = std::path::Path::new(&learner_config.model).join("config.json");
@@ -134,6 +145,8 @@ fn run_learner<B: AutodiffKernels>(
         .append(true)
         .open(&lineage_path)
         .with_context(|| format!("cannot open {}", lineage_path.display()))?;
+    let (tls, auth, health_listen) =
+        (learner_config.tls.clone(), learner_config.auth.clone(), learner_config.health_listen);
     let (checkpoints, checkpoint_config, checkpoint_tokenizer) = (run.clone(), model_config.clone(), tokenizer.clone());
     let args = CoordinatorArgs {
         sampling_json: serde_json::to_string(&learner_config.train.sampling)?,
@@ -176,9 +189,10 @@ fn run_learner<B: AutodiffKernels>(
     runtime()?.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let security = server_security(&tls, &auth, health_listen).await.context("learner")?;
         announce(listener.local_addr()?)?;
         let span = tracing::info_span!("run", out = %out.display());
-        rlhf_actors::serve(args, listener, super::shutdown_signal())
+        rlhf_actors::serve(args, listener, security, super::shutdown_signal())
             .instrument(span)
             .await
             .map_err(|e| anyhow::anyhow!("learner: {e}"))

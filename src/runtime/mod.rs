@@ -9,6 +9,7 @@ mod health;
 mod learner;
 mod reward_server;
 mod run;
+mod security;
 mod worker;
 
 use std::io::Write;
@@ -23,6 +24,7 @@ pub use learner::{LearnerArgs, learner};
 pub use reward_server::{RewardServerArgs, reward_server};
 pub(crate) use run::rlhf_command;
 pub use run::{RunArgs, run};
+pub use security::{CertsArgs, certs};
 pub use worker::{WorkerArgs, worker};
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

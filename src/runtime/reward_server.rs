@@ -11,6 +11,7 @@ use rlhf_reward_server::{RewardServerConfig, ScorerSpec, build_scorer};
 use rlhf_trainer::{Kernels, Tokenizer};
 use toml::Value;
 
+use super::security::{SecurityArgs, server_security};
 use super::{SHUTDOWN_GRACE, announce, runtime, shutdown_signal, string};
 use crate::config::{self, ConfigArgs};
 use crate::device::Device;
@@ -34,6 +35,12 @@ pub struct RewardServerArgs {
     negate: bool,
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// A plain-text port serving only the gRPC health service (`health_listen`), for probes
+    /// that carry neither client certificates nor tokens.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    security: SecurityArgs,
     #[arg(long)]
     max_batch: Option<usize>,
     #[arg(long)]
@@ -46,7 +53,10 @@ pub struct RewardServerArgs {
 }
 
 pub fn reward_server(args: RewardServerArgs) -> anyhow::Result<()> {
-    let mut flags = Vec::new();
+    let mut flags = args.security.flags();
+    if let Some(v) = args.health_listen {
+        flags.push(("health_listen", string(&v.to_string())));
+    }
     if let Some(v) = &args.model {
         flags.push(("model", string(v)));
     }
@@ -90,6 +100,9 @@ fn run_reward_server<B: Kernels>(server_config: &RewardServerConfig, device: B::
     let listen = server_config.listen;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let security = server_security(&server_config.tls, &server_config.auth, server_config.health_listen)
+            .await
+            .context("reward server")?;
         announce(listener.local_addr()?)?;
         // On SIGTERM the server stops taking connections and drains open ones, for at most
         // SHUTDOWN_GRACE: a client that keeps its connection open cannot hold it up.
@@ -99,7 +112,7 @@ fn run_reward_server<B: Kernels>(server_config: &RewardServerConfig, device: B::
             let _ = signalled.send(());
         };
         tokio::select! {
-            served = rlhf_reward_server::serve(scorer, listener, batching, shutdown) => served.context("reward server"),
+            served = rlhf_reward_server::serve(scorer, listener, batching, security, shutdown) => served.context("reward server"),
             _ = async {
                 if drained.await.is_ok() {
                     tokio::time::sleep(SHUTDOWN_GRACE).await;

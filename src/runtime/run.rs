@@ -32,6 +32,43 @@ pub struct RunArgs {
     /// Place the workers explicitly, e.g. `cuda:1,cuda:2` (round robin over the list).
     #[arg(long, value_delimiter = ',')]
     worker_devices: Vec<Device>,
+    /// Secure every connection with a throwaway CA and token made for this run: servers speak
+    /// TLS and require client certificates (mutual TLS) and the token.
+    #[arg(long)]
+    secure: bool,
+}
+
+/// `rlhf run --secure`'s flags for the children, from a development PKI that lives as long as
+/// the run.
+struct Secure {
+    _dir: tempfile::TempDir,
+    server: Vec<String>,
+    client: Vec<String>,
+}
+
+impl Secure {
+    fn new() -> anyhow::Result<Self> {
+        let dir =
+            tempfile::Builder::new().prefix("rlhf-run-pki").tempdir().context("a folder for the run's certificates")?;
+        let pki = rlhf_secure::certs::write(dir.path(), &["127.0.0.1".into(), "localhost".into()])?;
+        let arg = |flag: &str, path: &std::path::Path| [flag.to_string(), path.display().to_string()];
+        let server = [
+            arg("--tls-cert", &pki.server_cert),
+            arg("--tls-key", &pki.server_key),
+            arg("--tls-ca", &pki.ca),
+            arg("--token-file", &pki.token),
+        ]
+        .concat();
+        let client = [
+            arg("--tls-ca", &pki.ca),
+            arg("--tls-client-cert", &pki.client_cert),
+            arg("--tls-client-key", &pki.client_key),
+            arg("--token-file", &pki.token),
+        ]
+        .concat();
+        let server = [server, vec!["--tls-require-client-cert".to_string()]].concat();
+        Ok(Self { _dir: dir, server, client })
+    }
 }
 
 /// A child process that is killed if it is still running when dropped.
@@ -149,6 +186,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::device::check(*device)?;
     }
     tracing::info!(learner = %placement.learner, reward = %placement.reward, workers = ?placement.workers.iter().map(ToString::to_string).collect::<Vec<_>>(), "devices");
+    let secure = if args.secure { Some(Secure::new()?) } else { None };
+    let server_flags = secure.as_ref().map(|s| s.server.clone()).unwrap_or_default();
     let device = placement.learner.to_string();
     // Children talk on 127.0.0.1, whatever `listen` the config sets for a cluster.
     let mut learner_args =
@@ -167,6 +206,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.overwrite {
         learner_args.push("--overwrite".into());
     }
+    learner_args.extend(server_flags.iter().cloned());
     let (mut learner, learner_addr) = spawn_server("learner", &learner_args)?;
     let mut reward_args = vec!["reward-server".to_string(), "--device".into(), placement.reward.to_string()];
     match (&learner_config.reward.model, &learner_config.reward.lexicon) {
@@ -182,7 +222,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if learner_config.reward.negate {
         reward_args.push("--negate".into());
     }
+    reward_args.extend(server_flags.iter().cloned());
     let (mut reward, reward_addr) = spawn_server("reward server", &reward_args)?;
+    let scheme = if secure.is_some() { "https" } else { "http" };
+    let (learner_addr, reward_addr) = (format!("{scheme}://{learner_addr}"), format!("{scheme}://{reward_addr}"));
     tracing::info!(learner = %learner_addr, reward = %reward_addr, workers = args.workers, "started learner and reward server");
     let mut workers: Vec<ChildGuard> = Vec::new();
     for (i, worker_device) in placement.workers.iter().enumerate() {
@@ -199,6 +242,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 "--name",
                 &format!("worker-{}", i + 1),
             ])
+            .args(secure.iter().flat_map(|s| s.client.iter()))
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()

@@ -7,6 +7,7 @@ use rlhf_rollout_worker::WorkerConfig;
 use rlhf_trainer::Kernels;
 use toml::Value;
 
+use super::security::SecurityArgs;
 use super::{runtime, shutdown_signal, string};
 use crate::config::{self, ConfigArgs};
 use crate::device::Device;
@@ -36,10 +37,12 @@ pub struct WorkerArgs {
     check: bool,
     #[arg(long, default_value = "cpu")]
     device: Device,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let mut flags = Vec::new();
+    let mut flags = args.security.flags();
     if let Some(v) = &args.learner {
         flags.push(("learner", string(v)));
     }

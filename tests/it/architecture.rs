@@ -6,11 +6,15 @@ use std::process::Command;
 /// Allowed workspace-internal dependencies of each crate (normal and build dependencies).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("rlhf-proto", &[]),
+    ("rlhf-secure", &[]),
     ("rlhf-trainer", &[]),
-    ("rlhf-actors", &["rlhf-proto", "rlhf-trainer"]),
-    ("rlhf-rollout-worker", &["rlhf-proto", "rlhf-trainer"]),
-    ("rlhf-reward-server", &["rlhf-proto", "rlhf-trainer"]),
-    ("rlhf", &["rlhf-proto", "rlhf-trainer", "rlhf-actors", "rlhf-rollout-worker", "rlhf-reward-server"]),
+    ("rlhf-actors", &["rlhf-proto", "rlhf-secure", "rlhf-trainer"]),
+    ("rlhf-rollout-worker", &["rlhf-proto", "rlhf-secure", "rlhf-trainer"]),
+    ("rlhf-reward-server", &["rlhf-proto", "rlhf-secure", "rlhf-trainer"]),
+    (
+        "rlhf",
+        &["rlhf-proto", "rlhf-secure", "rlhf-trainer", "rlhf-actors", "rlhf-rollout-worker", "rlhf-reward-server"],
+    ),
     // Fuzz target bodies reach into every crate that reads untrusted bytes.
     ("rlhf-fuzz", &["rlhf-proto", "rlhf-trainer", "rlhf-actors", "rlhf-rollout-worker", "rlhf-reward-server"]),
 ];
@@ -21,6 +25,8 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
     ("rlhf-trainer", "tonic", "the trainer knows nothing of the wire"),
     ("rlhf-trainer", "ractor", "the trainer knows nothing of actors"),
     ("rlhf-proto", "burn", "the wire carries token ids and bytes, not tensors"),
+    ("rlhf-secure", "burn", "security knows nothing of models"),
+    ("rlhf-secure", "ractor", "security knows nothing of actors"),
 ];
 
 fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
@@ -73,7 +79,8 @@ fn crates_depend_only_on_the_crates_the_readme_allows() {
 }
 
 /// The crates whose top-level modules are checked for import cycles, by source folder.
-const SOURCE_ROOTS: &[&str] = &["trainer/src", "actors/src", "rollout-worker/src", "reward-server/src", "src"];
+const SOURCE_ROOTS: &[&str] =
+    &["trainer/src", "secure/src", "actors/src", "rollout-worker/src", "reward-server/src", "src"];
 
 /// Non-test Rust source under `dir`: test-only files (`tests.rs`, `*_tests.rs`, `testutil.rs`)
 /// are skipped, and a file's `#[cfg(test)] mod tests { ... }` block (always last) is cut off.

@@ -7,6 +7,7 @@ mod containers;
 mod faults;
 mod hostile;
 mod paths;
+mod secure;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
