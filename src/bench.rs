@@ -37,6 +37,10 @@ pub struct WeightSyncBench {
     dtype: String,
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Measure one path only, in this process (the bench runs each path in a process of its
+    /// own, since a process holds one learner).
+    #[arg(long, hide = true)]
+    path: Option<crate::bench_runtime::SyncPath>,
 }
 
 #[derive(Args)]
@@ -87,7 +91,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             with_backend!(args.device, |B, device| crate::bench_ppo::run::<Autodiff<B>>(&args, &device))
         }
         BenchCommand::WeightSync(args) => {
-            crate::bench_runtime::weight_sync(&args.config, args.workers, &args.dtype, args.runs)
+            crate::bench_runtime::weight_sync(&args.config, args.workers, &args.dtype, args.runs, args.path)
         }
         BenchCommand::Ingest(args) => {
             crate::bench_runtime::ingest(args.workers, args.batch, args.lease_size, args.iterations, args.response_len)

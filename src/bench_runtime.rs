@@ -83,77 +83,143 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-pub fn weight_sync(preset: &str, workers: usize, dtype: &str, runs: usize) -> anyhow::Result<()> {
-    let dtype = match dtype {
+/// A weight-broadcast path `rlhf bench weight-sync` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncPath {
+    /// Plain-text gRPC.
+    Plain,
+    /// TLS 1.3 with client certificates (mutual TLS) and a token.
+    Mtls,
+}
+
+pub fn weight_sync(
+    preset: &str,
+    workers: usize,
+    dtype: &str,
+    runs: usize,
+    path: Option<SyncPath>,
+) -> anyhow::Result<()> {
+    let wire_dtype = match dtype {
         "f32" => WireDtype::F32,
         "bf16" => WireDtype::Bf16,
         other => anyhow::bail!("--dtype must be f32 or bf16, got {other:?}"),
     };
+    if let Some(path) = path {
+        let (seconds, wire_bytes) = measure_sync(preset, workers, wire_dtype, runs, path)?;
+        println!("measured {seconds} {wire_bytes}");
+        return Ok(());
+    }
+    // Each path in a process of its own (a process holds one learner), one after the other,
+    // then a raw TCP copy of the same bytes.
+    let mut rows = Vec::new();
+    let mut wire_bytes = 0;
+    for (name, path) in [("gRPC stream (rlhf, plain text)", "plain"), ("gRPC stream (rlhf, mTLS + token)", "mtls")] {
+        let runs_arg = runs.to_string();
+        let workers_arg = workers.to_string();
+        #[rustfmt::skip]
+        let args = ["bench", "weight-sync", "--config", preset, "--workers", &workers_arg, "--dtype", dtype,
+            "--runs", &runs_arg, "--path", path];
+        let out = crate::runtime::rlhf_command()?.args(args).output().context("starting the bench's child")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let measured = stdout.lines().find_map(|l| l.strip_prefix("measured "));
+        let Some((seconds, bytes)) = measured.and_then(|m| m.split_once(' ')) else {
+            anyhow::bail!("the {path} bench failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        };
+        rows.push((name, seconds.parse::<f64>()?));
+        wire_bytes = bytes.parse()?;
+    }
+    let tcp = raw_tcp(wire_bytes, workers, runs)?;
+    rows.push(("raw TCP copy", tcp));
+    let gbps = |seconds: f64| (wire_bytes * workers) as f64 / seconds / 1e9;
+    println!("| path | dtype | workers | bytes per worker | median s (new connections) | GB/s (all workers) |");
+    println!("|---|---|---|---|---|---|");
+    for (name, seconds) in &rows {
+        println!(
+            "| {name} | {} | {workers} | {wire_bytes} | {seconds:.3} | {:.2} |",
+            wire_dtype.name(),
+            gbps(*seconds)
+        );
+    }
+    println!("\nratio gRPC / raw TCP time: {:.2}", rows[0].1 / tcp);
+    println!("ratio mTLS + token / plain gRPC time: {:.2}", rows[1].1 / rows[0].1);
+    Ok(())
+}
+
+/// The median time for `workers` new clients to download one version over `path`, and the
+/// bytes each received on the wire.
+fn measure_sync(
+    preset: &str,
+    workers: usize,
+    dtype: WireDtype,
+    runs: usize,
+    path: SyncPath,
+) -> anyhow::Result<(f64, usize)> {
     let model = Gpt2Config::preset(preset)?;
     let mut config = LearnerConfig::default();
     config.runtime.weights_dtype = dtype;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        // The same learner twice: plain text, then TLS 1.3 with mutual TLS and a token (a
-        // development PKI made here), each worker on a new connection, handshake included.
+        // A development PKI made here: TLS 1.3, client certificates required, and a token.
         let pki_dir = tempfile::tempdir()?;
         let pki = rlhf_secure::certs::write(pki_dir.path(), &["127.0.0.1".into()])?;
-        let server_tls = TlsConfig {
-            cert: Some(pki.server_cert.clone()),
-            key: Some(pki.server_key.clone()),
-            ca: Some(pki.ca.clone()),
-            require_client_cert: true,
-            ..Default::default()
-        };
-        let client_tls = TlsConfig {
-            ca: Some(pki.ca.clone()),
-            client_cert: Some(pki.client_cert.clone()),
-            client_key: Some(pki.client_key.clone()),
-            ..Default::default()
-        };
         let auth = AuthConfig { token_file: Some(pki.token.clone()), ..Default::default() };
-        let token = auth.token()?;
-        let secure = ServerSecurity::new(&server_tls, &auth, None)?;
-        let plain_addr = start_learner(model.clone(), config.clone(), Box::new(|_, _, _| {})).await?;
-        let tls_addr = start_learner_with(model, config, Box::new(|_, _, _| {}), secure).await?;
-        let paths = [
-            ("gRPC stream (rlhf, plain text)", plain_addr, TlsConfig::default(), None),
-            ("gRPC stream (rlhf, mTLS + token)", tls_addr, client_tls, token),
-        ];
-        let mut rows = Vec::new();
-        let mut wire_bytes = 0;
-        for (name, addr, tls, token) in paths {
-            let mut times = Vec::new();
-            for _ in 0..runs.max(1) {
-                let clients = (0..workers)
-                    .map(|_| rlhf_rollout_worker::learner_client(&addr, Duration::from_secs(60), &tls, token.as_ref()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let started = Instant::now();
-                let tasks: Vec<_> = clients
-                    .into_iter()
-                    .map(|mut c| tokio::spawn(async move { rlhf_rollout_worker::download_weights(&mut c, 0).await }))
-                    .collect();
-                let mut bytes = 0;
-                for task in tasks {
-                    bytes = task.await?.with_context(|| format!("download from {addr}"))?.len();
-                }
-                times.push(started.elapsed().as_secs_f64());
-                // The wire size (bf16 is widened to fp32 after the download).
-                wire_bytes = if dtype == WireDtype::Bf16 { bytes / 2 } else { bytes };
+        let (addr, tls, token) = match path {
+            SyncPath::Plain => {
+                (start_learner(model, config, Box::new(|_, _, _| {})).await?, TlsConfig::default(), None)
             }
-            rows.push((name, median(times)));
+            SyncPath::Mtls => {
+                let server = TlsConfig {
+                    cert: Some(pki.server_cert.clone()),
+                    key: Some(pki.server_key.clone()),
+                    ca: Some(pki.ca.clone()),
+                    require_client_cert: true,
+                    ..Default::default()
+                };
+                let client = TlsConfig {
+                    ca: Some(pki.ca.clone()),
+                    client_cert: Some(pki.client_cert.clone()),
+                    client_key: Some(pki.client_key.clone()),
+                    ..Default::default()
+                };
+                let security = ServerSecurity::new(&server, &auth, None)?;
+                let addr = start_learner_with(model, config, Box::new(|_, _, _| {}), security).await?;
+                (addr, client, auth.token()?)
+            }
+        };
+        // Wait until the learner answers.
+        let mut probe = rlhf_rollout_worker::learner_client(&addr, Duration::from_secs(5), &tls, token.as_ref())?;
+        for _ in 0..200 {
+            if probe
+                .heartbeat(pb::HeartbeatRequest { worker_id: 0 })
+                .await
+                .is_err_and(|s| s.code() == tonic::Code::Unavailable)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            } else {
+                break;
+            }
         }
-        let tcp = raw_tcp(wire_bytes, workers, runs)?;
-        rows.push(("raw TCP copy", tcp));
-        let gbps = |seconds: f64| (wire_bytes * workers) as f64 / seconds / 1e9;
-        println!("| path | dtype | workers | bytes per worker | median s (new connections) | GB/s (all workers) |");
-        println!("|---|---|---|---|---|---|");
-        for (name, seconds) in &rows {
-            println!("| {name} | {} | {workers} | {wire_bytes} | {seconds:.3} | {:.2} |", dtype.name(), gbps(*seconds));
+        let mut times = Vec::new();
+        let mut wire_bytes = 0;
+        for _ in 0..runs.max(1) {
+            // New connections each run: the handshake is part of the broadcast.
+            let clients = (0..workers)
+                .map(|_| rlhf_rollout_worker::learner_client(&addr, Duration::from_secs(60), &tls, token.as_ref()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let started = Instant::now();
+            let tasks: Vec<_> = clients
+                .into_iter()
+                .map(|mut c| tokio::spawn(async move { rlhf_rollout_worker::download_weights(&mut c, 0).await }))
+                .collect();
+            let mut bytes = 0;
+            for task in tasks {
+                bytes = task.await?.with_context(|| format!("download from {addr}"))?.len();
+            }
+            times.push(started.elapsed().as_secs_f64());
+            // The wire size (bf16 is widened to fp32 after the download).
+            wire_bytes = if dtype == WireDtype::Bf16 { bytes / 2 } else { bytes };
         }
-        println!("\nratio gRPC / raw TCP time: {:.2}", rows[0].1 / tcp);
-        println!("ratio mTLS + token / plain gRPC time: {:.2}", rows[1].1 / rows[0].1);
-        Ok(())
+        Ok((median(times), wire_bytes))
     })
 }
 

@@ -3,8 +3,8 @@
     python check.py RENDERED.yaml [RLHF_BINARY]
 
 - every Service, Deployment and StatefulSet selector matches some pod template's labels;
-- every ConfigMap and PersistentVolumeClaim a pod mounts is defined here (or is the operator's
-  data claim, `rlhf-data`);
+- every ConfigMap, Secret and PersistentVolumeClaim a pod mounts is defined here (or is the
+  operator's data claim `rlhf-data` or TLS Secret `rlhf-tls`);
 - a StatefulSet's serviceName is a headless Service;
 - every named targetPort and probe port exists on the pods behind it;
 - every `--learner` / `--reward` address in a container's args names a Service and its port;
@@ -18,6 +18,8 @@ import tempfile
 import yaml
 
 EXTERNAL_CLAIMS = {"rlhf-data"}
+# Made by the operator from their PKI (deploy/README.md): never committed.
+EXTERNAL_SECRETS = {"rlhf-tls"}
 
 
 def pods(docs):
@@ -67,6 +69,9 @@ def main(rendered, binary=None):
         for volume in t["spec"].get("volumes", []):
             if "configMap" in volume and volume["configMap"]["name"] not in by_kind.get("ConfigMap", {}):
                 problems.append(f"{owner}: ConfigMap {volume['configMap']['name']!r} is not defined")
+            secret = volume.get("secret", {}).get("secretName")
+            if secret and secret not in by_kind.get("Secret", {}) and secret not in EXTERNAL_SECRETS:
+                problems.append(f"{owner}: Secret {secret!r} is not defined")
             claim = volume.get("persistentVolumeClaim", {}).get("claimName")
             if claim and claim not in by_kind.get("PersistentVolumeClaim", {}) and claim not in EXTERNAL_CLAIMS:
                 problems.append(f"{owner}: PersistentVolumeClaim {claim!r} is not defined")
@@ -81,7 +86,7 @@ def main(rendered, binary=None):
                 if flag not in ("--learner", "--reward"):
                     continue
                 for address in value.split(","):
-                    host, _, port = address.rpartition(":")
+                    host, _, port = address.split("://")[-1].rpartition(":")
                     # `pod-N.service` for a StatefulSet's pods, `service` otherwise.
                     pod, _, service = host.rpartition(".") if "." in host else ("", "", host)
                     if service not in services or int(port) not in services[service]:

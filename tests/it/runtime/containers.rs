@@ -14,7 +14,7 @@ const BATCH: usize = 32;
 
 #[test]
 fn a_compose_run_survives_scaling_kills_a_partition_and_learner_restarts() {
-    let Some(compose) = Compose::start_if_docker_answers("containers") else { return };
+    let Some(compose) = Compose::start_if_docker_answers("containers", false, ITERATIONS) else { return };
     let started = Instant::now();
     let run = compose.run_dir();
 
@@ -129,6 +129,32 @@ fn a_compose_run_survives_scaling_kills_a_partition_and_learner_restarts() {
     eprintln!("[{:>5.1} s] the run finished: {} prompts, each once; {accounting}", secs(started), ITERATIONS * BATCH);
 }
 
+#[test]
+fn a_compose_run_with_mutual_tls_and_a_token_completes() {
+    // deploy/compose/secure.yml over the same compose file, with certificates from `rlhf certs`
+    // for the service names; healthchecks go to the plain-text health ports.
+    const SHORT: usize = 6;
+    let Some(compose) = Compose::start_if_docker_answers("containers (secure)", true, SHORT) else { return };
+    compose.ok(&["up", "-d", "learner", "reward"]);
+    let learner = compose.id("learner");
+    // From the host, by the learner's address on the bridge network: its health port answers in
+    // plain text without credentials; its gRPC port speaks TLS only.
+    let ip = docker_ok(&["inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &learner]);
+    let ip = ip.trim();
+    compose
+        .wait("the learner's health port", || super::super::rlhf(&["health", &format!("{ip}:7100")]).status.success());
+    let plain = super::super::rlhf_err(&["health", &format!("{ip}:7000"), "--timeout-s", "5"]);
+    assert!(plain.contains(&format!("{ip}:7000")), "{plain}");
+    compose.ok(&["up", "-d", "--scale", "worker=2"]);
+    compose.wait_for("the run's end", Duration::from_secs(180), || compose.state(&learner) == "exited");
+    let log = compose.logs(&learner);
+    assert_eq!(compose.exit_code(&learner), 0, "{log}");
+    assert!(log.contains("run finished") && !log.contains("refused a call"), "{log}");
+    assert_eq!(log.matches("worker joined").count(), 2, "{log}");
+    assert_accounted_once(&compose.run_dir(), SHORT, BATCH);
+    assert!(compose.logs(&compose.id("reward")).contains("tls=true"));
+}
+
 fn secs(since: Instant) -> f64 {
     since.elapsed().as_secs_f64()
 }
@@ -140,12 +166,14 @@ struct Compose {
     project: String,
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// Compose files, in `deploy/compose`, in order.
+    files: Vec<String>,
 }
 
 impl Compose {
     /// Builds the image from the binary under test and writes the project's data and config;
     /// `None`, after one printed line, when no Docker engine or compose tool answers.
-    fn start_if_docker_answers(test: &str) -> Option<Self> {
+    fn start_if_docker_answers(test: &str, secure: bool, iterations: usize) -> Option<Self> {
         let engine = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
         let tool = Command::new("docker-compose").arg("version").output();
         let why = match (&engine, &tool) {
@@ -166,11 +194,11 @@ impl Compose {
         std::fs::create_dir_all(data.join("corpus")).unwrap();
         std::fs::copy(assets().join("imdb-sentiment/test.jsonl"), data.join("corpus/train.jsonl")).unwrap();
         let config = dir.path().join("learner.toml");
-        std::fs::write(&config, learner_config()).unwrap();
+        std::fs::write(&config, learner_config(iterations)).unwrap();
         let run = dir.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
 
-        let project = format!("rlhf-it-{}", std::process::id());
+        let project = format!("rlhf-it-{}{}", if secure { "secure-" } else { "" }, std::process::id());
         let image = format!("{project}:latest");
         let build = Command::new(super::super::root().join("deploy/docker/build-image.sh"))
             .arg(&image)
@@ -178,7 +206,7 @@ impl Compose {
             .output()
             .unwrap();
         assert!(build.status.success(), "build-image.sh failed:\n{}", stderr(&build));
-        let env = vec![
+        let mut env = vec![
             ("RLHF_IMAGE".into(), image),
             ("RLHF_DATA".into(), path_str(&data).into()),
             ("RLHF_LEARNER_CONFIG".into(), path_str(&config).into()),
@@ -186,7 +214,14 @@ impl Compose {
             // Workers log each submission, so the test can tell which one holds a lease.
             ("RLHF_LOG".into(), "info,rlhf_rollout_worker=debug".into()),
         ];
-        Some(Self { project, dir, env })
+        let mut files = vec!["docker-compose.yml".to_string()];
+        if secure {
+            let pki = dir.path().join("pki");
+            super::super::rlhf_ok(&["certs", "--out", path_str(&pki), "--host", "learner,reward"]);
+            env.push(("RLHF_PKI".into(), path_str(&pki).into()));
+            files.push("secure.yml".into());
+        }
+        Some(Self { project, dir, env, files })
     }
 
     fn run_dir(&self) -> PathBuf {
@@ -197,6 +232,7 @@ impl Compose {
         Command::new("docker-compose")
             .current_dir(super::super::root().join("deploy/compose"))
             .args(["-p", &self.project])
+            .args(self.files.iter().flat_map(|f| ["-f", f.as_str()]))
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
@@ -289,11 +325,11 @@ impl Drop for Compose {
 }
 
 /// The learner's config inside its container: paths are the compose file's mounts.
-fn learner_config() -> String {
+fn learner_config(iterations: usize) -> String {
     format!(
         "model = \"/data/sft\"\nprompts = \"/data/corpus/train.jsonl\"\nout = \"/run/rlhf/out\"\nlisten = \"0.0.0.0:7000\"\n\n\
          [reward]\nmodel = \"/data/reward-model\"\n\n\
-         [train]\niterations = {ITERATIONS}\nbatch_size = {BATCH}\n\n[train.sampling]\nmax_new_tokens = 8\n\n\
+         [train]\niterations = {iterations}\nbatch_size = {BATCH}\n\n[train.sampling]\nmax_new_tokens = 8\n\n\
          [train.ppo]\nmini_batch_size = 16\n\n\
          [runtime]\nlease_size = 4\ncheckpoint_every = 3\nheartbeat_timeout_s = 3.0\nheartbeat_interval_ms = 300\n"
     )
