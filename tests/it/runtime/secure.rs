@@ -154,6 +154,12 @@ fn secured_endpoints_refuse_every_bad_client_change_nothing_and_serve_the_right_
         assert_eq!(super::super::rlhf_ok(&["health", &health_addr(proc)]).trim(), "SERVING");
     }
 
+    // On the TLS port, health needs the CA and (mutual TLS) a client certificate, but no token.
+    #[rustfmt::skip]
+    let tls_health = super::super::rlhf_ok(&["health", &learner_url, "--tls-ca", &pki.file("ca.pem"),
+        "--tls-client-cert", &pki.file("client.pem"), "--tls-client-key", &pki.file("client.key")]);
+    assert_eq!(tls_health.trim(), "SERVING");
+
     // The right certificates and token: a worker completes the run.
     let mut worker_args = vec!["worker", "--learner", &learner_url, "--reward", &reward_url, "--name", "trusted"];
     let client_flags = pki.client_flags();
@@ -265,4 +271,35 @@ fn a_join_flood_stops_at_max_workers() {
     assert_eq!(codes.iter().filter(|c| **c == tonic::Code::Ok).count(), 3, "{codes:?}");
     assert!(codes[3..].iter().all(|c| *c == tonic::Code::ResourceExhausted), "{codes:?}");
     assert_eq!(learner.log().matches("worker joined").count(), 3);
+}
+
+#[test]
+fn the_learner_and_the_reward_servers_may_have_different_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (learner_token, reward_token) = (tmp.path().join("learner-token"), tmp.path().join("reward-token"));
+    std::fs::write(&learner_token, "learner-secret\n").unwrap();
+    std::fs::write(&reward_token, "reward-secret\n").unwrap();
+    let config = config(tmp.path(), 1, 8, 0, "");
+    // The learner's token from RLHF_TOKEN, the reward server's from its file; plain text on
+    // loopback, so the worker must allow sending tokens in the clear.
+    let args = ["learner", "--config", path_str(&config)];
+    let (mut learner, addr) = start_with_env(tmp.path(), "learner", &args, true, &[("RLHF_TOKEN", "learner-secret")]);
+    let (lexicon, tokenizer) = (assets().join("imdb-lexicon"), fixture("lm"));
+    #[rustfmt::skip]
+    let reward_args = ["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&tokenizer),
+        "--listen", "127.0.0.1:0", "--token-file", path_str(&reward_token)];
+    let (_reward, reward_addr) = start(tmp.path(), "reward", &reward_args, true);
+    #[rustfmt::skip]
+    let worker = |reward_token_file: &Path| super::super::rlhf(&["worker", "--learner", &addr, "--reward", &reward_addr,
+        "--token-file", path_str(&learner_token), "--reward-token-file", path_str(reward_token_file),
+        "--allow-plaintext-token", "--patience-s", "5"]);
+    // The learner's token sent to the reward server: refused, and the error says so.
+    let out = worker(&learner_token);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&reward_addr) && err.contains("wrong token"), "{err}");
+    // Each its own token: the run completes.
+    let out = worker(&reward_token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(learner.wait(Duration::from_secs(60)).success(), "{}", learner.log());
+    assert_accounted_once(&tmp.path().join("out"), 1, 8);
 }
