@@ -305,14 +305,8 @@ fn finish_update<B: AutodiffKernels>(state: &mut State<B>, result: Updated) -> R
     };
     let lineage = state.ledger.close_iteration(&mut stats, timing);
     let iteration = state.ledger.version() as usize;
-    tracing::info!(
-        iteration = iteration + 1,
-        policy_version = weights.version,
-        reward = format!("{:.4}", stats["env/reward_mean"]),
-        kl = format!("{:.4}", stats["objective/kl"]),
-        workers = state.ledger.n_workers(),
-        "iteration done"
-    );
+    log_iteration(&stats, iteration + 1, weights.version, state.ledger.n_workers());
+    record_metrics(&stats, iteration + 1, weights.version, &state.ledger);
     (state.on_iteration)(iteration, &stats, &lineage);
     let version = weights.version;
     state.ledger.advance(version);
@@ -330,3 +324,61 @@ fn finish_update<B: AutodiffKernels>(state: &mut State<B>, result: Updated) -> R
 
 /// A shared handle the gRPC service uses.
 pub type CoordinatorRef = ActorRef<CoordinatorMsg>;
+
+/// "iteration done", with the record's metrics as typed fields under their documented names
+/// (numbers stay numbers in `--log-format json`; a metric missing from the record is NaN, JSON
+/// null). A tracing event holds at most 32 fields: these are the 28 a run is watched by; the
+/// whole record, per-worker rates included, is in `metrics.jsonl` and on `/metrics`.
+fn log_iteration(stats: &Stats, iteration: usize, version: u64, workers: usize) {
+    let m = |name: &str| stats.get(name).copied().unwrap_or(f64::NAN);
+    tracing::info!(
+        iteration,
+        policy_version = version,
+        workers,
+        "env/reward_mean" = m("env/reward_mean"),
+        "env/reward_std" = m("env/reward_std"),
+        "objective/kl" = m("objective/kl"),
+        "objective/kl_coef" = m("objective/kl_coef"),
+        "objective/entropy" = m("objective/entropy"),
+        "ppo/loss/total" = m("ppo/loss/total"),
+        "ppo/loss/policy" = m("ppo/loss/policy"),
+        "ppo/loss/value" = m("ppo/loss/value"),
+        "ppo/policy/clipfrac" = m("ppo/policy/clipfrac"),
+        "ppo/policy/approxkl" = m("ppo/policy/approxkl"),
+        "ppo/val/clipfrac" = m("ppo/val/clipfrac"),
+        "ppo/val/var_explained" = m("ppo/val/var_explained"),
+        "ppo/grad_norm" = m("ppo/grad_norm"),
+        "ppo/learning_rate" = m("ppo/learning_rate"),
+        "ppo/mean_scores" = m("ppo/mean_scores"),
+        "tokens/responses_len_mean" = m("tokens/responses_len_mean"),
+        "samples_per_s" = m("samples_per_s"),
+        "time/update" = m("time/update"),
+        "time/rollout_wait" = m("time/rollout_wait"),
+        "time/weight_sync" = m("time/weight_sync"),
+        "weights/bytes" = m("weights/bytes"),
+        "staleness/mean" = m("staleness/mean"),
+        "staleness/max" = m("staleness/max"),
+        "reward_server/latency_p50" = m("reward_server/latency_p50"),
+        "reward_server/latency_p99" = m("reward_server/latency_p99"),
+        "iteration done"
+    );
+}
+
+/// The iteration's record as Prometheus gauges (`rlhf_` + the metric's name with every character
+/// that is not a letter or digit as `_`: `env/reward_mean` is `rlhf_env_reward_mean`), and the
+/// run's state beside it.
+fn record_metrics(stats: &Stats, iteration: usize, version: u64, ledger: &Ledger) {
+    for (name, value) in stats.iter() {
+        metrics::gauge!(prometheus_name(name)).set(*value);
+    }
+    metrics::gauge!("rlhf_iteration").set(iteration as f64);
+    metrics::gauge!("rlhf_policy_version").set(version as f64);
+    metrics::gauge!("rlhf_workers_active").set(ledger.n_workers() as f64);
+}
+
+/// A metric's Prometheus name: `rlhf_` + `name` with every other character than a letter or
+/// digit as `_`.
+pub fn prometheus_name(name: &str) -> String {
+    let body: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("rlhf_{body}")
+}

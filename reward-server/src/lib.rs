@@ -224,7 +224,12 @@ async fn score_group(scorer: Box<dyn Scorer>, group: Vec<Job>) -> Box<dyn Scorer
     })
     .await
     .expect("the scoring thread does not panic");
-    tracing::debug!(requests = group.len(), seconds = started.elapsed().as_secs_f64(), "scored batch");
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::debug!(requests = group.len(), seconds, "scored batch");
+    metrics::counter!("rlhf_reward_requests_total").increment(group.len() as u64);
+    metrics::counter!("rlhf_reward_sequences_total").increment(input_len as u64);
+    metrics::histogram!("rlhf_reward_batch_size").record(input_len as f64);
+    metrics::histogram!("rlhf_reward_latency_seconds").record(seconds);
     match result {
         Ok(scores) if scores.len() != input_len => {
             tracing::error!(expected = input_len, got = scores.len(), "the scorer returned the wrong number of scores");

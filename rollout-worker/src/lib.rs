@@ -227,6 +227,7 @@ async fn session<B: Kernels>(
             match fetch_weights::<B>(&mut peers.learner, current.policy_version, &settings.model_config, device).await {
                 Ok(fresh) => {
                     tracing::info!(worker_id, policy_version = current.policy_version, "loaded weights");
+                    metrics::gauge!("rlhf_worker_policy_version").set(current.policy_version as f64);
                     *model = Some((current.policy_version, Generator::new(fresh)));
                 }
                 // The version moved on while we asked, or the learner is restarting: the next
@@ -285,7 +286,8 @@ async fn roll_out<B: Kernels>(
     settings: &RunSettings,
     next_rollout_id: &mut u64,
 ) -> Result<(), Flow> {
-    tracing::info!(
+    // Per lease at debug: 16 workers must not drown the learner's lines in `rlhf run`.
+    tracing::debug!(
         worker_id,
         lease_id = lease.lease_id,
         policy_version = lease.policy_version,
@@ -313,6 +315,7 @@ async fn roll_out<B: Kernels>(
                     seconds = started.elapsed().as_secs_f64(),
                     "loaded weights"
                 );
+                metrics::gauge!("rlhf_worker_policy_version").set(lease.policy_version as f64);
                 *model = Some((lease.policy_version, Generator::new(fresh)));
                 peers.backoff.progress();
             }
@@ -334,6 +337,7 @@ async fn roll_out<B: Kernels>(
     let (_, policy) = model.as_ref().expect("the loop above loads the lease's weights");
     let queries: Vec<Vec<u32>> = lease.prompts.iter().map(|p| p.ids.clone()).collect();
     let (lease_sampling, eos_id) = (SamplingConfig { seed: lease.seed, ..settings.sampling.clone() }, settings.eos_id);
+    let generated = Instant::now();
     let generation = {
         let (policy, queries, device) = (policy.clone(), queries.clone(), device.clone());
         let span =
@@ -345,6 +349,9 @@ async fn roll_out<B: Kernels>(
         .map_err(|e| Flow::Failed(WorkerError::GenerationTask(e)))?
         .map_err(|e| Flow::Failed(e.into()))?
     };
+    let tokens: usize = generation.completion_ids.iter().map(Vec::len).sum();
+    metrics::gauge!("rlhf_worker_tokens_per_second").set(tokens as f64 / generated.elapsed().as_secs_f64().max(1e-9));
+    metrics::counter!("rlhf_worker_tokens_total").increment(tokens as u64);
     if peers.stopping() {
         return Err(Flow::Stopped);
     }
@@ -401,6 +408,7 @@ async fn roll_out<B: Kernels>(
         .await;
     match submitted {
         Ok(reply) => {
+            metrics::counter!("rlhf_worker_rollouts_submitted_total").increment(reply.accepted as u64);
             tracing::debug!(worker_id, lease_id = lease.lease_id, accepted = reply.accepted, "rollouts submitted")
         }
         // The lease expired while we worked (its prompts went to someone else), or the

@@ -115,6 +115,7 @@ impl Peers {
                 },
             }));
         };
+        metrics::counter!("rlhf_worker_backoffs_total").increment(1);
         match tls_problem(status, url) {
             Some(hint) => {
                 tracing::warn!(peer, url, code = ?status.code(), retry_in_ms = delay.as_millis() as u64, %hint, "peer unavailable; backing off")

@@ -47,6 +47,8 @@ pub struct LearnerArgs {
     health_listen: Option<SocketAddr>,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    metrics: super::exporter::MetricsArgs,
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
@@ -99,6 +101,7 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
     };
     with_backend!(args.device, |B, device| run_learner::<Autodiff<B>>(
         learner_config,
+        &args.metrics,
         listen,
         resume,
         overwrite,
@@ -108,6 +111,7 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<()> {
 
 fn run_learner<B: AutodiffKernels>(
     mut learner_config: LearnerConfig,
+    exporter: &super::exporter::MetricsArgs,
     listen: SocketAddr,
     resume: bool,
     overwrite: bool,
@@ -190,6 +194,7 @@ fn run_learner<B: AutodiffKernels>(
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let security = server_security(&tls, &auth, health_listen).await.context("learner")?;
+        exporter.serve().await?;
         announce(listener.local_addr()?)?;
         let span = tracing::info_span!("run", out = %out.display());
         rlhf_actors::serve(args, listener, security, super::shutdown_signal())

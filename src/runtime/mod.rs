@@ -5,6 +5,7 @@
 //! Every server takes `--listen HOST:PORT` (port 0 allowed) and prints the bound address alone on
 //! its first line of stdout, so scripts and tests can read it.
 
+mod exporter;
 mod health;
 mod learner;
 mod reward_server;

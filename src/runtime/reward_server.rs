@@ -41,6 +41,8 @@ pub struct RewardServerArgs {
     health_listen: Option<SocketAddr>,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    metrics: super::exporter::MetricsArgs,
     #[arg(long)]
     max_batch: Option<usize>,
     #[arg(long)]
@@ -83,10 +85,14 @@ pub fn reward_server(args: RewardServerArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&server_config)?);
         return Ok(());
     }
-    with_backend!(args.device, |B, device| run_reward_server::<B>(&server_config, device))
+    with_backend!(args.device, |B, device| run_reward_server::<B>(&server_config, &args.metrics, device))
 }
 
-fn run_reward_server<B: Kernels>(server_config: &RewardServerConfig, device: B::Device) -> anyhow::Result<()> {
+fn run_reward_server<B: Kernels>(
+    server_config: &RewardServerConfig,
+    metrics: &super::exporter::MetricsArgs,
+    device: B::Device,
+) -> anyhow::Result<()> {
     let tokenizer = server_config.tokenizer.as_deref().map(Tokenizer::load).transpose()?;
     let spec = ScorerSpec {
         model: server_config.model.as_deref(),
@@ -103,6 +109,7 @@ fn run_reward_server<B: Kernels>(server_config: &RewardServerConfig, device: B::
         let security = server_security(&server_config.tls, &server_config.auth, server_config.health_listen)
             .await
             .context("reward server")?;
+        metrics.serve().await?;
         announce(listener.local_addr()?)?;
         // On SIGTERM the server stops taking connections and drains open ones, for at most
         // SHUTDOWN_GRACE: a client that keeps its connection open cannot hold it up.

@@ -39,6 +39,8 @@ pub struct WorkerArgs {
     device: Device,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    metrics: super::exporter::MetricsArgs,
 }
 
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -63,13 +65,18 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&worker_config)?);
         return Ok(());
     }
-    with_backend!(args.device, |B, device| run_worker::<B>(&worker_config, device))
+    with_backend!(args.device, |B, device| run_worker::<B>(&worker_config, &args.metrics, device))
 }
 
-fn run_worker<B: Kernels>(worker_config: &WorkerConfig, device: B::Device) -> anyhow::Result<()> {
+fn run_worker<B: Kernels>(
+    worker_config: &WorkerConfig,
+    metrics: &super::exporter::MetricsArgs,
+    device: B::Device,
+) -> anyhow::Result<()> {
     let options = worker_config.options();
     let name = options.name.clone();
     runtime()?.block_on(async move {
+        metrics.serve().await?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;

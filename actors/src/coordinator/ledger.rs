@@ -180,6 +180,8 @@ impl Ledger {
             tracing::warn!(lease_id, worker_id = lease.worker_id, worker = %name, prompts = lease.prompts.len(), "{why}; re-issuing its prompts");
             self.totals.leases_reissued += 1;
             self.pending.push_front(lease.prompts);
+            metrics::counter!("rlhf_leases_reissued_total").increment(1);
+            metrics::gauge!("rlhf_leases_outstanding").set(self.leases.len() as f64);
         }
     }
 
@@ -191,12 +193,14 @@ impl Ledger {
     /// A worker joined: it may take leases from now on.
     pub fn worker_joined(&mut self, worker_id: u64, name: String) {
         self.totals.workers_joined += 1;
+        metrics::counter!("rlhf_workers_joined_total").increment(1);
         self.workers.insert(worker_id, WorkerInfo { name, samples: 0 });
     }
 
     /// A worker stopped heartbeating: its leases are re-issued and it may take no more.
     pub fn worker_expired(&mut self, worker_id: u64) {
         self.totals.workers_expired += 1;
+        metrics::counter!("rlhf_workers_expired_total").increment(1);
         let owned: Vec<u64> = self.leases.iter().filter(|(_, l)| l.worker_id == worker_id).map(|(&id, _)| id).collect();
         for lease_id in owned {
             self.reissue(lease_id, "lease of an expired worker");
@@ -245,6 +249,8 @@ impl Ledger {
         let deadline = now + Duration::from_secs_f64(self.config.runtime.lease_timeout_s);
         let wire_prompts = prompts.iter().map(|&i| pb::Prompt { prompt_index: i, ids: self.prompt(i) }).collect();
         self.leases.insert(lease_id, LeaseInfo { worker_id, policy_version: self.version, prompts, deadline });
+        metrics::counter!("rlhf_leases_issued_total").increment(1);
+        metrics::gauge!("rlhf_leases_outstanding").set(self.leases.len() as f64);
         let deadline_ms = (self.config.runtime.lease_timeout_s * 1000.0) as u64;
         Ok(pb::LeasePromptsResponse {
             reply: Some(Reply::Lease(pb::Lease {
@@ -278,6 +284,7 @@ impl Ledger {
         if let Err(status) = check_submission(&request, &claim, &self.limits, |i| self.prompt(i)) {
             tracing::warn!(worker_id = request.worker_id, lease_id = request.lease_id, error = %status.message(), "submission refused");
             self.totals.submissions_refused += 1;
+            metrics::counter!("rlhf_submissions_refused_total").increment(1);
             return Err(status);
         }
         let lag = self.config.runtime.max_policy_lag;
@@ -294,6 +301,8 @@ impl Ledger {
         }
         self.leases.remove(&request.lease_id);
         let n = request.rollouts.len() as u32;
+        metrics::gauge!("rlhf_leases_outstanding").set(self.leases.len() as f64);
+        metrics::counter!("rlhf_rollouts_accepted_total").increment(n as u64);
         for r in request.rollouts {
             // Exactly once: a prompt is accounted when its lease is accepted, never again.
             assert!(self.accounted.insert(r.prompt_index), "prompt {} accounted twice", r.prompt_index);

@@ -10,11 +10,12 @@ fn a_killed_worker_s_lease_is_reissued_and_the_run_completes() {
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     // Worker A takes a lease and sits on it; then it is killed.
-    let (mut doomed, _) = start(
+    let (mut doomed, _) = start_with_env(
         tmp.path(),
         "doomed",
         &["worker", "--learner", &addr, "--reward", &reward, "--name", "doomed-worker", "--hold-lease-ms", "600000"],
         false,
+        &[("RUST_LOG", DEBUG_WORKER_LOG)],
     );
     wait_for("the doomed worker's lease", Duration::from_secs(60), &[&learner, &doomed], || {
         doomed.log().contains("lease received")
@@ -274,7 +275,8 @@ fn alive(pid: u32) -> bool {
 /// `rlhf run` with 2 workers, waited on until its 4 children run.
 fn running_run(dir: &Path) -> (Proc, Vec<u32>) {
     let config = config(dir, 50, 16, 4, "");
-    let (run, _) = start(dir, "run", &["run", "--config", path_str(&config), "--workers", "2"], false);
+    let args = ["run", "--config", path_str(&config), "--workers", "2"];
+    let (run, _) = start_with_env(dir, "run", &args, false, &[("RUST_LOG", DEBUG_WORKER_LOG)]);
     let pid = run.child.id();
     let mut children = Vec::new();
     wait_for("the run's 4 children", Duration::from_secs(60), &[&run], || {

@@ -6,6 +6,7 @@
 mod containers;
 mod faults;
 mod hostile;
+mod observability;
 mod paths;
 mod secure;
 
@@ -51,6 +52,9 @@ impl Drop for Proc {
 pub(super) fn start(dir: &Path, name: &str, args: &[&str], server: bool) -> (Proc, String) {
     start_with_env(dir, name, args, server, &[])
 }
+
+/// A worker's log with each lease it receives and submits in it (per-lease lines are `debug`).
+pub(super) const DEBUG_WORKER_LOG: &str = "info,hf_hub=off,rlhf_rollout_worker=debug";
 
 /// A reward server's log with each scored batch (and how many requests it joined) in it.
 pub(super) const DEBUG_REWARD_LOG: &str = "info,hf_hub=off,rlhf_reward_server=debug";

@@ -48,7 +48,7 @@ fn a_worker_stopped_by_sigterm_returns_its_lease() {
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     let held = ["worker", "--learner", &addr, "--reward", &reward, "--name", "leaving", "--hold-lease-ms", "600000"];
-    let (mut leaving, _) = start(tmp.path(), "leaving", &held, false);
+    let (mut leaving, _) = start_with_env(tmp.path(), "leaving", &held, false, &[("RUST_LOG", DEBUG_WORKER_LOG)]);
     wait_for("the leaving worker's lease", Duration::from_secs(60), &[&learner, &leaving], || {
         leaving.log().contains("lease received")
     });

@@ -1,0 +1,132 @@
+//! Watching a run: every role's Prometheus `/metrics` (documented names, numeric values that move
+//! across iterations) and JSON log lines whose numbers are numbers.
+
+use std::io::{Read, Write};
+
+use super::*;
+
+/// The address a role logged for `--metrics-listen 127.0.0.1:0`.
+fn metrics_addr(proc: &Proc) -> String {
+    let mut addr = None;
+    wait_for("the metrics listener", Duration::from_secs(30), &[proc], || {
+        addr = proc.log().lines().find(|l| l.contains("metrics listening")).and_then(|l| {
+            let start = l.find("addr=")? + 5;
+            Some(l[start..].split_whitespace().next()?.to_string())
+        });
+        addr.is_some()
+    });
+    addr.unwrap()
+}
+
+/// `GET /metrics`, parsed: every sample line's name (labels included) and value.
+fn scrape(addr: &str) -> BTreeMap<String, f64> {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(name, value)| (name.to_string(), value.parse::<f64>().unwrap_or_else(|_| panic!("{name}: {value}"))))
+        .collect()
+}
+
+use std::collections::BTreeMap;
+
+#[test]
+fn every_role_serves_prometheus_metrics_that_move_across_iterations() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Long enough to be scraped twice while it runs.
+    let config = config(tmp.path(), 2000, 8, 4, "");
+    let metrics = ["--metrics-listen", "127.0.0.1:0"];
+    let mut args = vec!["learner", "--config", path_str(&config)];
+    args.extend(metrics);
+    let (learner, addr) = start(tmp.path(), "learner", &args, true);
+    let (lexicon, tokenizer) = (assets().join("imdb-lexicon"), fixture("lm"));
+    #[rustfmt::skip]
+    let mut reward_args = vec!["reward-server", "--lexicon", path_str(&lexicon), "--tokenizer", path_str(&tokenizer),
+        "--listen", "127.0.0.1:0"];
+    reward_args.extend(metrics);
+    let (reward, reward_addr) = start(tmp.path(), "reward", &reward_args, true);
+    let mut worker_args = vec!["worker", "--learner", &addr, "--reward", &reward_addr];
+    worker_args.extend(metrics);
+    let (worker, _) = start(tmp.path(), "worker", &worker_args, false);
+    let (learner_m, reward_m, worker_m) = (metrics_addr(&learner), metrics_addr(&reward), metrics_addr(&worker));
+
+    let version = |m: &BTreeMap<String, f64>| m.get("rlhf_policy_version").copied().unwrap_or(0.0);
+    let mut first = BTreeMap::new();
+    wait_for("a few iterations", Duration::from_secs(60), &[&learner], || {
+        first = scrape(&learner_m);
+        version(&first) >= 3.0
+    });
+    let (reward_first, worker_first) = (scrape(&reward_m), scrape(&worker_m));
+    let mut second = BTreeMap::new();
+    wait_for("more iterations", Duration::from_secs(60), &[&learner], || {
+        second = scrape(&learner_m);
+        version(&second) >= version(&first) + 3.0
+    });
+    let (reward_second, worker_second) = (scrape(&reward_m), scrape(&worker_m));
+
+    // The learner: the iteration's record under documented names, and the run's state.
+    for name in [
+        "rlhf_env_reward_mean",
+        "rlhf_objective_kl",
+        "rlhf_ppo_loss_total",
+        "rlhf_samples_per_s",
+        "rlhf_time_update",
+        "rlhf_time_weight_sync",
+        "rlhf_iteration",
+        "rlhf_policy_version",
+        "rlhf_workers_active",
+        "rlhf_leases_outstanding",
+        "rlhf_leases_issued_total",
+        "rlhf_workers_joined_total",
+        "rlhf_rollouts_accepted_total",
+    ] {
+        assert!(second.get(name).is_some_and(|v| v.is_finite()), "the learner's /metrics lack {name}: {second:?}");
+    }
+    assert!(second["rlhf_leases_issued_total"] > first["rlhf_leases_issued_total"]);
+    assert!(second["rlhf_iteration"] > first["rlhf_iteration"]);
+    assert_eq!(second["rlhf_workers_active"], 1.0);
+    // The worker: tokens, rollouts, the weight version it holds.
+    for name in ["rlhf_worker_tokens_per_second", "rlhf_worker_tokens_total", "rlhf_worker_policy_version"] {
+        assert!(
+            worker_second.get(name).is_some_and(|v| v.is_finite()),
+            "the worker's /metrics lack {name}: {worker_second:?}"
+        );
+    }
+    let submitted = "rlhf_worker_rollouts_submitted_total";
+    assert!(worker_second[submitted] > worker_first[submitted], "{worker_second:?}");
+    assert!(worker_second["rlhf_worker_policy_version"] > worker_first["rlhf_worker_policy_version"]);
+    // The reward server: requests, batch sizes and a latency histogram.
+    let requests = "rlhf_reward_requests_total";
+    assert!(reward_second[requests] > reward_first[requests], "{reward_second:?}");
+    assert!(reward_second["rlhf_reward_batch_size_count"] > 0.0);
+    assert!(reward_second.keys().any(|k| k.starts_with("rlhf_reward_latency_seconds_bucket{le=")), "{reward_second:?}");
+}
+
+#[test]
+fn json_log_lines_parse_and_their_numbers_are_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 3, 8, 4, "");
+    let (mut run, _) = start(
+        tmp.path(),
+        "run",
+        &["--log-format", "json", "run", "--config", path_str(&config), "--workers", "1"],
+        false,
+    );
+    assert!(run.wait(Duration::from_secs(120)).success(), "{}", run.log());
+    let events: Vec<serde_json::Value> =
+        run.log().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let iterations: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["fields"]["message"] == "iteration done").map(|e| &e["fields"]).collect();
+    assert_eq!(iterations.len(), 3, "{events:?}");
+    for (i, fields) in iterations.iter().enumerate() {
+        assert_eq!(fields["iteration"], i + 1);
+        for name in ["env/reward_mean", "objective/kl", "ppo/loss/total", "samples_per_s", "time/update", "workers"] {
+            assert!(fields[name].is_number(), "{name} is not a number: {fields}");
+        }
+    }
+}
