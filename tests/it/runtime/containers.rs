@@ -145,6 +145,7 @@ fn a_compose_run_with_mutual_tls_and_a_token_completes() {
         .wait("the learner's health port", || super::super::rlhf(&["health", &format!("{ip}:7100")]).status.success());
     let plain = super::super::rlhf_err(&["health", &format!("{ip}:7000"), "--timeout-s", "5"]);
     assert!(plain.contains(&format!("{ip}:7000")), "{plain}");
+
     compose.ok(&["up", "-d", "--scale", "worker=2"]);
     compose.wait_for("the run's end", Duration::from_secs(180), || compose.state(&learner) == "exited");
     let log = compose.logs(&learner);
@@ -152,7 +153,12 @@ fn a_compose_run_with_mutual_tls_and_a_token_completes() {
     assert!(log.contains("run finished") && !log.contains("refused a call"), "{log}");
     assert_eq!(log.matches("worker joined").count(), 2, "{log}");
     assert_accounted_once(&compose.run_dir(), SHORT, BATCH);
-    assert!(compose.logs(&compose.id("reward")).contains("tls=true"));
+    let reward = compose.id("reward");
+    assert!(compose.logs(&reward).contains("tls=true"));
+    // The reward server's metrics port (compose exposes it) counted the run's requests.
+    let ip = docker_ok(&["inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &reward]);
+    let metrics = super::observability::scrape(&format!("{}:9101", ip.trim()));
+    assert!(metrics.get("rlhf_reward_requests_total").is_some_and(|n| *n > 0.0), "{metrics:?}");
 }
 
 fn secs(since: Instant) -> f64 {

@@ -130,7 +130,10 @@ fn a_worker_fails_over_to_the_next_reward_server() {
 #[test]
 fn workers_rejoin_a_restarted_learner_and_the_run_completes() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = config(tmp.path(), 8, 16, 4, "checkpoint_every = 1\n");
+    // Enough work left after the restart (each lease held 100 ms) that both workers, backing off
+    // for up to ~3 s, find the new learner before it finishes.
+    const ITERATIONS: usize = 20;
+    let config = config(tmp.path(), ITERATIONS, 16, 4, "checkpoint_every = 1\n");
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let (_reward, reward_addr) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     let worker_args = |name: &'static str| {
@@ -145,7 +148,7 @@ fn workers_rejoin_a_restarted_learner_and_the_run_completes() {
             "--patience-s",
             "60",
             "--hold-lease-ms",
-            "30",
+            "100",
         ]
     };
     let (worker_a, _) = start(tmp.path(), "worker-a", &worker_args("a"), false);
@@ -172,8 +175,8 @@ fn workers_rejoin_a_restarted_learner_and_the_run_completes() {
         assert!(log.contains("joining again"), "a worker did not rejoin:\n{log}");
     }
     let steps: Vec<u64> = lines(&out.join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
-    assert_eq!(steps, (1..=8).collect::<Vec<u64>>(), "the curve does not continue as one run");
-    assert_accounted_once(&out, 8, 16);
+    assert_eq!(steps, (1..=ITERATIONS as u64).collect::<Vec<u64>>(), "the curve does not continue as one run");
+    assert_accounted_once(&out, ITERATIONS, 16);
     let accounting: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("accounting.json")).unwrap()).unwrap();
     assert_eq!(accounting["resumes"], 1, "{accounting}");

@@ -19,7 +19,7 @@ fn metrics_addr(proc: &Proc) -> String {
 }
 
 /// `GET /metrics`, parsed: every sample line's name (labels included) and value.
-fn scrape(addr: &str) -> BTreeMap<String, f64> {
+pub(super) fn scrape(addr: &str) -> BTreeMap<String, f64> {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
@@ -105,6 +105,30 @@ fn every_role_serves_prometheus_metrics_that_move_across_iterations() {
     assert!(reward_second[requests] > reward_first[requests], "{reward_second:?}");
     assert!(reward_second["rlhf_reward_batch_size_count"] > 0.0);
     assert!(reward_second.keys().any(|k| k.starts_with("rlhf_reward_latency_seconds_bucket{le=")), "{reward_second:?}");
+
+    // Every metric the Grafana dashboard plots is one a role serves (counters of events this run
+    // did not have, such as backoffs, appear with the first one).
+    let dashboard = std::fs::read_to_string(super::super::root().join("deploy/grafana/rlhf.json")).unwrap();
+    let served: BTreeSet<&str> = [&second, &worker_second, &reward_second]
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .map(|k| k.split('{').next().unwrap())
+        .collect();
+    let only_after_an_event =
+        ["rlhf_worker_backoffs_total", "rlhf_leases_reissued_total", "rlhf_submissions_refused_total"];
+    let mut plotted = 0;
+    for (i, _) in dashboard.match_indices("rlhf_") {
+        let name: String = dashboard[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if name == "rlhf_run" {
+            continue; // the dashboard's uid
+        }
+        plotted += 1;
+        assert!(
+            served.contains(name.as_str()) || only_after_an_event.contains(&name.as_str()),
+            "the dashboard plots {name}, which no role serves"
+        );
+    }
+    assert!(plotted > 20);
 }
 
 #[test]
