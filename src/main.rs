@@ -81,6 +81,9 @@ enum Command {
     Run(runtime::RunArgs),
     /// Probe a role's gRPC health service: exit 0 when it is SERVING (for healthchecks and probes).
     Health(runtime::HealthArgs),
+    /// The run's state from the learner: progress, and per worker its weights, heartbeat, rate
+    /// and lease (read-only; a worker's credentials).
+    Status(runtime::StatusArgs),
     /// Write a development CA, server and client certificates and a token (TLS in one command;
     /// production setups bring their own PKI).
     Certs(runtime::CertsArgs),
@@ -122,6 +125,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(args) => runtime::run(args),
         Command::Health(args) => runtime::health(args),
         Command::Certs(args) => runtime::certs(args),
+        Command::Status(args) => runtime::status(args),
         Command::Parity(args) => parity::run(args),
         Command::Bench(command) => bench::run(command),
     }

@@ -50,9 +50,15 @@ pub const PPO_LEARNER: &str = "ppo-learner";
 /// Messages the coordinator handles. RPC handlers send one per call and await the reply;
 /// children's events arrive wrapped in `Membership` and `Learner`.
 pub enum CoordinatorMsg {
+    /// `held_version`: the weights the worker holds (for `rlhf status`).
     Lease {
         worker_id: u64,
+        held_version: u64,
         reply: RpcReplyPort<Result<pb::LeasePromptsResponse, Status>>,
+    },
+    /// The run's state, for `rlhf status` (membership fills in addresses and heartbeats).
+    Status {
+        reply: RpcReplyPort<pb::StatusResponse>,
     },
     Submit {
         request: pb::SubmitRolloutsRequest,
@@ -254,8 +260,11 @@ fn handle_message<B: AutodiffKernels>(message: CoordinatorMsg, state: &mut State
         CoordinatorMsg::Membership(MembershipEvent::WorkerExpired { worker_id }) => {
             state.ledger.worker_expired(worker_id);
         }
-        CoordinatorMsg::Lease { worker_id, reply } => {
-            let _ = reply.send(state.ledger.lease(worker_id, Instant::now()));
+        CoordinatorMsg::Lease { worker_id, held_version, reply } => {
+            let _ = reply.send(state.ledger.lease(worker_id, held_version, Instant::now()));
+        }
+        CoordinatorMsg::Status { reply } => {
+            let _ = reply.send(state.ledger.status());
         }
         CoordinatorMsg::Submit { request, score_seconds, reply } => {
             let _ = reply.send(state.ledger.submit(request, score_seconds));

@@ -24,7 +24,13 @@ pub enum MembershipMsg {
     /// Refused with `ResourceExhausted` at `runtime.max_workers` live workers.
     Join {
         name: String,
+        /// Where its call came from, as the learner sees it.
+        address: String,
         reply: RpcReplyPort<Result<pb::JoinResponse, Status>>,
+    },
+    /// Each live worker's address and seconds since its last heartbeat (for `rlhf status`).
+    Snapshot {
+        reply: RpcReplyPort<Vec<(u64, String, f64)>>,
     },
     Heartbeat {
         worker_id: u64,
@@ -66,6 +72,8 @@ pub struct MembershipState {
     parent: DerivedActorRef<MembershipEvent>,
     /// Worker id -> (name, last heard from).
     workers: BTreeMap<u64, (String, Instant)>,
+    /// Worker id -> the address its join came from.
+    addresses: BTreeMap<u64, String>,
     next_worker_id: u64,
     max_workers: usize,
     version: u64,
@@ -90,6 +98,7 @@ impl Actor for Membership {
             heartbeat_timeout: args.heartbeat_timeout,
             parent: args.parent,
             workers: BTreeMap::new(),
+            addresses: BTreeMap::new(),
             next_worker_id: 1,
             max_workers: args.max_workers,
             version: args.start_version,
@@ -113,7 +122,19 @@ async fn handle_message(
     state: &mut MembershipState,
 ) -> Result<(), ActorProcessingErr> {
     match message {
-        MembershipMsg::Join { name, reply } => {
+        MembershipMsg::Snapshot { reply } => {
+            let now = Instant::now();
+            let live = state
+                .workers
+                .iter()
+                .map(|(&id, (_, seen))| {
+                    let address = state.addresses.get(&id).cloned().unwrap_or_default();
+                    (id, address, now.duration_since(*seen).as_secs_f64())
+                })
+                .collect();
+            let _ = reply.send(live);
+        }
+        MembershipMsg::Join { name, address, reply } => {
             if state.workers.len() >= state.max_workers {
                 tracing::debug!(worker = %name, "join refused: runtime.max_workers reached");
                 let _ = reply.send(Err(Status::resource_exhausted(format!(
@@ -137,6 +158,7 @@ async fn handle_message(
             }
             tracing::info!(worker_id, worker = %name, "worker joined");
             state.workers.insert(worker_id, (name, Instant::now()));
+            state.addresses.insert(worker_id, address);
             let settings = &state.settings;
             let _ = reply.send(Ok(pb::JoinResponse {
                 worker_id,
@@ -171,6 +193,7 @@ async fn handle_message(
                 .collect();
             for worker_id in silent {
                 let (name, _) = state.workers.remove(&worker_id).expect("listed above");
+                state.addresses.remove(&worker_id);
                 tracing::warn!(worker_id, worker = %name, "worker expired (no heartbeat)");
                 state.parent.send_message(MembershipEvent::WorkerExpired { worker_id })?;
             }
@@ -252,12 +275,16 @@ mod tests {
         };
         let (membership, membership_handle) = Actor::spawn(None, Membership, args).await.unwrap();
 
-        let joined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await.unwrap();
+        let joined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), address: String::new(), reply })
+            .await
+            .unwrap();
         assert_eq!((joined.worker_id, joined.eos_id), (1, 7));
         // The parent heard of the worker before the worker heard its id.
         assert_eq!(events.try_recv().unwrap(), "joined 1 w");
         // At max_workers (1 here) a join is refused and changes nothing.
-        let refused = ask(&membership, |reply| MembershipMsg::Join { name: "x".into(), reply }).await.unwrap_err();
+        let refused = ask(&membership, |reply| MembershipMsg::Join { name: "x".into(), address: String::new(), reply })
+            .await
+            .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(events.try_recv().is_err());
 
@@ -271,7 +298,10 @@ mod tests {
         assert_eq!(next_event(&mut events).await, "expired 1");
         let status = ask(&membership, |reply| MembershipMsg::Heartbeat { worker_id: 1, reply }).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound);
-        let rejoined = ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), reply }).await.unwrap();
+        let rejoined =
+            ask(&membership, |reply| MembershipMsg::Join { name: "w".into(), address: String::new(), reply })
+                .await
+                .unwrap();
         assert_eq!(rejoined.worker_id, 2);
         assert_eq!(next_event(&mut events).await, "joined 2 w");
 

@@ -37,8 +37,9 @@ async fn ask<M: ractor::Message, T: Send + 'static>(
 #[tonic::async_trait]
 impl Learner for LearnerService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let address = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let name = request.into_inner().name;
-        Ok(Response::new(ask(&self.membership, |reply| MembershipMsg::Join { name, reply }).await??))
+        Ok(Response::new(ask(&self.membership, |reply| MembershipMsg::Join { name, address, reply }).await??))
     }
 
     async fn heartbeat(
@@ -53,8 +54,10 @@ impl Learner for LearnerService {
         &self,
         request: Request<pb::LeasePromptsRequest>,
     ) -> Result<Response<pb::LeasePromptsResponse>, Status> {
-        let worker_id = request.into_inner().worker_id;
-        Ok(Response::new(ask(&self.coordinator, |reply| CoordinatorMsg::Lease { worker_id, reply }).await??))
+        let pb::LeasePromptsRequest { worker_id, policy_version: held_version } = request.into_inner();
+        Ok(Response::new(
+            ask(&self.coordinator, |reply| CoordinatorMsg::Lease { worker_id, held_version, reply }).await??,
+        ))
     }
 
     async fn submit_rollouts(
@@ -87,5 +90,17 @@ impl Learner for LearnerService {
         let snapshot = ask(&self.publisher, |reply| PublisherMsg::Get { version, reply }).await??;
         // Every worker streams from the same shared buffer; chunks are cut as they are sent.
         Ok(Response::new(Box::pin(tokio_stream::iter(snapshot.chunks().map(Ok)))))
+    }
+
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let mut status = ask(&self.coordinator, |reply| CoordinatorMsg::Status { reply }).await?;
+        let live = ask(&self.membership, |reply| MembershipMsg::Snapshot { reply }).await?;
+        for worker in &mut status.workers {
+            if let Some((_, address, seconds)) = live.iter().find(|(id, _, _)| *id == worker.worker_id) {
+                worker.address = address.clone();
+                worker.seconds_since_heartbeat = *seconds;
+            }
+        }
+        Ok(Response::new(status))
     }
 }

@@ -11,6 +11,7 @@ mod learner;
 mod reward_server;
 mod run;
 mod security;
+mod status;
 mod worker;
 
 use std::io::Write;
@@ -26,6 +27,7 @@ pub use reward_server::{RewardServerArgs, reward_server};
 pub(crate) use run::rlhf_command;
 pub use run::{RunArgs, run};
 pub use security::{CertsArgs, certs};
+pub use status::{StatusArgs, status};
 pub use worker::{WorkerArgs, worker};
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -255,7 +255,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone()).context("installing a signal handler")?;
     }
     // Wait for the learner; if every worker has failed meanwhile, the run cannot finish.
+    let mut progress = RunProgress::new(&learner_config);
     let status = loop {
+        progress.poll();
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!("stopping the run: forwarding the signal to every child");
             // Workers first, so that they can still hand their leases back to the learner.
@@ -290,4 +292,85 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("the learner exited with {status}");
     }
     Ok(())
+}
+
+/// `rlhf run`'s live progress from the learner's `metrics.jsonl`: iteration i/N, reward, KL,
+/// samples/s, workers and ETA. A bar on a terminal; otherwise a `progress` log line at most every
+/// 10 s (and for the last iteration).
+struct RunProgress {
+    path: std::path::PathBuf,
+    read: u64,
+    total: usize,
+    bar: Option<indicatif::ProgressBar>,
+    started: std::time::Instant,
+    last_line: Option<std::time::Instant>,
+}
+
+impl RunProgress {
+    fn new(config: &LearnerConfig) -> Self {
+        let path = config.out.join(rlhf_actors::run_dir::METRICS_FILE);
+        let read = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let total = config.train.iterations;
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("PPO [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta} {msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        Self { path, read, total, bar, started: std::time::Instant::now(), last_line: None }
+    }
+
+    /// Reads the records written since the last call and shows the newest.
+    fn poll(&mut self) {
+        use std::io::{Read, Seek};
+        let Ok(mut file) = std::fs::File::open(&self.path) else { return };
+        // A resuming learner drops the records written after its checkpoint: start over.
+        if file.metadata().is_ok_and(|m| m.len() < self.read) {
+            self.read = 0;
+        }
+        if file.seek(std::io::SeekFrom::Start(self.read)).is_err() {
+            return;
+        }
+        let mut text = String::new();
+        if file.read_to_string(&mut text).is_err() {
+            return;
+        }
+        // Only whole lines; a partly written one is read next time.
+        let Some(end) = text.rfind('\n') else { return };
+        self.read += end as u64 + 1;
+        let Some(record) = text[..end].lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        else {
+            return;
+        };
+        let iteration = record["step"].as_u64().unwrap_or(0) as usize;
+        let get = |k: &str| record[k].as_f64().unwrap_or(f64::NAN);
+        let (reward, kl, rate, workers) =
+            (get("env/reward_mean"), get("objective/kl"), get("samples_per_s"), get("workers/active"));
+        let message = format!("reward {reward:.3} KL {kl:.3} {rate:.1} samples/s {workers} workers");
+        if let Some(bar) = &self.bar {
+            bar.set_position(iteration as u64);
+            bar.set_message(message);
+            return;
+        }
+        let due = self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if due || iteration >= self.total {
+            self.last_line = Some(std::time::Instant::now());
+            let per_iteration = self.started.elapsed().as_secs_f64() / iteration.max(1) as f64;
+            let eta_s = (per_iteration * self.total.saturating_sub(iteration) as f64).round();
+            #[rustfmt::skip]
+            tracing::info!(iteration, iterations = self.total, reward, kl, samples_per_s = rate, workers, eta_s, "progress");
+        }
+    }
+}
+
+impl Drop for RunProgress {
+    fn drop(&mut self) {
+        self.poll();
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
 }

@@ -46,6 +46,24 @@ pub struct SecurityArgs {
 }
 
 impl SecurityArgs {
+    /// The settings these flags give, for a client that has no config file (`rlhf status`).
+    pub fn configs(&self) -> (TlsConfig, AuthConfig) {
+        let tls = TlsConfig {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+            client_cert: self.tls_client_cert.clone(),
+            client_key: self.tls_client_key.clone(),
+            require_client_cert: self.tls_require_client_cert,
+        };
+        let auth = AuthConfig {
+            token_file: self.token_file.clone(),
+            reward_token_file: self.reward_token_file.clone(),
+            allow_plaintext_token: self.allow_plaintext_token,
+        };
+        (tls, auth)
+    }
+
     /// The flags that were given, as config keys.
     pub fn flags(&self) -> Vec<(&'static str, Value)> {
         let mut flags = Vec::new();

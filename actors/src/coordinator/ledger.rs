@@ -24,6 +24,10 @@ struct WorkerInfo {
     name: String,
     /// Rollouts accepted from it this iteration.
     samples: usize,
+    /// Its rollouts per second over the last finished iteration.
+    samples_per_s: f64,
+    /// The policy version whose weights it holds (its last lease request says).
+    held_version: u64,
 }
 
 struct LeaseInfo {
@@ -185,6 +189,37 @@ impl Ledger {
         }
     }
 
+    /// The run's state for `rlhf status`: its progress and, per worker, the weights it holds, its
+    /// rate and its lease (membership adds addresses and heartbeats).
+    pub fn status(&self) -> pb::StatusResponse {
+        let batch = self.config.train.batch_size;
+        let workers = self
+            .workers
+            .iter()
+            .map(|(&worker_id, info)| {
+                let lease = self.leases.iter().find(|(_, l)| l.worker_id == worker_id);
+                pb::WorkerStatus {
+                    worker_id,
+                    name: info.name.clone(),
+                    policy_version: info.held_version,
+                    samples_per_s: info.samples_per_s,
+                    lease_id: lease.map(|(&id, _)| id).unwrap_or(0),
+                    lease_prompts: lease.map(|(_, l)| l.prompts.len() as u32).unwrap_or(0),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        pb::StatusResponse {
+            policy_version: self.version,
+            iterations: self.config.train.iterations as u64,
+            prompts_done: self.run_totals(self.config.train.iterations * batch).prompts_accounted as u64,
+            prompts_leased: self.leases.values().map(|l| l.prompts.len() as u64).sum(),
+            prompts_total: (self.config.train.iterations * batch) as u64,
+            done: self.done(),
+            workers,
+        }
+    }
+
     /// A worker's name (`--name`); empty for one that is not known (any more).
     fn worker_name(&self, worker_id: u64) -> String {
         self.workers.get(&worker_id).map(|w| w.name.clone()).unwrap_or_default()
@@ -194,7 +229,7 @@ impl Ledger {
     pub fn worker_joined(&mut self, worker_id: u64, name: String) {
         self.totals.workers_joined += 1;
         metrics::counter!("rlhf_workers_joined_total").increment(1);
-        self.workers.insert(worker_id, WorkerInfo { name, samples: 0 });
+        self.workers.insert(worker_id, WorkerInfo { name, samples: 0, samples_per_s: 0.0, held_version: 0 });
     }
 
     /// A worker stopped heartbeating: its leases are re-issued and it may take no more.
@@ -225,11 +260,17 @@ impl Ledger {
     }
 
     /// Answers a worker asking for work at `now`: the next lease, "wait", or "done".
-    pub fn lease(&mut self, worker_id: u64, now: Instant) -> Result<pb::LeasePromptsResponse, Status> {
+    pub fn lease(
+        &mut self,
+        worker_id: u64,
+        held_version: u64,
+        now: Instant,
+    ) -> Result<pb::LeasePromptsResponse, Status> {
         use pb::lease_prompts_response::Reply;
-        if !self.workers.contains_key(&worker_id) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
             return Err(Status::not_found(format!("worker {worker_id} is unknown or expired; join again")));
-        }
+        };
+        worker.held_version = held_version;
         if self.done() {
             return Ok(pb::LeasePromptsResponse { reply: Some(Reply::Done(true)) });
         }
@@ -352,8 +393,9 @@ impl Ledger {
         stats.insert("workers/active".into(), self.workers.len() as f64);
         let elapsed = self.iteration_started.elapsed().as_secs_f64().max(1e-9);
         stats.insert("samples_per_s".into(), n / elapsed);
-        for (id, worker) in &self.workers {
-            stats.insert(format!("workers/{id}/samples_per_s"), worker.samples as f64 / elapsed);
+        for (id, worker) in &mut self.workers {
+            worker.samples_per_s = worker.samples as f64 / elapsed;
+            stats.insert(format!("workers/{id}/samples_per_s"), worker.samples_per_s);
         }
         let mut latencies = self.score_seconds.clone();
         latencies.sort_by(f64::total_cmp);

@@ -153,4 +153,51 @@ fn json_log_lines_parse_and_their_numbers_are_numbers() {
             assert!(fields[name].is_number(), "{name} is not a number: {fields}");
         }
     }
+    // `rlhf run`'s progress line (a bar on a terminal): the last iteration, with numbers.
+    let progress: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["fields"]["message"] == "progress").map(|e| &e["fields"]).collect();
+    let last = progress.last().unwrap_or_else(|| panic!("no progress line: {events:?}"));
+    assert_eq!((last["iteration"].as_u64(), last["iterations"].as_u64()), (Some(3), Some(3)), "{last}");
+    for name in ["reward", "kl", "samples_per_s", "workers", "eta_s"] {
+        assert!(last[name].is_number(), "{name} is not a number: {last}");
+    }
+}
+
+#[test]
+fn rlhf_status_shows_both_workers_of_a_running_run_with_their_weight_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 2000, 8, 4, "");
+    let (run, _) = start(tmp.path(), "run", &["run", "--config", path_str(&config), "--workers", "2"], false);
+    let mut learner = String::new();
+    wait_for("the learner's address", Duration::from_secs(60), &[&run], || {
+        learner = run
+            .log()
+            .lines()
+            .find(|l| l.contains("started learner and reward server"))
+            .and_then(|l| Some(l[l.find(" learner=")? + 9..].split_whitespace().next()?.to_string()))
+            .unwrap_or_default();
+        !learner.is_empty()
+    });
+    let mut status = serde_json::Value::Null;
+    wait_for("both workers past version 2", Duration::from_secs(60), &[&run], || {
+        let out = super::super::rlhf(&["status", "--learner", &learner, "--format", "json"]);
+        status = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2 && w.iter().all(|w| w["policy_version"].as_u64().is_some_and(|v| v >= 2)))
+    });
+    let mut names: Vec<&str> =
+        status["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["worker-1", "worker-2"], "{status}");
+    for worker in status["workers"].as_array().unwrap() {
+        assert!(worker["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{worker}");
+        assert!(worker["seconds_since_heartbeat"].as_f64().unwrap() < 5.0, "{worker}");
+        assert!(worker["policy_version"].as_u64().unwrap() <= status["policy_version"].as_u64().unwrap());
+    }
+    assert_eq!(status["iterations"], 2000);
+    assert!(status["prompts_done"].as_u64().unwrap() >= 16, "{status}");
+    // The table names both workers too.
+    let table = super::super::rlhf_ok(&["status", "--learner", &learner]);
+    assert!(table.contains("worker-1") && table.contains("worker-2") && table.contains("| weights |"), "{table}");
 }

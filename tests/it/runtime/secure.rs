@@ -82,6 +82,7 @@ async fn every_call(
         ("LeasePrompts", ok(learner.lease_prompts(pb::LeasePromptsRequest { worker_id: 1, policy_version: 0 }).await)),
         ("SubmitRollouts", ok(learner.submit_rollouts(pb::SubmitRolloutsRequest::default()).await)),
         ("ReturnLease", ok(learner.return_lease(pb::ReturnLeaseRequest::default()).await)),
+        ("Status", ok(learner.status(pb::StatusRequest {}).await)),
     ];
     // GetWeights: refused before a single chunk is sent.
     let weights = match learner.get_weights(pb::GetWeightsRequest { policy_version: 0 }).await {
@@ -160,9 +161,18 @@ fn secured_endpoints_refuse_every_bad_client_change_nothing_and_serve_the_right_
         "--tls-client-cert", &pki.file("client.pem"), "--tls-client-key", &pki.file("client.key")]);
     assert_eq!(tls_health.trim(), "SERVING");
 
+    // `rlhf status` needs a worker's credentials, and with them reads the (untouched) state.
+    let client_flags = pki.client_flags();
+    let mut status_args = vec!["status", "--learner", &learner_url, "--format", "json"];
+    status_args.extend(client_flags.iter().map(String::as_str));
+    let status: serde_json::Value = serde_json::from_str(&super::super::rlhf_ok(&status_args)).unwrap();
+    assert_eq!((status["policy_version"].as_u64(), status["prompts_done"].as_u64()), (Some(0), Some(0)), "{status}");
+    assert_eq!(status["workers"].as_array().map(Vec::len), Some(0), "{status}");
+    let err = super::super::rlhf_err(&["status", "--learner", &learner_url, "--tls-ca", &pki.file("ca.pem")]);
+    assert!(err.contains(&learner_url), "{err}");
+
     // The right certificates and token: a worker completes the run.
     let mut worker_args = vec!["worker", "--learner", &learner_url, "--reward", &reward_url, "--name", "trusted"];
-    let client_flags = pki.client_flags();
     worker_args.extend(client_flags.iter().map(String::as_str));
     let (_worker, _) = start(tmp.path(), "worker", &worker_args, false);
     assert!(learner.wait(Duration::from_secs(120)).success(), "{}", learner.log());

@@ -37,7 +37,7 @@ fn ledger() -> Ledger {
 
 /// Asks for a lease and expects one.
 fn lease(ledger: &mut Ledger, worker_id: u64, now: Instant) -> pb::Lease {
-    match ledger.lease(worker_id, now).unwrap().reply {
+    match ledger.lease(worker_id, 0, now).unwrap().reply {
         Some(pb::lease_prompts_response::Reply::Lease(lease)) => lease,
         other => panic!("expected a lease, got {other:?}"),
     }
@@ -91,7 +91,7 @@ fn a_lease_past_its_deadline_is_reissued_and_its_late_submission_refused() {
     // Before the deadline nothing moves; the queue is empty until the iteration is trained.
     ledger.expire(start + LEASE_TIMEOUT - Duration::from_millis(1));
     assert_eq!(totals(&ledger).leases_reissued, 0);
-    assert!(matches!(ledger.lease(2, start).unwrap().reply, Some(pb::lease_prompts_response::Reply::WaitMs(_))));
+    assert!(matches!(ledger.lease(2, 0, start).unwrap().reply, Some(pb::lease_prompts_response::Reply::WaitMs(_))));
 
     // Only the first lease's deadline passes: its prompts are leased again, under a new id.
     submit(&mut ledger, &second, 2).unwrap();
@@ -126,7 +126,7 @@ fn a_worker_expiring_mid_lease_has_its_prompts_reissued() {
     assert_eq!((after.workers_joined, after.workers_expired, after.leases_reissued), (2, 1, 1));
     assert_eq!(ledger.n_workers(), 1);
     // The expired worker must join again before it gets work; its old lease is gone.
-    assert_eq!(ledger.lease(1, now).unwrap_err().code(), Code::NotFound);
+    assert_eq!(ledger.lease(1, 0, now).unwrap_err().code(), Code::NotFound);
     assert_eq!(submit(&mut ledger, &lost, 1).unwrap_err().code(), Code::FailedPrecondition);
 
     // The other worker's lease is untouched, and it picks up the lost prompts.
@@ -205,7 +205,7 @@ fn iterations_train_every_prompt_once_then_the_run_is_done() {
         // What the checkpoint of the next version covers.
         assert_eq!(ledger.totals_through_next_version().prompts_accounted, 4 * (version as usize + 1));
         // While the update runs, workers wait (strictly on-policy).
-        assert!(matches!(ledger.lease(1, now).unwrap().reply, Some(pb::lease_prompts_response::Reply::WaitMs(_))));
+        assert!(matches!(ledger.lease(1, 0, now).unwrap().reply, Some(pb::lease_prompts_response::Reply::WaitMs(_))));
 
         let mut stats = Stats::new();
         let lineage = ledger.close_iteration(&mut stats, timing());
@@ -218,7 +218,7 @@ fn iterations_train_every_prompt_once_then_the_run_is_done() {
         ledger.advance(version + 1);
     }
     assert!(ledger.done());
-    assert_eq!(ledger.lease(1, now).unwrap().reply, Some(pb::lease_prompts_response::Reply::Done(true)));
+    assert_eq!(ledger.lease(1, 0, now).unwrap().reply, Some(pb::lease_prompts_response::Reply::Done(true)));
     let totals = totals(&ledger);
     assert_eq!((totals.prompts_accounted, totals.leases_issued, totals.leases_reissued), (8, 4, 0));
 }
@@ -231,7 +231,7 @@ fn max_policy_lag_lets_workers_lease_that_many_iterations_ahead() {
     let ahead = lease(&mut ledger, 2, now);
     assert_eq!((indices(&current), indices(&ahead)), (vec![0, 1], vec![2, 3]));
     assert_eq!((current.policy_version, ahead.policy_version), (0, 0));
-    assert!(matches!(ledger.lease(1, now).unwrap().reply, Some(pb::lease_prompts_response::Reply::WaitMs(_))));
+    assert!(matches!(ledger.lease(1, 0, now).unwrap().reply, Some(pb::lease_prompts_response::Reply::WaitMs(_))));
     // Rollouts one version stale are still trained on, and counted as such.
     submit(&mut ledger, &current, 1).unwrap();
     submit(&mut ledger, &ahead, 2).unwrap();
