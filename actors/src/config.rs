@@ -45,6 +45,9 @@ pub struct RuntimeConfig {
     pub checkpoint_every: u64,
     /// Live workers at most; more joins are refused (a flood of joins cannot exhaust memory).
     pub max_workers: usize,
+    /// Learner checkpoints kept: older ones are deleted once a newer one is written whole (a
+    /// GPT-2 learner checkpoint is ~1.5 GB). 0 keeps every one.
+    pub checkpoint_keep: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -58,6 +61,7 @@ impl Default for RuntimeConfig {
             weights_dtype: Default::default(),
             checkpoint_every: 0,
             max_workers: 1024,
+            checkpoint_keep: 3,
         }
     }
 }

@@ -105,7 +105,8 @@ impl RunDir {
     }
 
     /// Writes `checkpoints/version-N` atomically: the trainer's checkpoint and the accounting
-    /// up to it.
+    /// up to it. Then deletes all but the newest `keep` complete checkpoints (0: none deleted).
+    #[allow(clippy::too_many_arguments)]
     pub fn save_checkpoint<B: AutodiffKernels>(
         &self,
         trainer: &PpoTrainer<B>,
@@ -113,12 +114,39 @@ impl RunDir {
         totals: &Accounting,
         model_config: &Gpt2Config,
         tokenizer: &Tokenizer,
+        keep: usize,
     ) -> Result<(), CheckpointError> {
         let dir = self.checkpoints().join(format!("{VERSION_PREFIX}{version}"));
         write_dir_atomically(&dir, |dir| {
             trainer.save_checkpoint(dir, version, model_config, tokenizer)?;
             write_accounting(&dir.join(ACCOUNTING_FILE), totals)
-        })
+        })?;
+        if keep > 0 {
+            self.prune_checkpoints(keep);
+        }
+        Ok(())
+    }
+
+    /// Deletes all but the newest `keep` complete checkpoints; a failure to delete is logged and
+    /// left for the next time (the checkpoint just written is safe either way).
+    fn prune_checkpoints(&self, keep: usize) {
+        let Ok(entries) = std::fs::read_dir(self.checkpoints()) else { return };
+        let mut versions: Vec<(u64, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n: u64 = e.file_name().to_str()?.strip_prefix(VERSION_PREFIX)?.parse().ok()?;
+                e.path().join(PPO_STATE_FILE).is_file().then_some((n, e.path()))
+            })
+            .collect();
+        versions.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        for (version, dir) in versions.into_iter().skip(keep) {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::debug!(policy_version = version, "deleted an old checkpoint (runtime.checkpoint_keep)")
+                }
+                Err(error) => tracing::warn!(checkpoint = %dir.display(), %error, "cannot delete an old checkpoint"),
+            }
+        }
     }
 
     /// Whether the run in this directory ended having trained every prompt `config` asks for

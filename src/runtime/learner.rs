@@ -151,6 +151,7 @@ fn run_learner<B: AutodiffKernels>(
         .with_context(|| format!("cannot open {}", lineage_path.display()))?;
     let (tls, auth, health_listen) =
         (learner_config.tls.clone(), learner_config.auth.clone(), learner_config.health_listen);
+    let checkpoint_keep = learner_config.runtime.checkpoint_keep;
     let (checkpoints, checkpoint_config, checkpoint_tokenizer) = (run.clone(), model_config.clone(), tokenizer.clone());
     let args = CoordinatorArgs {
         sampling_json: serde_json::to_string(&learner_config.train.sampling)?,
@@ -163,7 +164,14 @@ fn run_learner<B: AutodiffKernels>(
         start_version: start.version,
         prior: start.prior,
         on_checkpoint: Box::new(move |trainer, version, totals| {
-            checkpoints.save_checkpoint(trainer, version, totals, &checkpoint_config, &checkpoint_tokenizer)
+            checkpoints.save_checkpoint(
+                trainer,
+                version,
+                totals,
+                &checkpoint_config,
+                &checkpoint_tokenizer,
+                checkpoint_keep,
+            )
         }),
         on_iteration: Box::new(move |iteration, stats, lineage| {
             if let Err(e) = metrics.write(iteration + 1, stats) {

@@ -397,3 +397,23 @@ fn newest_checkpoint(out: &Path) -> Option<u64> {
         .filter_map(|e| e.file_name().to_str()?.strip_prefix("version-")?.parse().ok())
         .max()
 }
+
+#[test]
+fn old_checkpoints_are_deleted_beyond_checkpoint_keep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 5, 8, 0, "checkpoint_every = 1\ncheckpoint_keep = 2\n");
+    run_to_end(tmp.path(), "first", &config, "1", &[]);
+    let checkpoints = tmp.path().join("out/checkpoints");
+    let listed = || {
+        let mut names: Vec<String> = std::fs::read_dir(&checkpoints)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed(), ["version-4", "version-5"]);
+    // The newest still resumes; afterwards the two newest are kept again.
+    run_to_end(tmp.path(), "second", &config, "1", &["--resume", "--set", "train.iterations=6"]);
+    assert_eq!(listed(), ["version-5", "version-6"]);
+}
