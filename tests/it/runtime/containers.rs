@@ -295,8 +295,12 @@ impl Compose {
     fn worker_name(&self, id: &str) -> String {
         let mut name = None;
         self.wait(&format!("worker {id} joined"), || {
-            name =
-                self.logs(id).lines().rev().find(|l| l.contains("joined the learner")).and_then(|l| field(l, "worker"));
+            name = self
+                .logs(id)
+                .lines()
+                .rev()
+                .find(|l| l.contains("joined the learner"))
+                .and_then(|l| log_field(l, "worker"));
             name.is_some()
         });
         name.unwrap()
@@ -349,12 +353,6 @@ fn docker_ok(args: &[&str]) -> String {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `key=value` from a log line (the value up to the next space).
-fn field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    Some(line[start..].split_whitespace().next()?.to_string())
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -104,6 +104,23 @@ pub(super) fn reward_server(dir: &Path, name: &str, listen: &str) -> (Proc, Stri
     start_with_env(dir, name, &args, true, &[("RUST_LOG", DEBUG_REWARD_LOG)])
 }
 
+/// `key=value` from a log line (the value up to the next space).
+pub(super) fn log_field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    Some(line[start..].split_whitespace().next()?.to_string())
+}
+
+/// The `key` field of the first line of `proc`'s log that holds `message`, once there is one
+/// (e.g. the address a server logged for a port-0 listener).
+pub(super) fn logged_field(proc: &Proc, message: &str, key: &str) -> String {
+    let mut value = None;
+    wait_for(&format!("{message:?} in the log"), Duration::from_secs(60), &[proc], || {
+        value = proc.log().lines().find(|l| l.contains(message)).and_then(|l| log_field(l, key));
+        value.is_some()
+    });
+    value.unwrap()
+}
+
 /// Polls `ready` until it holds; on timeout, fails with the logs of `procs`.
 pub(super) fn wait_for(what: &str, timeout: Duration, procs: &[&Proc], mut ready: impl FnMut() -> bool) {
     let started = Instant::now();

@@ -5,19 +5,6 @@ use std::io::{Read, Write};
 
 use super::*;
 
-/// The address a role logged for `--metrics-listen 127.0.0.1:0`.
-fn metrics_addr(proc: &Proc) -> String {
-    let mut addr = None;
-    wait_for("the metrics listener", Duration::from_secs(30), &[proc], || {
-        addr = proc.log().lines().find(|l| l.contains("metrics listening")).and_then(|l| {
-            let start = l.find("addr=")? + 5;
-            Some(l[start..].split_whitespace().next()?.to_string())
-        });
-        addr.is_some()
-    });
-    addr.unwrap()
-}
-
 /// `GET /metrics`, parsed: every sample line's name (labels included) and value.
 pub(super) fn scrape(addr: &str) -> BTreeMap<String, f64> {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -53,6 +40,7 @@ fn every_role_serves_prometheus_metrics_that_move_across_iterations() {
     let mut worker_args = vec!["worker", "--learner", &addr, "--reward", &reward_addr];
     worker_args.extend(metrics);
     let (worker, _) = start(tmp.path(), "worker", &worker_args, false);
+    let metrics_addr = |proc: &Proc| logged_field(proc, "metrics listening", "addr");
     let (learner_m, reward_m, worker_m) = (metrics_addr(&learner), metrics_addr(&reward), metrics_addr(&worker));
 
     let version = |m: &BTreeMap<String, f64>| m.get("rlhf_policy_version").copied().unwrap_or(0.0);
@@ -168,16 +156,7 @@ fn rlhf_status_shows_both_workers_of_a_running_run_with_their_weight_versions() 
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 2000, 8, 4, "");
     let (run, _) = start(tmp.path(), "run", &["run", "--config", path_str(&config), "--workers", "2"], false);
-    let mut learner = String::new();
-    wait_for("the learner's address", Duration::from_secs(60), &[&run], || {
-        learner = run
-            .log()
-            .lines()
-            .find(|l| l.contains("started learner and reward server"))
-            .and_then(|l| Some(l[l.find(" learner=")? + 9..].split_whitespace().next()?.to_string()))
-            .unwrap_or_default();
-        !learner.is_empty()
-    });
+    let learner = logged_field(&run, "started learner and reward server", "learner");
     let mut status = serde_json::Value::Null;
     wait_for("both workers past version 2", Duration::from_secs(60), &[&run], || {
         let out = super::super::rlhf(&["status", "--learner", &learner, "--format", "json"]);

@@ -54,19 +54,6 @@ impl Pki {
     }
 }
 
-/// The plain-text health address a server logged.
-fn health_addr(proc: &Proc) -> String {
-    let mut addr = None;
-    wait_for("the health port", Duration::from_secs(30), &[proc], || {
-        addr = proc.log().lines().find(|l| l.contains("health service listening")).and_then(|l| {
-            let start = l.find("addr=")? + 5;
-            Some(l[start..].split_whitespace().next()?.to_string())
-        });
-        addr.is_some()
-    });
-    addr.unwrap()
-}
-
 /// Every learner RPC and the reward server's Score, as `client` makes them: each result is
 /// `Ok` only if the call got through.
 async fn every_call(
@@ -152,7 +139,10 @@ fn secured_endpoints_refuse_every_bad_client_change_nothing_and_serve_the_right_
 
     // Health answers without credentials, on the plain-text health ports.
     for proc in [&learner, &reward] {
-        assert_eq!(super::super::rlhf_ok(&["health", &health_addr(proc)]).trim(), "SERVING");
+        assert_eq!(
+            super::super::rlhf_ok(&["health", &logged_field(proc, "health service listening", "addr")]).trim(),
+            "SERVING"
+        );
     }
 
     // On the TLS port, health needs the CA and (mutual TLS) a client certificate, but no token.
