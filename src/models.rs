@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use clap::Args;
+use rlhf_trainer::data::Columns;
 use rlhf_trainer::rundir::{Existing, RunDir};
 use rlhf_trainer::{Gpt2, Gpt2Config, Heads, Kernels, Tokenizer, hub, model::hf};
 
@@ -58,6 +59,52 @@ impl ModelSource {
     }
 }
 
+/// Which dataset column holds what, for data whose names are not TRL's.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ColumnArgs {
+    /// Column holding a whole text (default "text").
+    #[arg(long, value_name = "NAME")]
+    pub text_column: Option<String>,
+    /// Column holding a sentiment label, 0/1 or neg/pos (default "label").
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
+    /// Column holding a prompt, a string or a conversation (default "prompt").
+    #[arg(long, value_name = "NAME")]
+    pub prompt_column: Option<String>,
+    /// Column holding a prompt's completion (default "completion").
+    #[arg(long, value_name = "NAME")]
+    pub completion_column: Option<String>,
+    /// Column holding the preferred response of a pair (default "chosen").
+    #[arg(long, value_name = "NAME")]
+    pub chosen_column: Option<String>,
+    /// Column holding the other response of a pair (default "rejected").
+    #[arg(long, value_name = "NAME")]
+    pub rejected_column: Option<String>,
+    /// Column holding a conversation: a list of {"role", "content"} (default "messages").
+    #[arg(long, value_name = "NAME")]
+    pub messages_column: Option<String>,
+}
+
+impl ColumnArgs {
+    /// The column names: the flags over `base`.
+    pub fn over(&self, base: &Columns) -> Columns {
+        let pick = |flag: &Option<String>, default: &String| flag.clone().unwrap_or_else(|| default.clone());
+        Columns {
+            text: pick(&self.text_column, &base.text),
+            label: pick(&self.label_column, &base.label),
+            prompt: pick(&self.prompt_column, &base.prompt),
+            completion: pick(&self.completion_column, &base.completion),
+            chosen: pick(&self.chosen_column, &base.chosen),
+            rejected: pick(&self.rejected_column, &base.rejected),
+            messages: pick(&self.messages_column, &base.messages),
+        }
+    }
+
+    pub fn columns(&self) -> Columns {
+        self.over(&Columns::default())
+    }
+}
+
 /// A dataset argument: a local file or folder, or a hub dataset id (its `split` parquet file).
 pub fn data_path(arg: &std::path::Path, split: &str) -> anyhow::Result<std::path::PathBuf> {
     Ok(hub::resolve_dataset(&arg.to_string_lossy(), split)?)
@@ -107,6 +154,7 @@ pub fn load_policy<B: rlhf_trainer::AutodiffKernels>(
     model: &str,
     heads: Heads,
     prompts: &std::path::Path,
+    columns: &Columns,
     prompt_config: &rlhf_trainer::data::PromptConfig,
     device: &B::Device,
 ) -> anyhow::Result<PolicySetup<B>> {
@@ -117,7 +165,7 @@ pub fn load_policy<B: rlhf_trainer::AutodiffKernels>(
     let (_, reference) = hf::load_as::<B::InnerBackend>(&dir, Heads::Lm, device)?;
     let tokenizer = Tokenizer::load(&dir)?;
     check_vocabularies(&dir, &tokenizer, model_config.vocab_size)?;
-    let texts = load_prompt_texts(&data_path(prompts, "train")?, OnMalformed::Error)?.rows;
+    let texts = load_prompt_texts(&data_path(prompts, "train")?, columns, OnMalformed::Error)?.rows;
     let prompts_ids = rl_prompts(&texts, &tokenizer, prompt_config)?;
     anyhow::ensure!(
         !prompts_ids.is_empty(),

@@ -13,7 +13,7 @@ use rlhf_trainer::ppo::{CriticKind, PpoTrainer};
 use toml::Value;
 
 use crate::device::Device;
-use crate::models::{PolicySetup, load_critic, load_policy, scorer};
+use crate::models::{ColumnArgs, PolicySetup, load_critic, load_policy, scorer};
 use crate::progress::MetricsFile;
 use crate::reward::Target;
 use crate::{config, with_backend};
@@ -42,9 +42,13 @@ pub struct PpoArgs {
     /// Train towards positive (default) or negative scores.
     #[arg(long, value_enum, default_value = "positive")]
     target: Target,
-    /// Texts to cut prompts from (see prompts.* in the config): .jsonl, .csv, .txt or aclImdb.
+    /// Prompts: TRL's prompt-only rows (a "prompt" column: a string, or a conversation), or texts
+    /// to cut prompts from (see prompts.* in the config): .jsonl, .csv, .parquet, .txt, aclImdb,
+    /// or a hub dataset id.
     #[arg(long)]
     prompts: PathBuf,
+    #[command(flatten)]
+    columns: ColumnArgs,
     /// Run directory: metrics.jsonl, ppo_config.toml and the trained policy.
     #[arg(long)]
     out: PathBuf,
@@ -93,7 +97,14 @@ pub fn run(args: PpoArgs) -> anyhow::Result<()> {
 
 fn train<B: AutodiffKernels>(args: &PpoArgs, local: &LocalConfig, device: &B::Device) -> anyhow::Result<()> {
     let _run_dir = crate::models::run_dir(&args.out, false, args.overwrite)?;
-    let setup = load_policy::<B>(&args.model, local.critic.policy_heads(), &args.prompts, &local.prompts, device)?;
+    let setup = load_policy::<B>(
+        &args.model,
+        local.critic.policy_heads(),
+        &args.prompts,
+        &args.columns.columns(),
+        &local.prompts,
+        device,
+    )?;
     let PolicySetup { model_config, policy, reference, tokenizer, prompts } = setup;
     local.validate_for_model(model_config.n_positions).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let critic = match (local.critic, &args.reward_model) {

@@ -9,14 +9,14 @@ use burn::module::AutodiffModule;
 use clap::{Args, Subcommand, ValueEnum};
 use rlhf_trainer::AutodiffKernels;
 use rlhf_trainer::data::{
-    OnMalformed, PairTruncation, PreferencePair, load_comparisons, load_preferences, load_text, sentiment_pairs,
+    OnMalformed, PairTruncation, PreferencePair, load_comparisons, load_labelled, load_preferences, sentiment_pairs,
 };
 use rlhf_trainer::reward::{RewardConfig, normalize, tokenize_pairs};
 use rlhf_trainer::{Heads, infer::scoring, model::hf, reward};
 
 use crate::device::Device;
 use crate::generate::load_model;
-use crate::models::{ModelSource, data_path, run_dir};
+use crate::models::{ColumnArgs, ModelSource, data_path, run_dir};
 use crate::progress::{MetricsFile, bar, summary};
 use crate::{config, with_backend};
 
@@ -31,9 +31,11 @@ pub enum RewardCommand {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PairFormat {
-    /// Labelled reviews ({"text", "label"}, CSV or aclImdb): positive chosen over negative.
+    /// Labelled reviews ({"text", "label"}: JSONL, CSV, parquet or aclImdb): positive chosen over
+    /// negative.
     Sentiment,
-    /// TRL's {"prompt", "chosen", "rejected"} JSONL (prompt optional).
+    /// TRL's preference rows {"prompt", "chosen", "rejected"} (prompt optional; strings or
+    /// conversations) in JSONL, CSV or parquet, or a hub dataset id.
     Trl,
     /// OpenAI summarize-from-feedback comparisons.
     Comparisons,
@@ -53,6 +55,8 @@ pub struct TrainArgs {
     data: PathBuf,
     #[arg(long, value_enum, default_value = "sentiment")]
     format: PairFormat,
+    #[command(flatten)]
+    columns: ColumnArgs,
     /// Held-out data in the same format; default: the last --eval-fraction of the pairs.
     #[arg(long)]
     eval_data: Option<PathBuf>,
@@ -115,10 +119,10 @@ fn load_pairs(
 ) -> anyhow::Result<Vec<PreferencePair>> {
     let on_malformed = if args.skip_malformed { OnMalformed::Skip } else { OnMalformed::Error };
     Ok(match args.format {
-        PairFormat::Trl => load_preferences(path, on_malformed)?.rows,
+        PairFormat::Trl => load_preferences(path, &args.columns.columns(), on_malformed)?.rows,
         PairFormat::Comparisons => load_comparisons(path, on_malformed)?.rows,
         PairFormat::Sentiment => {
-            let examples = load_text(path, on_malformed)?.rows;
+            let examples = load_labelled(path, &args.columns.columns(), on_malformed)?.rows;
             let preferred = if args.target == Target::Positive { 1 } else { 0 };
             let truncation = if args.truncate_tokens > 0 {
                 PairTruncation::Tokens(args.truncate_tokens)

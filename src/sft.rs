@@ -13,7 +13,7 @@ use rlhf_trainer::train::{STATE_FILE, TrainerState, latest_checkpoint, load_chec
 use rlhf_trainer::{Heads, Tokenizer, model::hf, sft};
 
 use crate::device::Device;
-use crate::models::{ModelSource, data_path, run_dir};
+use crate::models::{ColumnArgs, ModelSource, data_path, run_dir};
 use crate::progress::{MetricsFile, bar, summary};
 use crate::{config, with_backend};
 
@@ -21,10 +21,13 @@ use crate::{config, with_backend};
 pub struct SftArgs {
     #[command(flatten)]
     source: ModelSource,
-    /// Training texts: .jsonl ({"text"}), .parquet, .csv (column "text"), .txt (one per line), an
-    /// aclImdb folder, or a hub dataset id such as `imdb` (its train split).
+    /// Training texts: .jsonl, .parquet or .csv with TRL's columns ("text"; "prompt" +
+    /// "completion"; or "messages", a conversation), .txt (one per line), an aclImdb folder, or a
+    /// hub dataset id such as `imdb` (its train split).
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    columns: ColumnArgs,
     /// Held-out texts; default: the last --eval-fraction of --data.
     #[arg(long)]
     eval_data: Option<PathBuf>,
@@ -74,15 +77,21 @@ pub fn run(args: SftArgs) -> anyhow::Result<()> {
 fn train<B: AutodiffKernels>(args: &SftArgs, sft_config: &SftConfig, device: &B::Device) -> anyhow::Result<()> {
     let _run_dir = run_dir(&args.out, args.resume, args.overwrite)?;
     let on_malformed = if args.skip_malformed { OnMalformed::Skip } else { OnMalformed::Error };
-    let mut texts: Vec<String> =
-        load_sft_texts(&data_path(&args.data, "train")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect();
+    let columns = args.columns.columns();
+    let mut texts: Vec<String> = load_sft_texts(&data_path(&args.data, "train")?, &columns, on_malformed)?
+        .rows
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
     if let Some(n) = args.max_examples {
         texts.truncate(n);
     }
     let eval_texts: Vec<String> = match &args.eval_data {
-        Some(path) => {
-            load_sft_texts(&data_path(path, "test")?, on_malformed)?.rows.into_iter().map(|r| r.text).collect()
-        }
+        Some(path) => load_sft_texts(&data_path(path, "test")?, &columns, on_malformed)?
+            .rows
+            .into_iter()
+            .map(|r| r.text)
+            .collect(),
         None => {
             let n_eval = ((texts.len() as f64) * args.eval_fraction).round() as usize;
             texts.split_off(texts.len() - n_eval.min(texts.len().saturating_sub(1)))

@@ -72,8 +72,11 @@ impl Default for RuntimeConfig {
 pub struct LearnerConfig {
     /// Policy to start from: a model directory or hub id.
     pub model: String,
-    /// Texts to cut prompts from.
+    /// Texts to cut prompts from (TRL's prompt-only rows, or any text dataset).
     pub prompts: PathBuf,
+    /// Which column of `prompts` holds what (`[columns]`: prompt, text, messages...; TRL's
+    /// names by default).
+    pub columns: rlhf_trainer::data::Columns,
     /// Run directory: metrics.jsonl, the resolved config, the trained policy.
     pub out: PathBuf,
     /// Address the learner serves on (`--listen` overrides it; default 127.0.0.1:0).

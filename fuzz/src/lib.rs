@@ -190,16 +190,16 @@ pub fn datasets(data: &[u8]) {
     std::fs::write(&path, bytes).expect("scratch space");
     for on_malformed in [OnMalformed::Error, OnMalformed::Skip] {
         match name {
-            "pairs.jsonl" => drop(data::load_preferences(&path, on_malformed)),
+            "pairs.jsonl" => drop(data::load_preferences(&path, &data::Columns::default(), on_malformed)),
             "comparisons.jsonl" => {
                 let _ = data::load_comparisons(&path, on_malformed);
-                let _ = data::load_prompt_texts(&path, on_malformed);
-                let _ = data::load_sft_texts(&path, on_malformed);
+                let _ = data::load_prompt_texts(&path, &data::Columns::default(), on_malformed);
+                let _ = data::load_sft_texts(&path, &data::Columns::default(), on_malformed);
             }
-            "rows.txt" => drop(data::load_unlabelled(&path, on_malformed)),
+            "rows.txt" => drop(data::load_unlabelled(&path, &data::Columns::default(), on_malformed)),
             _ => {
                 let _ = data::load_text(&path, on_malformed);
-                let _ = data::load_unlabelled(&path, on_malformed);
+                let _ = data::load_unlabelled(&path, &data::Columns::default(), on_malformed);
             }
         }
     }

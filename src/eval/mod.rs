@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::device::Device;
 use crate::generate::load_model;
-use crate::models::{data_path, scorer};
+use crate::models::{ColumnArgs, data_path, scorer};
 use crate::with_backend;
 
 mod results;
@@ -29,9 +29,11 @@ pub struct EvalArgs {
     /// Reference model for the KL column (default: the first policy).
     #[arg(long)]
     reference: Option<String>,
-    /// Held-out texts to cut prompts from.
+    /// Held-out prompts (TRL's prompt-only rows) or texts to cut prompts from.
     #[arg(long)]
     prompts: PathBuf,
+    #[command(flatten)]
+    columns: ColumnArgs,
     #[arg(long, default_value_t = 64)]
     n_prompts: usize,
     /// Cut prompts only from texts longer than this many characters.
@@ -116,7 +118,8 @@ fn evaluate<B: Kernels>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<(
         Some(lexicon) => Some(crate::models::scorer::<B>(None, Some(lexicon), false, &tokenizer, device)?),
         None => None,
     };
-    let texts = load_prompt_texts(&data_path(&args.prompts, "test")?, OnMalformed::Error)?.rows;
+    let texts =
+        load_prompt_texts(&data_path(&args.prompts, "test")?, &args.columns.columns(), OnMalformed::Error)?.rows;
     let mut prompts = rl_prompts(
         &texts,
         &tokenizer,

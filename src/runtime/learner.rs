@@ -124,6 +124,7 @@ fn run_learner<B: AutodiffKernels>(
         &learner_config.model,
         learner_config.train.critic.policy_heads(),
         &learner_config.prompts,
+        &learner_config.columns,
         &learner_config.train.prompts,
         &device,
     )?;

@@ -69,19 +69,28 @@ fn download_dataset(name: &str, split: &str) -> Result<PathBuf, HubError> {
     find_parquet(&dir, split).ok_or_else(|| unreachable(&format!("no {split}-*.parquet in the dataset")))
 }
 
+/// The first shard of `split` under `dir` (the loader reads the rest of its set: see
+/// [`crate::data::shards`]).
 #[cfg(feature = "hub")]
 fn find_parquet(dir: &Path, split: &str) -> Option<PathBuf> {
-    let mut found = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+    let mut found = Vec::new();
+    collect_parquet(dir, split, &mut found);
+    found.sort();
+    found.into_iter().next()
+}
+
+#[cfg(feature = "hub")]
+fn collect_parquet(dir: &Path, split: &str, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
         if path.is_dir() {
-            found = found.or_else(|| find_parquet(&path, split));
+            collect_parquet(&path, split, found);
         } else if name.starts_with(&format!("{split}-")) && name.ends_with(".parquet") {
-            found = Some(path);
+            found.push(path);
         }
     }
-    found
 }
 
 #[cfg(not(feature = "hub"))]
@@ -104,7 +113,13 @@ fn download(name: &str) -> Result<PathBuf, HubError> {
         return Ok(dir);
     }
     tracing::info!(model = name, "downloading from the Hugging Face hub");
-    model.snapshot_download().allow_patterns(allow).send().map_err(|e| unreachable(&e))
+    let dir = model.snapshot_download().allow_patterns(allow).send().map_err(|e| unreachable(&e))?;
+    // Older repositories ship only PyTorch's pickle; `hf::load` reads it.
+    if !dir.join(crate::model::hf::SAFETENSORS_FILE).exists() {
+        let pickle = vec![crate::model::hf::PYTORCH_FILE.to_string()];
+        return model.snapshot_download().allow_patterns(pickle).send().map_err(|e| unreachable(&e));
+    }
+    Ok(dir)
 }
 
 #[cfg(not(feature = "hub"))]

@@ -94,15 +94,6 @@ pub(super) fn read_jsonl<T>(
     loaded.finish(path)
 }
 
-/// A string field with some non-whitespace text (a preference pair's two sides).
-pub(super) fn non_empty_field(value: &Value, field: &str, path: &Path, line: usize) -> Result<String, DataError> {
-    let text = string_field(value, field, path, line)?;
-    if text.trim().is_empty() {
-        return Err(malformed(path, line, field, "a non-empty string"));
-    }
-    Ok(text)
-}
-
 pub(super) fn string_field(value: &Value, field: &str, path: &Path, line: usize) -> Result<String, DataError> {
     value.get(field).and_then(Value::as_str).map(str::to_string).ok_or_else(|| malformed(path, line, field, "a string"))
 }

@@ -1,11 +1,18 @@
 //! Datasets every command reads: labelled text, preference pairs, and RL prompts.
 //!
-//! Formats:
-//! - labelled text: JSONL `{"text", "label"}`, HF `imdb` parquet, CSV with named columns, and the
-//!   aclImdb folder layout (`<split>/pos/*.txt`, `<split>/neg/*.txt`);
-//! - preference pairs: TRL's JSONL `{"prompt", "chosen", "rejected"}` (the prompt may be implicit:
-//!   the common prefix of chosen and rejected), and OpenAI's summarize-from-feedback comparisons
-//!   (`info.post`, `summaries[i].text`, `choice`);
+//! Files: JSONL, CSV and parquet (one file, or a hub shard set `train-0000i-of-0000n.parquet`),
+//! each row read as a JSON object, so every layout below works in every format, with
+//! TRL's column names by default and each one remappable ([`Columns`]). Plus plain `.txt` lines
+//! and the aclImdb folder layout (`<split>/pos/*.txt`, `<split>/neg/*.txt`).
+//!
+//! Layouts:
+//! - labelled text: `{"text", "label"}`;
+//! - texts for SFT (TRL's): `text` (language modelling), `prompt` + `completion`, or `messages`
+//!   (a conversation, flattened with the plain template of [`messages`]);
+//! - preference pairs: TRL's `{"prompt", "chosen", "rejected"}` (strings or conversations; the
+//!   prompt may be implicit: the common prefix of chosen and rejected), and OpenAI's
+//!   summarize-from-feedback comparisons (`info.post`, `summaries[i].text`, `choice`);
+//! - prompts (TRL's prompt-only): `prompt`, a string or a conversation;
 //! - derived pairs for sentiment: a positive review chosen over a negative one;
 //! - RL prompts: the first N tokens of reviews longer than 200 characters, N ~ U[min, max].
 //!
@@ -20,8 +27,10 @@ use crate::error::TokenizerError;
 
 pub mod corpus;
 mod lines;
+pub mod messages;
 mod pairs;
 mod prompts;
+mod rows;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -29,7 +38,8 @@ mod text;
 pub use lines::MAX_ROW_BYTES;
 pub use pairs::{PairTruncation, load_comparisons, load_preferences, sentiment_pairs, tldr_prompt};
 pub use prompts::{PromptConfig, clean_review, is_comparisons, load_prompt_texts, load_sft_texts, rl_prompts};
-pub use text::{PARQUET_STALL, load_text, load_text_fields, load_unlabelled};
+pub use rows::{Columns, PARQUET_STALL, RowAt, shards};
+pub use text::{document_text, load_labelled, load_text, load_text_fields, load_unlabelled};
 
 /// Errors reading a dataset.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +52,8 @@ pub enum DataError {
         "{path}: cannot tell the format (expected .jsonl, .csv, .parquet, or an aclImdb folder with pos/ and neg/)"
     )]
     UnknownFormat { path: PathBuf },
+    #[error("{path}: missing: the set has {of} shards and each must be present")]
+    MissingShard { path: PathBuf, of: usize },
     #[error("{path}: no usable rows")]
     Empty { path: PathBuf },
     #[error(transparent)]

@@ -1,4 +1,4 @@
-//! Preference pairs: TRL's JSONL, summarize-from-feedback comparisons, and derived sentiment
+//! Preference pairs: TRL's standard and conversational layouts, summarize-from-feedback comparisons, and derived sentiment
 //! pairs.
 
 use std::path::Path;
@@ -11,20 +11,37 @@ use serde_json::Value;
 use crate::tokenizer::Tokenizer;
 
 use super::lines::*;
+use super::messages::{Part, text_or_messages};
 use super::prompts::clean_review;
+use super::rows::{Columns, read_rows};
 use super::{DataError, Loaded, OnMalformed, PreferencePair, TextExample};
 
-/// Reads TRL's preference JSONL. Without a `prompt` field, the prompt is the longest common
-/// prefix of `chosen` and `rejected` (cut back to a whitespace boundary), as TRL's implicit prompt.
-pub fn load_preferences(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<PreferencePair>, DataError> {
-    read_jsonl(path, on_malformed, |v, line| {
-        let chosen = non_empty_field(v, "chosen", path, line)?;
-        let rejected = non_empty_field(v, "rejected", path, line)?;
-        match v.get("prompt") {
-            Some(Value::String(prompt)) => Ok(PreferencePair { prompt: prompt.clone(), chosen, rejected }),
-            Some(_) => Err(malformed(path, line, "prompt", "a string")),
-            None => Ok(split_implicit_prompt(&chosen, &rejected)),
-        }
+/// Reads TRL's preference data (JSONL, CSV or parquet; column names from `columns`): `chosen`
+/// and `rejected` (strings, or conversations: the assistant's turns), and `prompt` (a string or
+/// a conversation, see [`super::messages`]). Without a prompt column, the prompt is the longest
+/// common prefix of `chosen` and `rejected` (cut back to a whitespace boundary), as TRL's
+/// implicit prompt; implicit-prompt conversations are flattened whole before the split.
+pub fn load_preferences(
+    path: &Path,
+    columns: &Columns,
+    on_malformed: OnMalformed,
+) -> Result<Loaded<PreferencePair>, DataError> {
+    let required = [columns.chosen.as_str(), columns.rejected.as_str()];
+    read_rows(path, &required, on_malformed, |v, at| {
+        let prompt = match v.get(&columns.prompt) {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(text_or_messages(v, &columns.prompt, Part::Prompt, at)?),
+        };
+        let part = if prompt.is_some() { Part::Completion } else { Part::Whole };
+        let side = |field: &str| {
+            let text = text_or_messages(v, field, part, at)?;
+            if text.trim().is_empty() { Err(at.malformed(field, "a non-empty string")) } else { Ok(text) }
+        };
+        let (chosen, rejected) = (side(&columns.chosen)?, side(&columns.rejected)?);
+        Ok(match prompt {
+            Some(prompt) => PreferencePair { prompt, chosen, rejected },
+            None => split_implicit_prompt(&chosen, &rejected),
+        })
     })
 }
 

@@ -9,7 +9,9 @@ use serde_json::Value;
 use crate::tokenizer::Tokenizer;
 use crate::validate::{Checked, InvalidSetting, at_least_one};
 
+use super::messages::{Part, text_or_messages};
 use super::pairs::*;
+use super::rows::{Columns, is_tabular, read_rows};
 use super::text::*;
 use super::{DataError, Loaded, OnMalformed, TextExample};
 
@@ -73,28 +75,48 @@ pub fn is_comparisons(path: &Path) -> bool {
         .is_some_and(|v| v.get("info").is_some() && v.get("summaries").is_some())
 }
 
-/// Texts to cut RL prompts from: any text dataset of [`load_unlabelled`], or comparisons, whose
-/// distinct posts become TL;DR prompts ([`tldr_prompt`]).
-pub fn load_prompt_texts(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
-    if !is_comparisons(path) {
-        return load_unlabelled(path, on_malformed);
+/// Texts to cut RL prompts from: TRL's prompt-only rows (a `prompt` column, a string or a
+/// conversation ending in `Assistant:`), any text dataset of [`load_unlabelled`], or
+/// comparisons, whose distinct posts become TL;DR prompts ([`tldr_prompt`]).
+pub fn load_prompt_texts(
+    path: &Path,
+    columns: &Columns,
+    on_malformed: OnMalformed,
+) -> Result<Loaded<TextExample>, DataError> {
+    if is_comparisons(path) {
+        let loaded = load_comparisons(path, on_malformed)?;
+        let mut seen = std::collections::HashSet::new();
+        let rows = loaded
+            .rows
+            .into_iter()
+            .filter(|p| seen.insert(p.prompt.clone()))
+            .map(|p| TextExample { text: p.prompt, label: 0 })
+            .collect();
+        return Ok(Loaded { rows, skipped: loaded.skipped });
     }
-    let loaded = load_comparisons(path, on_malformed)?;
-    let mut seen = std::collections::HashSet::new();
-    let rows = loaded
-        .rows
-        .into_iter()
-        .filter(|p| seen.insert(p.prompt.clone()))
-        .map(|p| TextExample { text: p.prompt, label: 0 })
-        .collect();
-    Ok(Loaded { rows, skipped: loaded.skipped })
+    if !is_tabular(path) {
+        return load_unlabelled(path, columns, on_malformed);
+    }
+    read_rows(path, &[], on_malformed, |row, at| {
+        let text = if row.get(&columns.prompt).is_some() {
+            text_or_messages(row, &columns.prompt, Part::Prompt, at)?
+        } else {
+            document_text(row, columns, at)?
+        };
+        Ok(TextExample { text, label: 0 })
+    })
 }
 
-/// SFT texts: any text dataset of [`load_unlabelled`], or comparisons, where each row gives its
-/// TL;DR prompt followed by the human-preferred summary.
-pub fn load_sft_texts(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+/// SFT texts: any text dataset of [`load_unlabelled`] (text, prompt + completion, or
+/// conversations), or comparisons, where each row gives its TL;DR prompt followed by the
+/// human-preferred summary.
+pub fn load_sft_texts(
+    path: &Path,
+    columns: &Columns,
+    on_malformed: OnMalformed,
+) -> Result<Loaded<TextExample>, DataError> {
     if !is_comparisons(path) {
-        return load_unlabelled(path, on_malformed);
+        return load_unlabelled(path, columns, on_malformed);
     }
     let loaded = load_comparisons(path, on_malformed)?;
     let rows =

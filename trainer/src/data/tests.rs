@@ -38,7 +38,7 @@ fn labels_other_than_0_and_1_and_empty_pair_sides_are_malformed() {
     assert!(err.contains("labels.csv:3: label"), "{err}");
     let prefs = dir.path().join("prefs.jsonl");
     std::fs::write(&prefs, "{\"prompt\": \"p\", \"chosen\": \"  \", \"rejected\": \"no\"}\n").unwrap();
-    let err = load_preferences(&prefs, OnMalformed::Error).unwrap_err().to_string();
+    let err = load_preferences(&prefs, &Columns::default(), OnMalformed::Error).unwrap_err().to_string();
     assert!(err.contains("prefs.jsonl:1: chosen: expected a non-empty string"), "{err}");
 }
 
@@ -58,7 +58,7 @@ fn a_row_over_the_size_cap_is_malformed_and_never_kept_whole() {
     assert_eq!(loaded.skipped, 1);
     let txt = dir.path().join("huge.txt");
     std::fs::write(&txt, format!("first\n{huge}\nlast")).unwrap();
-    let loaded = load_unlabelled(&txt, OnMalformed::Skip).unwrap();
+    let loaded = load_unlabelled(&txt, &Columns::default(), OnMalformed::Skip).unwrap();
     assert_eq!(loaded.rows.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(), vec!["first", "last"]);
 }
 
@@ -113,7 +113,7 @@ fn preference_pairs_with_explicit_and_implicit_prompts() {
         "{\"prompt\": \"Q: hi\", \"chosen\": \" hello\", \"rejected\": \" go away\"}\n{\"chosen\": \"The film was great\", \"rejected\": \"The film was bad\"}\n",
     )
     .unwrap();
-    let loaded = load_preferences(&path, OnMalformed::Error).unwrap();
+    let loaded = load_preferences(&path, &Columns::default(), OnMalformed::Error).unwrap();
     assert_eq!(loaded.rows[0].prompt, "Q: hi");
     assert_eq!(
         loaded.rows[1],
@@ -149,10 +149,10 @@ fn comparisons_give_tldr_prompts_and_sft_texts() {
     assert!(is_comparisons(&path));
     assert!(!is_comparisons(&assets().join("imdb-sentiment/test.jsonl")));
     let pairs = load_comparisons(&path, OnMalformed::Error).unwrap().rows;
-    let prompts = load_prompt_texts(&path, OnMalformed::Error).unwrap().rows;
+    let prompts = load_prompt_texts(&path, &Columns::default(), OnMalformed::Error).unwrap().rows;
     let distinct: std::collections::HashSet<&str> = pairs.iter().map(|p| p.prompt.as_str()).collect();
     assert_eq!(prompts.len(), distinct.len(), "one prompt per distinct post");
-    let sft = load_sft_texts(&path, OnMalformed::Error).unwrap().rows;
+    let sft = load_sft_texts(&path, &Columns::default(), OnMalformed::Error).unwrap().rows;
     assert_eq!(sft[0].text, format!("{}{}", pairs[0].prompt, pairs[0].chosen));
 
     // Whole prompts keep their end, so every prompt still asks for the summary.
@@ -177,4 +177,176 @@ fn sentiment_pairs_and_prompts_follow_the_recipe() {
     assert_eq!(prompts, rl_prompts(&loaded.rows[..50], &tokenizer, &config).unwrap());
     let lengths: std::collections::BTreeSet<usize> = prompts.iter().map(Vec::len).collect();
     assert!(lengths.len() > 3, "lengths should vary: {lengths:?}");
+}
+
+/// Writes a parquet file (the hub's layout: UTF-8 string columns, an int64 label) with the
+/// `parquet` crate's writer.
+fn write_parquet(path: &Path, strings: &[(&str, &[&str])], labels: Option<&[i64]>) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::writer::SerializedFileWriter;
+    let mut fields: Vec<String> =
+        strings.iter().map(|(name, _)| format!("REQUIRED BYTE_ARRAY {name} (UTF8);")).collect();
+    if labels.is_some() {
+        fields.push("REQUIRED INT64 label;".into());
+    }
+    let schema =
+        parquet::schema::parser::parse_message_type(&format!("message rows {{ {} }}", fields.join(" "))).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, std::sync::Arc::new(schema), Default::default()).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    for (_, values) in strings {
+        let mut column = group.next_column().unwrap().unwrap();
+        let values: Vec<ByteArray> = values.iter().map(|v| ByteArray::from(*v)).collect();
+        column.typed::<ByteArrayType>().write_batch(&values, None, None).unwrap();
+        column.close().unwrap();
+    }
+    if let Some(labels) = labels {
+        let mut column = group.next_column().unwrap().unwrap();
+        column.typed::<Int64Type>().write_batch(labels, None, None).unwrap();
+        column.close().unwrap();
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+fn texts(loaded: Loaded<TextExample>) -> Vec<String> {
+    loaded.rows.into_iter().map(|r| r.text).collect()
+}
+
+#[test]
+fn prompt_completion_rows_are_sft_texts_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("pc.jsonl");
+    std::fs::write(&jsonl, "{\"prompt\": \"The film\", \"completion\": \" was fine.\"}\n").unwrap();
+    let csv = dir.path().join("pc.csv");
+    std::fs::write(&csv, "prompt,completion\nThe film, was fine.\n").unwrap();
+    let parquet = dir.path().join("pc.parquet");
+    write_parquet(&parquet, &[("prompt", &["The film"]), ("completion", &[" was fine."])], None);
+    for path in [&jsonl, &csv, &parquet] {
+        let loaded = load_sft_texts(path, &Columns::default(), OnMalformed::Error).unwrap();
+        assert_eq!(texts(loaded), vec!["The film was fine."], "{}", path.display());
+    }
+    // A row with none of the layouts names what was expected and the flags.
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, "{\"body\": \"x\"}\n").unwrap();
+    let err = load_sft_texts(&other, &Columns::default(), OnMalformed::Error).unwrap_err().to_string();
+    assert!(err.contains("other.jsonl:1: text: expected a text column") && err.contains("--text-column"), "{err}");
+}
+
+#[test]
+fn conversations_are_flattened_with_the_documented_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.jsonl");
+    let rows = [
+        r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Good film?"}, {"role": "assistant", "content": "Yes."}]}"#,
+        r#"{"prompt": [{"role": "user", "content": "Good film?"}], "completion": [{"role": "assistant", "content": "Yes."}]}"#,
+    ];
+    std::fs::write(&path, rows.join("\n")).unwrap();
+    let loaded = texts(load_sft_texts(&path, &Columns::default(), OnMalformed::Error).unwrap());
+    assert_eq!(loaded[0], "System: Be brief.\nUser: Good film?\nAssistant: Yes.\n");
+    // Prompt + completion is the text of the whole conversation.
+    assert_eq!(loaded[1], "User: Good film?\nAssistant: Yes.\n");
+    // A conversational prompt ends where the assistant's turn begins; a conversation without a
+    // prompt column is a text to cut prompts from, like any text.
+    let prompts = texts(load_prompt_texts(&path, &Columns::default(), OnMalformed::Error).unwrap());
+    assert_eq!(prompts, vec![loaded[0].as_str(), "User: Good film?\nAssistant:"]);
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 3}]}"#)
+        .unwrap();
+    let err = load_sft_texts(&bad, &Columns::default(), OnMalformed::Error).unwrap_err().to_string();
+    assert!(err.contains("bad.jsonl:1: messages[1].content: expected a string"), "{err}");
+}
+
+#[test]
+fn prompt_only_rows_are_prompts_and_text_rows_still_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prompts.jsonl");
+    std::fs::write(&path, "{\"prompt\": \"Write a review:\"}\n{\"text\": \"A review to cut.\"}\n").unwrap();
+    let prompts = texts(load_prompt_texts(&path, &Columns::default(), OnMalformed::Error).unwrap());
+    assert_eq!(prompts, vec!["Write a review:", "A review to cut."]);
+}
+
+#[test]
+fn conversational_and_parquet_preference_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat_prefs.jsonl");
+    let rows = [
+        r#"{"prompt": [{"role": "user", "content": "Good film?"}], "chosen": [{"role": "assistant", "content": "Yes!"}], "rejected": [{"role": "assistant", "content": "No."}]}"#,
+        r#"{"chosen": [{"role": "user", "content": "Good film?"}, {"role": "assistant", "content": "Yes!"}], "rejected": [{"role": "user", "content": "Good film?"}, {"role": "assistant", "content": "No."}]}"#,
+    ];
+    std::fs::write(&path, rows.join("\n")).unwrap();
+    let pairs = load_preferences(&path, &Columns::default(), OnMalformed::Error).unwrap().rows;
+    let want = PreferencePair {
+        prompt: "User: Good film?\nAssistant:".into(),
+        chosen: " Yes!\n".into(),
+        rejected: " No.\n".into(),
+    };
+    assert_eq!(pairs[0], want);
+    // An implicit prompt: the shared turns, cut at a word boundary.
+    assert_eq!(pairs[1].prompt, "User: Good film?\nAssistant: ");
+    assert_eq!((pairs[1].chosen.as_str(), pairs[1].rejected.as_str()), ("Yes!\n", "No.\n"));
+
+    // `--format trl` on a hub dataset reads its parquet.
+    let parquet = dir.path().join("train-00000-of-00001.parquet");
+    write_parquet(&parquet, &[("prompt", &["Q:"]), ("chosen", &[" yes"]), ("rejected", &[" no"])], None);
+    let pairs = load_preferences(&parquet, &Columns::default(), OnMalformed::Error).unwrap().rows;
+    assert_eq!(pairs, vec![PreferencePair { prompt: "Q:".into(), chosen: " yes".into(), rejected: " no".into() }]);
+    write_parquet(&parquet, &[("prompt", &["Q:"]), ("chosen", &[" yes"])], None);
+    let err = load_preferences(&parquet, &Columns::default(), OnMalformed::Skip).unwrap_err().to_string();
+    assert!(err.contains("train-00000-of-00001.parquet:0: rejected: expected a column of that name"), "{err}");
+}
+
+#[test]
+fn column_names_can_be_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let columns = Columns {
+        text: "review".into(),
+        label: "stars".into(),
+        prompt: "question".into(),
+        chosen: "good".into(),
+        rejected: "bad".into(),
+        ..Columns::default()
+    };
+    let labelled = dir.path().join("reviews.csv");
+    std::fs::write(&labelled, "review,stars\nLoved it,pos\nHated it,neg\n").unwrap();
+    let rows = load_labelled(&labelled, &columns, OnMalformed::Error).unwrap().rows;
+    assert_eq!(rows[1], TextExample { text: "Hated it".into(), label: 0 });
+    let err = load_labelled(&labelled, &Columns::default(), OnMalformed::Error).unwrap_err().to_string();
+    assert!(err.contains("reviews.csv:1: text: expected a column of that name"), "{err}");
+
+    let prefs = dir.path().join("prefs.jsonl");
+    std::fs::write(&prefs, "{\"question\": \"Q:\", \"good\": \" yes\", \"bad\": \" no\"}\n").unwrap();
+    let pairs = load_preferences(&prefs, &columns, OnMalformed::Error).unwrap().rows;
+    assert_eq!(pairs[0], PreferencePair { prompt: "Q:".into(), chosen: " yes".into(), rejected: " no".into() });
+    let err = load_preferences(&prefs, &Columns::default(), OnMalformed::Error).unwrap_err().to_string();
+    assert!(err.contains("prefs.jsonl:1: chosen: expected a string or a list"), "{err}");
+
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"question\": \"Why?\"}\n").unwrap();
+    assert_eq!(texts(load_prompt_texts(&prompts, &columns, OnMalformed::Error).unwrap()), vec!["Why?"]);
+    let sft = dir.path().join("sft.jsonl");
+    std::fs::write(&sft, "{\"review\": \"Fine.\"}\n").unwrap();
+    assert_eq!(texts(load_sft_texts(&sft, &columns, OnMalformed::Error).unwrap()), vec!["Fine."]);
+}
+
+#[test]
+fn every_shard_of_a_hub_set_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // The hub's names, one with a fingerprint as older uploads have.
+    let first = dir.path().join("train-00000-of-00003.parquet");
+    write_parquet(&first, &[("text", &["one", "two"])], Some(&[1, 0]));
+    write_parquet(&dir.path().join("train-00001-of-00003-5f3a9c.parquet"), &[("text", &["three"])], Some(&[1]));
+    write_parquet(&dir.path().join("test-00000-of-00001.parquet"), &[("text", &["held out"])], Some(&[0]));
+    let third = dir.path().join("train-00002-of-00003.parquet");
+    let err = load_text(&first, OnMalformed::Error).unwrap_err().to_string();
+    assert!(err.contains("train-00002-of-00003.parquet: missing: the set has 3 shards"), "{err}");
+    write_parquet(&third, &[("text", &["four"])], Some(&[0]));
+    let rows = load_text(&first, OnMalformed::Error).unwrap().rows;
+    assert_eq!(rows.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(), vec!["one", "two", "three", "four"]);
+    assert_eq!(rows.iter().map(|r| r.label).collect::<Vec<_>>(), vec![1, 0, 1, 0]);
+    // Any shard names the set; a file outside one is read alone.
+    assert_eq!(load_text(&third, OnMalformed::Error).unwrap().rows.len(), 4);
+    assert_eq!(shards(&dir.path().join("test-00000-of-00001.parquet")).unwrap().len(), 1);
+    assert_eq!(shards(Path::new("train.parquet")).unwrap(), vec![PathBuf::from("train.parquet")]);
 }

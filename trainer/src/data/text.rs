@@ -1,19 +1,38 @@
-//! Labelled text in every format: JSONL, CSV, HF parquet and the aclImdb folder layout.
+//! Texts, labelled or not, in every format: JSONL, CSV, HF parquet, plain lines and the aclImdb
+//! folder layout.
 
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
+
 use super::lines::*;
+use super::messages::{Part, text_or_messages};
+use super::rows::{Columns, RowAt, is_tabular, read_rows};
 use super::{DataError, Loaded, OnMalformed, TextExample};
 
-/// Reads labelled text: `.jsonl`, `.csv` (columns `text_field`, `label_field`), or an aclImdb
-/// folder (`dir/pos`, `dir/neg`, or `dir/<split>/{pos,neg}` with `split` "train").
+/// Reads labelled text (columns `text` and `label`): see [`load_labelled`].
 pub fn load_text(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
-    load_text_fields(path, "text", Some("label"), on_malformed)
+    load_labelled(path, &Columns::default(), on_malformed)
 }
 
-/// Texts without labels (for SFT): the formats of [`load_text`] with the label ignored, plus
-/// `.txt` files with one example per line. Labels read as 0.
-pub fn load_unlabelled(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<TextExample>, DataError> {
+/// Reads labelled text: a `.jsonl`, `.csv` or `.parquet` file (or shard set) with the columns
+/// `columns.text` and `columns.label`, or an aclImdb folder (`dir/pos`, `dir/neg`, or
+/// `dir/train/{pos,neg}`).
+pub fn load_labelled(
+    path: &Path,
+    columns: &Columns,
+    on_malformed: OnMalformed,
+) -> Result<Loaded<TextExample>, DataError> {
+    load_text_fields(path, &columns.text, Some(columns.label.as_str()), on_malformed)
+}
+
+/// Texts without labels (for SFT and prompts): every row layout of [`document_text`], plus
+/// `.txt` files with one example per line and aclImdb folders. Labels read as 0.
+pub fn load_unlabelled(
+    path: &Path,
+    columns: &Columns,
+    on_malformed: OnMalformed,
+) -> Result<Loaded<TextExample>, DataError> {
     if path.extension().is_some_and(|e| e == "txt") {
         let mut loaded = Loaded::new();
         for_each_line(path, |number, line| {
@@ -23,197 +42,60 @@ pub fn load_unlabelled(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<
         })?;
         return loaded.finish(path);
     }
-    load_text_fields(path, "text", None, on_malformed)
+    if path.is_dir() {
+        return load_aclimdb(path);
+    }
+    if !is_tabular(path) {
+        return Err(DataError::UnknownFormat { path: path.to_path_buf() });
+    }
+    read_rows(path, &[], on_malformed, |row, at| Ok(TextExample { text: document_text(row, columns, at)?, label: 0 }))
 }
 
-/// [`load_text`] with the column names given; `label_field_name: None` reads no label (0).
+/// A row's whole text, in TRL's layouts: the `text` column (language modelling); `prompt` +
+/// `completion` (prompt-completion; either may be a conversation); or `messages` (a
+/// conversation, flattened by [`super::messages`]).
+pub fn document_text(row: &Value, columns: &Columns, at: RowAt) -> Result<String, DataError> {
+    if row.get(&columns.text).is_some() {
+        string_field(row, &columns.text, at.path, at.line)
+    } else if row.get(&columns.prompt).is_some() && row.get(&columns.completion).is_some() {
+        let prompt = text_or_messages(row, &columns.prompt, Part::Prompt, at)?;
+        Ok(prompt + &text_or_messages(row, &columns.completion, Part::Completion, at)?)
+    } else if row.get(&columns.messages).is_some() {
+        text_or_messages(row, &columns.messages, Part::Whole, at)
+    } else {
+        Err(at.malformed(
+            &columns.text,
+            &format!(
+                "a text column ({:?}), a prompt and a completion ({:?}, {:?}), or a conversation ({:?}); \
+                 map other names with --text-column, --prompt-column, --completion-column or --messages-column",
+                columns.text, columns.prompt, columns.completion, columns.messages
+            ),
+        ))
+    }
+}
+
+/// Labelled text with the column names given; `label_field_name: None` reads no label (0).
 pub fn load_text_fields(
     path: &Path,
     text_field: &str,
     label_field_name: Option<&str>,
     on_malformed: OnMalformed,
 ) -> Result<Loaded<TextExample>, DataError> {
-    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
     if path.is_dir() {
         return load_aclimdb(path);
     }
-    match extension.as_str() {
-        "jsonl" | "json" => read_jsonl(path, on_malformed, |v, line| {
-            let label = match label_field_name {
-                Some(field) => label_field(v, field, path, line)?,
-                None => 0,
-            };
-            Ok(TextExample { text: string_field(v, text_field, path, line)?, label })
-        }),
-        "csv" => load_csv(path, text_field, label_field_name, on_malformed),
-        "parquet" => load_parquet(path, text_field, label_field_name, on_malformed),
-        _ => Err(DataError::UnknownFormat { path: path.to_path_buf() }),
+    if !is_tabular(path) {
+        return Err(DataError::UnknownFormat { path: path.to_path_buf() });
     }
-}
-
-fn load_csv(
-    path: &Path,
-    text_field: &str,
-    label_field_name: Option<&str>,
-    on_malformed: OnMalformed,
-) -> Result<Loaded<TextExample>, DataError> {
-    let mut reader =
-        csv::Reader::from_path(path).map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?;
-    let headers = reader.headers().map_err(|e| malformed(path, 1, "header", &format!("a CSV header ({e})")))?.clone();
-    let column = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| malformed(path, 1, name, "a column of that name"))
-    };
-    let text_col = column(text_field)?;
-    let label_col = label_field_name.map(column).transpose()?;
-    let mut loaded = Loaded::new();
-    for (index, record) in reader.records().enumerate() {
-        let line = index + 2;
-        let row = record.map_err(|e| malformed(path, line, "record", &format!("a CSV record ({e})"))).and_then(|r| {
-            let text = r.get(text_col).ok_or_else(|| malformed(path, line, text_field, "a value"))?;
-            if text.len() > MAX_ROW_BYTES {
-                return Err(too_long(path, line, text_field));
-            }
-            let label = match (label_col, label_field_name) {
-                (Some(col), Some(name)) => {
-                    r.get(col).and_then(parse_label).ok_or_else(|| malformed(path, line, name, LABEL_EXPECTED))?
-                }
-                _ => 0,
-            };
-            let text = text.to_string();
-            Ok(TextExample { text, label })
-        });
-        loaded.push(row, on_malformed)?;
-    }
-    loaded.finish(path)
-}
-
-/// Parquet as the Hugging Face hub serves datasets (`imdb`: `text` string, `label` int64). Rows
-/// are numbered from 1 in errors.
-/// How long the parquet reader may go without yielding a row before the file is refused. The
-/// `parquet` crate (60.1) runs on without end on some corrupt files (fuzzing found one: two bytes
-/// changed in `fixtures/data/imdb_sample.parquet`, kept as `fixtures/data/corrupt_spins.parquet`,
-/// yields rows forever), so rows are read on a thread watched by this deadline, and never more
-/// rows than the file's metadata declares.
-pub const PARQUET_STALL: std::time::Duration = std::time::Duration::from_secs(10);
-
-fn load_parquet(
-    path: &Path,
-    text_field: &str,
-    label_field_name: Option<&str>,
-    on_malformed: OnMalformed,
-) -> Result<Loaded<TextExample>, DataError> {
-    let (sender, rows) = std::sync::mpsc::sync_channel(256);
-    let (owned_path, text_field_owned, label_owned) =
-        (path.to_path_buf(), text_field.to_string(), label_field_name.map(str::to_string));
-    // On a stall the reader thread is left behind (nothing can stop it); the command fails.
-    std::thread::spawn(move || read_parquet_rows(&owned_path, &text_field_owned, label_owned.as_deref(), sender));
-    let mut loaded = Loaded::new();
-    loop {
-        match rows.recv_timeout(PARQUET_STALL) {
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(row))) => loaded.push(row, on_malformed)?,
-            Ok(Err(fatal)) => return Err(fatal),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                // The reader panicked (the parquet crate does on some corrupt files).
-                return Err(malformed(
-                    path,
-                    loaded.rows.len() + loaded.skipped + 1,
-                    "file",
-                    "a parquet file the reader can decode",
-                ));
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let seconds = PARQUET_STALL.as_secs();
-                let row = loaded.rows.len() + loaded.skipped + 1;
-                return Err(malformed(
-                    path,
-                    row,
-                    "file",
-                    &format!("a parquet file the reader can get through (no row for {seconds} s)"),
-                ));
-            }
-        }
-    }
-    loaded.finish(path)
-}
-
-/// A parquet row, as `Ok(Some(Ok(row)))` or a malformed row `Ok(Some(Err))`; `Ok(None)` at the
-/// end; `Err` when the file cannot be read at all.
-type ParquetRow = Result<Option<Result<TextExample, DataError>>, DataError>;
-
-fn read_parquet_rows(
-    path: &Path,
-    text_field: &str,
-    label_field_name: Option<&str>,
-    rows: std::sync::mpsc::SyncSender<ParquetRow>,
-) {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    use parquet::record::RowAccessor;
-    let opened = (|| {
-        let file = std::fs::File::open(path).map_err(io_error(path))?;
-        let reader = SerializedFileReader::new(file)
-            .map_err(|e| malformed(path, 0, "file", &format!("a parquet file ({e})")))?;
-        let schema = reader.metadata().file_metadata().schema_descr_ptr();
-        let column = |name: &str| {
-            schema
-                .columns()
-                .iter()
-                .position(|c| c.name() == name)
-                .ok_or_else(|| malformed(path, 0, name, "a column of that name"))
+    let required: Vec<&str> = std::iter::once(text_field).chain(label_field_name).collect();
+    read_rows(path, &required, on_malformed, |row, at| {
+        let text = string_field(row, text_field, at.path, at.line)?;
+        let label = match label_field_name {
+            Some(field) => label_field(row, field, at.path, at.line)?,
+            None => 0,
         };
-        let text_col = column(text_field)?;
-        let label_col = label_field_name.map(column).transpose()?;
-        Ok((reader, text_col, label_col))
-    })();
-    let (reader, text_col, label_col) = match opened {
-        Ok(opened) => opened,
-        Err(e) => {
-            let _ = rows.send(Err(e));
-            return;
-        }
-    };
-    let iter = match reader.get_row_iter(None) {
-        Ok(iter) => iter,
-        Err(e) => {
-            let _ = rows.send(Err(malformed(path, 0, "file", &format!("readable rows ({e})"))));
-            return;
-        }
-    };
-    // Corrupt files can make the row iterator run on past the rows the file holds.
-    let declared = usize::try_from(reader.metadata().file_metadata().num_rows()).unwrap_or(0);
-    for (index, row) in iter.enumerate() {
-        let line = index + 1;
-        if index >= declared {
-            let _ = rows.send(Err(malformed(
-                path,
-                line,
-                "file",
-                &format!("no more rows than its metadata declares ({declared})"),
-            )));
-            return;
-        }
-        let row = row.map_err(|e| malformed(path, line, "row", &format!("a readable row ({e})"))).and_then(|row| {
-            let text = row.get_string(text_col).map_err(|_| malformed(path, line, text_field, "a string"))?;
-            if text.len() > MAX_ROW_BYTES {
-                return Err(too_long(path, line, text_field));
-            }
-            let text = text.clone();
-            let label = match (label_col, label_field_name) {
-                (Some(col), Some(name)) => row
-                    .get_long(col)
-                    .or_else(|_| row.get_int(col).map(i64::from))
-                    .ok()
-                    .filter(|l| matches!(l, 0 | 1))
-                    .ok_or_else(|| malformed(path, line, name, LABEL_EXPECTED))?,
-                _ => 0,
-            };
-            Ok(TextExample { text, label })
-        });
-        if rows.send(Ok(Some(row))).is_err() {
-            return;
-        }
-    }
-    let _ = rows.send(Ok(None));
+        Ok(TextExample { text, label })
+    })
 }
 
 /// aclImdb layout: `pos/*.txt` and `neg/*.txt` under `dir` (or under `dir/train`).
