@@ -15,6 +15,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, error: serde_json::Error },
     #[error("{path}: {error}")]
     Unsupported { path: PathBuf, error: crate::validate::InvalidSetting },
+    #[error("{path}: only GPT-2-family models are supported (got model_type {model_type})")]
+    NotGpt2 { path: PathBuf, model_type: String },
     #[error("unknown model preset {name:?} (known: {known})")]
     UnknownPreset { name: String, known: String },
 }

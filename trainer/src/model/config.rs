@@ -134,8 +134,16 @@ impl Gpt2Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })?;
-        let config: Self =
-            serde_json::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_path_buf(), error })?;
+        let parse = |error| ConfigError::Parse { path: path.to_path_buf(), error };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
+        // Another architecture's config would fail below on some missing GPT-2 field: say what it is.
+        match value.get("model_type").and_then(|t| t.as_str()) {
+            Some("gpt2") | None => {}
+            Some(other) => {
+                return Err(ConfigError::NotGpt2 { path: path.to_path_buf(), model_type: other.to_string() });
+            }
+        }
+        let config: Self = serde_json::from_value(value).map_err(parse)?;
         config.validate().map_err(|error| ConfigError::Unsupported { path: path.to_path_buf(), error })?;
         Ok(config)
     }
@@ -236,5 +244,16 @@ mod tests {
         std::fs::write(&path, r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 8, "n_layer": 1, "n_head": 2, "activation_function": "relu"}"#).unwrap();
         let err = Gpt2Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("config.json") && err.contains("relu"), "{err}");
+    }
+
+    #[test]
+    fn another_architecture_is_named_not_a_serde_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        // A Llama config.json (abridged): none of GPT-2's field names.
+        let llama = r#"{"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32000}"#;
+        std::fs::write(&path, llama).unwrap();
+        let err = Gpt2Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("config.json: only GPT-2-family models are supported (got model_type llama)"), "{err}");
     }
 }

@@ -10,7 +10,12 @@
 //! | `*.ln_{1,2,f}.weight` / `.bias`      | `*.ln_{1,2,f}.gamma` / `.beta`   | burn's LayerNorm field names     |
 //! | `h.*.attn.bias`, `attn.masked_bias`  | (ignored)                        | causal-mask buffers, not weights |
 //! | `lm_head.weight`                     | (ignored)                        | tied to `wte`                    |
-//! | `v_head.summary.*` in `value_head.safetensors` | `v_head.summary.*`     | TRL's value head, kept apart so transformers loads the LM without warnings |
+//! | `v_head.summary.*`                   | `v_head.summary.*`               | TRL's value head (see below)     |
+//!
+//! A value head is written where TRL 0.11.4's `AutoModelForCausalLMWithValueHead.from_pretrained`
+//! looks for it, in `model.safetensors` (transformers' `AutoModelForCausalLM` skips it with a
+//! note, as it does for TRL's own checkpoints), and also as `value_head.safetensors`, which is how
+//! a directory says it has one ([`heads_in`]). Loading takes it from either file.
 //!
 //! GPT-2's `Conv1D` weights are `[in, out]`, which is burn's `Linear` layout: no transpose. The
 //! two `nn.Linear` heads (`score`, `v_head.summary`) are stored as [`crate::model::gpt2::TorchLinear`],
@@ -134,12 +139,13 @@ fn load_weights<B: Backend>(
     check_result(&path, &result, |missing| {
         missing.starts_with("v_head.") || (missing.starts_with("score.") && !declares_score)
     })?;
+    let value_head_loaded = !result.missing.iter().any(|(p, _)| p.starts_with("v_head."));
     if model.v_head.is_some() {
         if value_head_file.exists() {
             let mut store = SafetensorsStore::from_file(&value_head_file).allow_partial(true).validate(false);
             let result = model.load_from(&mut store).map_err(|e| read_error(&value_head_file, e))?;
             check_result(&value_head_file, &result, |missing| !missing.starts_with("v_head."))?;
-        } else {
+        } else if !value_head_loaded {
             model = model.with_value_head(FRESH_HEAD_SEED);
         }
     }
@@ -191,9 +197,11 @@ fn check_result(
     }
 }
 
-/// Writes `model` as a transformers directory: `config.json`, `model.safetensors` (the trunk and a
-/// score head), `value_head.safetensors` (a value head, if any), and the tokenizer files.
-/// `AutoModelForCausalLM` (or `AutoModelForSequenceClassification` for a score head) loads it.
+/// Writes `model` as a transformers directory: `config.json`, `model.safetensors` (the trunk and
+/// its head: a score head, or TRL's value head), `value_head.safetensors` (the value head again,
+/// if any), and the tokenizer files. `AutoModelForCausalLM` (or
+/// `AutoModelForSequenceClassification` for a score head) loads it, and TRL's
+/// `AutoModelForCausalLMWithValueHead` loads a policy with its value head.
 ///
 /// The directory is written next to `out` and renamed into place, so a failure leaves no
 /// partial output; an existing `out` is an error.
@@ -279,7 +287,7 @@ pub(crate) fn write_dir<B: Backend>(
     // transformers refuses safetensors files whose metadata lacks format=pt.
     let weights = dir.join(SAFETENSORS_FILE);
     let mut store = SafetensorsStore::from_file(&weights)
-        .with_regex(r"^(transformer|score)\.")
+        .with_regex(r"^(transformer|score|v_head)\.")
         .remap(save_remapper())
         .clear_metadata()
         .metadata("format", "pt");

@@ -97,6 +97,26 @@ fn export_then_import_is_bit_identical() {
     }
 }
 
+#[test]
+fn a_value_head_is_in_model_safetensors_where_trl_reads_it() {
+    // TRL's `AutoModelForCausalLMWithValueHead` reads `v_head.*` from model.safetensors (checked
+    // with TRL itself by `make_gpt2_fixtures.py --check-export`); a directory TRL wrote has no
+    // value_head.safetensors, and its trained head must load, not a fresh one.
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, model) = hf::load::<B>(&fixtures().join("lm"), &device).unwrap();
+    let model = model.with_value_head(7);
+    let out = tmp.path().join("policy");
+    hf::export(&model, &config, &Tokenizer::load(&fixtures().join("lm")).unwrap(), &out).unwrap();
+    let tensors = std::fs::read(out.join(hf::SAFETENSORS_FILE)).unwrap();
+    let names: Vec<String> =
+        safetensors::SafeTensors::deserialize(&tensors).unwrap().names().into_iter().map(str::to_string).collect();
+    assert!(names.contains(&"v_head.summary.weight".to_string()) && names.contains(&"v_head.summary.bias".to_string()));
+    std::fs::remove_file(out.join(hf::VALUE_HEAD_FILE)).unwrap();
+    let (_, back) = hf::load_as::<B>(&out, Heads::LmValue, &device).unwrap();
+    assert_eq!(params(&back), params(&model), "the trained value head, not a fresh one");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
