@@ -47,7 +47,7 @@ async fn start_learner_with(
         config,
         trainer,
         on_iteration,
-        on_done: Box::new(|_, _| {}),
+        on_done: Box::new(|_, _| Ok(())),
         on_checkpoint: Box::new(|_, _, _| Ok(())),
         start_version: 0,
         prior: Default::default(),

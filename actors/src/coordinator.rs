@@ -318,7 +318,7 @@ fn finish_update<B: AutodiffKernels>(state: &mut State<B>, result: Updated) -> R
     record_metrics(&stats, iteration + 1, weights.version, &state.ledger);
     (state.on_iteration)(iteration, &stats, &lineage);
     let version = weights.version;
-    state.ledger.advance(version);
+    state.ledger.advance(version, Instant::now());
     state.publisher.send_message(PublisherMsg::Publish(weights))?;
     let done = state.ledger.done();
     state.membership.send_message(MembershipMsg::Progress { version, done })?;
@@ -336,7 +336,7 @@ pub type CoordinatorRef = ActorRef<CoordinatorMsg>;
 
 /// "iteration done", with the record's metrics as typed fields under their documented names
 /// (numbers stay numbers in `--log-format json`; a metric missing from the record is NaN, JSON
-/// null). A tracing event holds at most 32 fields: these are the 28 a run is watched by; the
+/// null). A tracing event holds at most 32 fields: these are the 29 a run is watched by; the
 /// whole record, per-worker rates included, is in `metrics.jsonl` and on `/metrics`.
 fn log_iteration(stats: &Stats, iteration: usize, version: u64, workers: usize) {
     let m = |name: &str| stats.get(name).copied().unwrap_or(f64::NAN);
@@ -363,7 +363,8 @@ fn log_iteration(stats: &Stats, iteration: usize, version: u64, workers: usize) 
         "samples_per_s" = m("samples_per_s"),
         "time/update" = m("time/update"),
         "time/rollout_wait" = m("time/rollout_wait"),
-        "time/weight_sync" = m("time/weight_sync"),
+        "time/weight_serialize" = m("time/weight_serialize"),
+        "time/weight_broadcast" = m("time/weight_broadcast"),
         "weights/bytes" = m("weights/bytes"),
         "staleness/mean" = m("staleness/mean"),
         "staleness/max" = m("staleness/max"),

@@ -72,10 +72,11 @@ pub async fn serve<B: AutodiffKernels>(
         )
         .into());
     }
-    let on_done = std::mem::replace(&mut args.on_done, Box::new(|_, _| {}));
+    let on_done = std::mem::replace(&mut args.on_done, Box::new(|_, _| Ok(())));
     args.on_done = Box::new(move |trainer, totals| {
-        on_done(trainer, totals);
+        on_done(trainer, totals)?;
         let _ = finished.send(());
+        Ok(())
     });
     let (coordinator, mut handle) = Actor::spawn(Some("coordinator".into()), Coordinator::<B>::default(), args).await?;
     let (health, health_service) = tonic_health::server::health_reporter();

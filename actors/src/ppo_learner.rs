@@ -64,8 +64,9 @@ pub struct PpoLearnerArgs<B: AutodiffKernels> {
     pub start_version: u64,
 }
 
-/// Called once with the trained trainer and the run's totals when the run is over.
-pub type OnDone<B> = Box<dyn FnOnce(PpoTrainer<B>, Accounting) + Send>;
+/// Called once with the trained trainer and the run's totals when the run is over; an error (the
+/// trained model could not be written) fails the run.
+pub type OnDone<B> = Box<dyn FnOnce(PpoTrainer<B>, Accounting) -> Result<(), String> + Send>;
 
 /// Writes a checkpoint of the trainer at a policy version, with the run's totals up to it.
 pub type Checkpointer<B> = Box<dyn FnMut(&PpoTrainer<B>, u64, &Accounting) -> Result<(), CheckpointError> + Send>;
@@ -197,8 +198,10 @@ async fn handle_message<B: AutodiffKernels>(
         PpoLearnerMsg::StepDone { trainer, updated } => {
             if let Ok(weights) = &updated.weights {
                 state.version = weights.version;
+                // A checkpoint that cannot be written stops the run (the process exits with the
+                // error): going on would leave nothing to resume from, silently.
                 if state.checkpoint_every > 0 && state.version.is_multiple_of(state.checkpoint_every) {
-                    let _ = write_checkpoint(state, &trainer);
+                    write_checkpoint(state, &trainer)?;
                 }
             }
             state.trainer = Some(*trainer);
@@ -219,7 +222,7 @@ async fn handle_message<B: AutodiffKernels>(
         PpoLearnerMsg::EndRun(totals) => {
             let trainer = state.trainer.take().ok_or("the run ended during an update")?;
             if let Some(on_done) = state.on_done.take() {
-                on_done(trainer, totals);
+                on_done(trainer, totals)?;
             }
         }
     }

@@ -242,7 +242,11 @@ fn ppo_figures(records: &[Record]) -> Vec<Figure<'static>> {
             "throughput.png",
             vec![
                 ("samples per second", vec![line(records, "samples_per_s", BLUE)], vec![]),
-                ("weight sync (s)", vec![line(records, "time/weight_sync", PURPLE)], vec![]),
+                (
+                    "weights: serialise, broadcast (s)",
+                    vec![line(records, "time/weight_serialize", PURPLE), line(records, "time/weight_broadcast", GREEN)],
+                    vec![],
+                ),
                 ("PPO update (s)", vec![line(records, "time/update", ORANGE)], vec![]),
             ],
         ),

@@ -182,21 +182,19 @@ fn run_learner<B: AutodiffKernels>(
                 let _ = writeln!(lineage_file, "{}", serde_json::to_string(rollout).unwrap_or_default());
             }
         }),
+        // What the run leaves behind; a part that cannot be written fails the run.
         on_done: Box::new(move |trainer, totals| {
-            if let Err(e) = hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &run.out) {
-                tracing::error!(error = %e, "cannot write the trained policy");
-            }
+            hf::export_into(&trainer.policy.valid(), &model_config, &tokenizer, &run.out)
+                .map_err(|e| format!("cannot write the trained policy: {e}"))?;
             if let Some(critic) = &trainer.critic {
                 let dir = run.out.join(CRITIC_DIR);
-                if let Err(e) = hf::export_into(&critic.model.valid(), &critic.config, &tokenizer, &dir) {
-                    tracing::error!(error = %e, "cannot write the trained critic");
-                }
+                hf::export_into(&critic.model.valid(), &critic.config, &tokenizer, &dir)
+                    .map_err(|e| format!("cannot write the trained critic: {e}"))?;
             }
             // The whole run's, a resumed learner's included.
-            if let Err(e) = run.write_accounting(&totals) {
-                tracing::error!(error = %e, "cannot write the accounting");
-            }
+            run.write_accounting(&totals).map_err(|e| format!("cannot write the accounting: {e}"))?;
             crate::report::write_for_run(&run.out);
+            Ok(())
         }),
     };
     runtime()?.block_on(async move {

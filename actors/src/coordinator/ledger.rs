@@ -30,6 +30,15 @@ struct WorkerInfo {
     held_version: u64,
 }
 
+/// A published version on its way to the workers: those active when it was published that have
+/// not yet acknowledged it (a lease request saying they hold it, sent right after downloading).
+struct Broadcast {
+    version: u64,
+    published: Instant,
+    waiting: BTreeSet<u64>,
+    last_ack: Option<Instant>,
+}
+
 struct LeaseInfo {
     worker_id: u64,
     /// The policy version the lease was issued for (what its rollouts must be generated with).
@@ -42,6 +51,7 @@ struct LeaseInfo {
 #[derive(Debug, Clone, Copy)]
 pub struct UpdateTiming {
     pub update_seconds: f64,
+    /// Serialising the new weights into the buffer workers download.
     pub publish_seconds: f64,
     /// Size of the new weights' buffer.
     pub weight_bytes: usize,
@@ -73,6 +83,11 @@ pub struct Ledger {
     iteration_started: Instant,
     /// Reward-server latencies reported with this iteration's accepted submissions.
     score_seconds: Vec<f64>,
+    /// The newest published version, until every worker has acknowledged it.
+    broadcast: Option<Broadcast>,
+    /// The last finished broadcast: its version and seconds from publication to the last
+    /// acknowledgement (`time/weight_broadcast` in the record of the iteration it served).
+    broadcast_seconds: Option<(u64, f64)>,
 }
 
 impl Ledger {
@@ -102,6 +117,8 @@ impl Ledger {
             accounted: BTreeSet::new(),
             iteration_started: Instant::now(),
             score_seconds: Vec::new(),
+            broadcast: None,
+            broadcast_seconds: None,
         };
         ledger.start_iteration();
         ledger
@@ -241,6 +258,36 @@ impl Ledger {
             self.reissue(lease_id, "lease of an expired worker");
         }
         self.workers.remove(&worker_id);
+        // The broadcast no longer waits for it.
+        if let Some(broadcast) = &mut self.broadcast {
+            broadcast.waiting.remove(&worker_id);
+            self.maybe_finish_broadcast();
+        }
+    }
+
+    /// A worker says it holds `held_version` (`u64::MAX`: no weights yet) at `now`.
+    fn acknowledge(&mut self, worker_id: u64, held_version: u64, now: Instant) {
+        if let Some(broadcast) = &mut self.broadcast
+            && held_version != u64::MAX
+            && held_version >= broadcast.version
+            && broadcast.waiting.remove(&worker_id)
+        {
+            broadcast.last_ack = Some(now);
+            self.maybe_finish_broadcast();
+        }
+    }
+
+    /// Ends the broadcast once no worker is left to acknowledge it. If every worker it waited for
+    /// expired instead, nothing is measured.
+    fn maybe_finish_broadcast(&mut self) {
+        if self.broadcast.as_ref().is_some_and(|b| b.waiting.is_empty())
+            && let Some(broadcast) = self.broadcast.take()
+            && let Some(last) = broadcast.last_ack
+        {
+            let seconds = last.saturating_duration_since(broadcast.published).as_secs_f64();
+            metrics::gauge!("rlhf_time_weight_broadcast").set(seconds);
+            self.broadcast_seconds = Some((broadcast.version, seconds));
+        }
     }
 
     /// A worker hands a lease back (it is stopping): its prompts are re-issued. A lease the worker
@@ -271,6 +318,7 @@ impl Ledger {
             return Err(Status::not_found(format!("worker {worker_id} is unknown or expired; join again")));
         };
         worker.held_version = held_version;
+        self.acknowledge(worker_id, held_version, now);
         if self.done() {
             return Ok(pb::LeasePromptsResponse { reply: Some(Reply::Done(true)) });
         }
@@ -384,7 +432,13 @@ impl Ledger {
         insert_reward_stats(stats, trained.iter().map(|(_, r)| r.score));
         stats.insert("time/rollout_wait".into(), rollout_wait.max(0.0));
         stats.insert("time/update".into(), timing.update_seconds);
-        stats.insert("time/weight_sync".into(), timing.publish_seconds);
+        stats.insert("time/weight_serialize".into(), timing.publish_seconds);
+        // How long the weights this iteration was rolled out with took to reach every worker.
+        if let Some((version, seconds)) = self.broadcast_seconds.take()
+            && version == self.version
+        {
+            stats.insert("time/weight_broadcast".into(), seconds);
+        }
         stats.insert("weights/bytes".into(), timing.weight_bytes as f64);
         // Policy versions between generating a rollout and training on it.
         let staleness: Vec<f64> = trained.iter().map(|(l, _)| (self.version - l.policy_version) as f64).collect();
@@ -407,10 +461,14 @@ impl Ledger {
         trained.into_iter().map(|(lineage, _)| lineage).collect()
     }
 
-    /// Moves on to the newly published `version`; unless the run is done, its iteration starts.
-    pub fn advance(&mut self, version: u64) {
+    /// Moves on to `version`, published at `now`; unless the run is done, its iteration starts
+    /// and the broadcast of its weights to the active workers is timed.
+    pub fn advance(&mut self, version: u64, now: Instant) {
         self.version = version;
         if !self.done() {
+            let waiting: BTreeSet<u64> = self.workers.keys().copied().collect();
+            self.broadcast =
+                (!waiting.is_empty()).then_some(Broadcast { version, published: now, waiting, last_ack: None });
             self.start_iteration();
         }
     }

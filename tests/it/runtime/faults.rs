@@ -399,6 +399,28 @@ fn newest_checkpoint(out: &Path) -> Option<u64> {
 }
 
 #[test]
+fn a_checkpoint_that_cannot_be_written_stops_the_learner_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), 4, 8, 0, "checkpoint_every = 2\n");
+    let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
+    // A file where the checkpoints folder goes: every checkpoint write fails.
+    let blocker = tmp.path().join("out/checkpoints");
+    std::fs::write(&blocker, "not a folder").unwrap();
+    let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
+    let (_worker, _) =
+        start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &reward, "--name", "w"], false);
+    let status = learner.wait(Duration::from_secs(120));
+    let log = learner.log();
+    assert!(!status.success(), "the learner exited 0 after a failed checkpoint:\n{log}");
+    assert!(log.contains("checkpoint of version 2 failed") && log.contains("out/checkpoints"), "{log}");
+    // It stopped there: iteration 2, whose checkpoint failed, is not recorded, and no final model.
+    let steps: Vec<u64> =
+        lines(&tmp.path().join("out/metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1], "{log}");
+    assert!(!tmp.path().join("out/model.safetensors").exists());
+}
+
+#[test]
 fn old_checkpoints_are_deleted_beyond_checkpoint_keep() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 5, 8, 0, "checkpoint_every = 1\ncheckpoint_keep = 2\n");

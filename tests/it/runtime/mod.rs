@@ -210,7 +210,7 @@ fn run_with_two_workers_trains_three_versions() {
         "ppo/mean_scores",
         "time/rollout_wait",
         "time/update",
-        "time/weight_sync",
+        "time/weight_serialize",
         "weights/bytes",
         "staleness/mean",
         "staleness/max",
@@ -222,6 +222,13 @@ fn run_with_two_workers_trains_three_versions() {
         assert!(metrics.iter().all(|m| m[key].is_number()), "metrics lack {key}");
     }
     assert!(metrics[0]["workers/1/samples_per_s"].is_number() && metrics[0]["workers/2/samples_per_s"].is_number());
+    // Versions 1 and 2 reached both workers (version 0 was never broadcast: workers fetch it
+    // when they join), in less time than the whole iteration took.
+    assert!(metrics[0].get("time/weight_broadcast").is_none(), "{}", metrics[0]);
+    for m in &metrics[1..] {
+        let broadcast = m["time/weight_broadcast"].as_f64().unwrap_or_else(|| panic!("no broadcast time: {m}"));
+        assert!(broadcast > 0.0 && broadcast < m["time/rollout_wait"].as_f64().unwrap() + 1.0, "{m}");
+    }
     assert_accounted_once(&out, 3, 16);
     // Every worker loaded every version it trained on: 0, 1 and 2.
     for worker in ["worker_id=1", "worker_id=2"] {

@@ -165,7 +165,7 @@ fn rollouts_staler_than_max_policy_lag_are_refused_and_their_prompts_reissued() 
     let held = lease(&mut ledger, 1, now);
     // The learner moved on while the lease was out (which the queue never allows on its own:
     // this is the guard behind it).
-    ledger.advance(1);
+    ledger.advance(1, Instant::now());
     let status = submit(&mut ledger, &held, 1).unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("max_policy_lag 0"), "{}", status.message());
@@ -215,7 +215,7 @@ fn iterations_train_every_prompt_once_then_the_run_is_done() {
         assert_eq!((stats["staleness/max"], stats["workers/active"]), (0.0, 2.0));
         assert_eq!(stats["reward_server/latency_p50"], 0.01);
         assert!(ledger.complete_batch().is_none(), "trained rollouts leave the buffer");
-        ledger.advance(version + 1);
+        ledger.advance(version + 1, now);
     }
     assert!(ledger.done());
     assert_eq!(ledger.lease(1, 0, now).unwrap().reply, Some(pb::lease_prompts_response::Reply::Done(true)));
@@ -236,7 +236,7 @@ fn max_policy_lag_lets_workers_lease_that_many_iterations_ahead() {
     submit(&mut ledger, &current, 1).unwrap();
     submit(&mut ledger, &ahead, 2).unwrap();
     ledger.close_iteration(&mut Stats::new(), timing());
-    ledger.advance(1);
+    ledger.advance(1, Instant::now());
     assert_eq!(ledger.complete_batch().map(|batch| batch.len()), Some(2), "iteration 1 is already complete");
     let mut stats = Stats::new();
     ledger.close_iteration(&mut stats, timing());
@@ -258,4 +258,43 @@ fn a_resumed_ledger_adds_its_totals_to_the_checkpoints() {
     assert_eq!((totals.prompts_accounted, totals.leases_issued, totals.workers_joined, totals.resumes), (12, 6, 1, 1));
     let accounted: BTreeSet<u64> = ledger.accounted.iter().copied().collect();
     assert_eq!(accounted, (8..12).collect());
+}
+
+#[test]
+fn the_broadcast_lasts_until_the_last_active_worker_holds_the_new_version() {
+    let mut ledger = ledger_with(config(2, 2, 3, 0));
+    ledger.worker_joined(3, "three".into());
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let held = lease(&mut ledger, 1, t0);
+    submit(&mut ledger, &held, 1).unwrap();
+    let mut stats = Stats::new();
+    ledger.close_iteration(&mut stats, timing());
+    assert!(!stats.contains_key("time/weight_broadcast"), "version 0 was never broadcast");
+    assert!(stats.contains_key("time/weight_serialize"));
+    ledger.advance(1, ms(0));
+    // Worker 1 has version 1 by 200 ms (and gets its lease); worker 2 still holds version 0 at
+    // 300 ms and has version 1 at 500 ms; a worker joining after the publication is not waited
+    // for; worker 3 expires without acknowledging, so the broadcast waits no longer.
+    let next = match ledger.lease(1, 1, ms(200)).unwrap().reply {
+        Some(pb::lease_prompts_response::Reply::Lease(lease)) => lease,
+        other => panic!("expected a lease, got {other:?}"),
+    };
+    ledger.lease(2, 0, ms(300)).unwrap();
+    ledger.lease(2, u64::MAX, ms(350)).unwrap();
+    ledger.lease(2, 1, ms(500)).unwrap();
+    ledger.worker_joined(4, "four".into());
+    ledger.lease(1, 1, ms(900)).unwrap();
+    assert!(ledger.broadcast.is_some(), "worker 3 has not acknowledged yet");
+    ledger.worker_expired(3);
+    submit(&mut ledger, &next, 1).unwrap();
+    let mut stats = Stats::new();
+    ledger.close_iteration(&mut stats, timing());
+    assert_eq!(stats["time/weight_broadcast"], 0.5);
+    // Only the workers that acknowledged: if every one expires, nothing is measured.
+    ledger.advance(2, ms(2000));
+    ledger.worker_expired(1);
+    ledger.worker_expired(2);
+    ledger.worker_expired(4);
+    assert!(ledger.broadcast.is_none() && ledger.broadcast_seconds.is_none());
 }
