@@ -1,6 +1,6 @@
 //! `rlhf generate | logprobs | export | bench` on the fixture model, through the real binary.
 
-use super::{fixture, path_str, rlhf_err, rlhf_ok};
+use super::{assets, fixture, path_str, rlhf_err, rlhf_ok};
 
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
@@ -364,4 +364,79 @@ fn an_os_error_is_printed_once() {
     assert_eq!(err.matches("os error").count(), 1, "{err}");
     let err = rlhf_err(&["sft", "--data", "/nonexistent/rows.jsonl", "--out", path_str(&tmp.path().join("out"))]);
     assert!(err.matches("nonexistent").count() == 1 && err.matches("o such file").count() == 1, "{err}");
+}
+
+#[test]
+fn trl_datasets_column_flags_and_run_directories_through_the_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lm = fixture("lm");
+    // Preference pairs under other column names, prompts as conversations.
+    let prefs = tmp.path().join("prefs.jsonl");
+    let rows: Vec<String> = (0..8)
+        .map(|i| {
+            serde_json::json!({
+                "question": [{"role": "user", "content": format!("Was film {i} good?")}],
+                "good": [{"role": "assistant", "content": "It was wonderful and moving."}],
+                "bad": [{"role": "assistant", "content": "It was dull."}],
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&prefs, rows.join("\n")).unwrap();
+    let rm = tmp.path().join("rm");
+    let reward = |extra: &[&str]| -> (bool, String) {
+        let mut args = vec!["reward", "train", "--model", path_str(&lm), "--data", path_str(&prefs), "--format", "trl"];
+        args.extend_from_slice(&["--epochs", "1", "--batch-size", "4", "--out", path_str(&rm)]);
+        args.extend_from_slice(extra);
+        let out = crate::rlhf(&args);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // TRL's names are the default: these rows have none of them.
+    let (ok, err) = reward(&[]);
+    assert!(!ok && err.contains("prefs.jsonl:1: chosen: expected a string or a list"), "{err}");
+    let columns = ["--prompt-column", "question", "--chosen-column", "good", "--rejected-column", "bad"];
+    let (ok, err) = reward(&columns);
+    assert!(ok, "{err}");
+    assert!(rm.join("model.safetensors").is_file() && rm.join("metrics.jsonl").is_file());
+    // The run directory now holds a run: refused, then cleared with --overwrite.
+    let (ok, err) = reward(&columns);
+    assert!(!ok && err.contains("already holds a run") && err.contains("--overwrite"), "{err}");
+    let mut overwrite = columns.to_vec();
+    overwrite.push("--overwrite");
+    let (ok, err) = reward(&overwrite);
+    assert!(ok, "{err}");
+
+    // SFT on conversations and on prompt-completion rows, with a mapped column.
+    let chat = tmp.path().join("chat.jsonl");
+    let turns = r#"{"dialog": [{"role": "user", "content": "Say something nice."}, {"role": "assistant", "content": "What a lovely film."}]}"#;
+    std::fs::write(&chat, [turns; 8].join("\n")).unwrap();
+    let sft = tmp.path().join("sft");
+    let sft_args = ["sft", "--model", path_str(&lm), "--data", path_str(&chat), "--epochs", "1", "--batch-size", "4"];
+    let mut args = sft_args.to_vec();
+    args.extend_from_slice(&["--messages-column", "dialog", "--out", path_str(&sft)]);
+    rlhf_ok(&args);
+    assert!(sft.join("model.safetensors").is_file());
+
+    // PPO refuses a directory that holds a run before loading anything.
+    let err = rlhf_err(&[
+        "ppo",
+        "--local",
+        "--model",
+        path_str(&lm),
+        "--lexicon",
+        path_str(&assets().join("imdb-lexicon")),
+        "--prompts",
+        path_str(&chat),
+        "--out",
+        path_str(&sft),
+    ]);
+    assert!(err.contains("already holds a run"), "{err}");
+
+    // Another architecture is named, not a serde error.
+    let llama = tmp.path().join("llama");
+    std::fs::create_dir_all(&llama).unwrap();
+    std::fs::write(llama.join("config.json"), r#"{"model_type": "llama", "hidden_size": 64, "vocab_size": 100}"#)
+        .unwrap();
+    let err = rlhf_err(&["generate", "--model", path_str(&llama), "--prompt", "hi", "--max-new-tokens", "2"]);
+    assert!(err.contains("only GPT-2-family models are supported (got model_type llama)"), "{err}");
 }
