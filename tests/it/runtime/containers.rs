@@ -73,8 +73,13 @@ fn a_compose_run_survives_scaling_kills_a_partition_and_learner_restarts() {
     eprintln!("[{:>5.1} s] 4. partitioned worker {cut_name}: expired, rejoined, rolling out again", secs(started));
 
     // 5. SIGKILL of the learner, then the same container started again: it resumes from its
-    // volume.
-    compose.wait("a checkpoint", || run.join("checkpoints").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    // volume. Its checkpoint must postdate steps 3 and 4, whose re-issue and expiries the run's
+    // accounting is checked for at the end: what happened after the newest checkpoint is rolled
+    // back with the iterations it happened in (the update of version n + 2 starts after now).
+    let after_faults = lines(&run.join("metrics.jsonl")).len() as u64;
+    compose.wait("a checkpoint after the faults", || {
+        super::faults::newest_checkpoint(&run).is_some_and(|version| version >= after_faults + 2)
+    });
     let started_at = compose.started_at(&learner);
     docker_ok(&["kill", &learner]);
     // Docker may restart it by its on-failure policy; if not, the operator does.

@@ -389,7 +389,7 @@ fn a_learner_stopped_by_sigterm_checkpoints_exits_0_and_resumes() {
 }
 
 /// The newest complete learner checkpoint's version in a run directory.
-fn newest_checkpoint(out: &Path) -> Option<u64> {
+pub(super) fn newest_checkpoint(out: &Path) -> Option<u64> {
     std::fs::read_dir(out.join("checkpoints"))
         .ok()?
         .flatten()
