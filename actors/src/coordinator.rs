@@ -189,6 +189,7 @@ impl<B: AutodiffKernels> Actor for Coordinator<B> {
             parent: myself.get_derived::<MembershipEvent>(),
             start_version,
             max_workers: runtime.max_workers,
+            first_worker_id: crate::membership::first_worker_id(start_version > 0 || args.prior.resumes > 0),
         };
         let (membership, _) =
             Actor::spawn_linked(Some(MEMBERSHIP.into()), Membership, membership_args, cell.clone()).await?;

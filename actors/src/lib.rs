@@ -64,7 +64,8 @@ pub async fn serve<B: AutodiffKernels>(
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let grace = Duration::from_millis(args.config.runtime.heartbeat_interval_ms * 3);
-    let (finished, finished_rx) = tokio::sync::oneshot::channel::<()>();
+    // The run's end: Ok once its outputs are written, or why they could not be.
+    let (finished, finished_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     if args.start_version as usize >= args.config.train.iterations {
         return Err(format!(
             "the run already has {} policy versions (train.iterations = {})",
@@ -74,9 +75,9 @@ pub async fn serve<B: AutodiffKernels>(
     }
     let on_done = std::mem::replace(&mut args.on_done, Box::new(|_, _| Ok(())));
     args.on_done = Box::new(move |trainer, totals| {
-        on_done(trainer, totals)?;
-        let _ = finished.send(());
-        Ok(())
+        let result = on_done(trainer, totals);
+        let _ = finished.send(result.clone());
+        result
     });
     let (coordinator, mut handle) = Actor::spawn(Some("coordinator".into()), Coordinator::<B>::default(), args).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -92,11 +93,16 @@ pub async fn serve<B: AutodiffKernels>(
     // Every learner call carries the token (when one is set); health stays open for probes.
     let service = InterceptedService::new(service, security.token_check("rlhf.v1.Learner"));
     let mut completed = false;
+    let mut failed = None;
     let mut stopped = None;
     let shutdown = async {
         tokio::select! {
             result = finished_rx => {
-                completed = result.is_ok();
+                match result {
+                    Ok(Ok(())) => completed = true,
+                    Ok(Err(error)) => failed = Some(error),
+                    Err(_) => {}
+                }
                 // Workers learn that the run is done from their next lease or heartbeat.
                 tokio::time::sleep(grace).await;
             }
@@ -126,7 +132,7 @@ pub async fn serve<B: AutodiffKernels>(
     match stopped {
         Some(result) => result,
         None if completed => Ok(()),
-        None => Err("the learner stopped before the run ended (see the log)".into()),
+        None => Err(failed.unwrap_or_else(|| "the learner stopped before the run ended (see the log)".into()).into()),
     }
 }
 

@@ -64,6 +64,20 @@ pub struct MembershipArgs {
     /// Live workers at most (`runtime.max_workers`): a flood of joins cannot grow the learner's
     /// state without bound.
     pub max_workers: usize,
+    /// The id of the first worker to join (see [`first_worker_id`]).
+    pub first_worker_id: u64,
+}
+
+/// The first worker id a learner hands out. A new run numbers its workers from 1. A resumed
+/// learner starts from a base drawn from the clock (a multiple of 2^20, at least 2^20), so that a
+/// worker of an earlier learner, still sending its old id, is told to join again instead of being
+/// taken for a worker that joined this one.
+pub fn first_worker_id(resumed: bool) -> u64 {
+    if !resumed {
+        return 1;
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (u64::from(nanos % (1 << 30)) + 1) << 20
 }
 
 pub struct MembershipState {
@@ -99,7 +113,7 @@ impl Actor for Membership {
             parent: args.parent,
             workers: BTreeMap::new(),
             addresses: BTreeMap::new(),
-            next_worker_id: 1,
+            next_worker_id: args.first_worker_id,
             max_workers: args.max_workers,
             version: args.start_version,
             done: false,
@@ -272,6 +286,7 @@ mod tests {
             parent: parent.get_derived(),
             start_version: 3,
             max_workers: 1,
+            first_worker_id: 1,
         };
         let (membership, membership_handle) = Actor::spawn(None, Membership, args).await.unwrap();
 
@@ -309,5 +324,12 @@ mod tests {
         parent.stop(None);
         membership_handle.await.unwrap();
         parent_handle.await.unwrap();
+    }
+
+    #[test]
+    fn a_resumed_learner_numbers_its_workers_apart_from_any_earlier_learner() {
+        assert_eq!(first_worker_id(false), 1);
+        let base = first_worker_id(true);
+        assert!(base >= 1 << 20 && base.is_multiple_of(1 << 20), "{base}");
     }
 }

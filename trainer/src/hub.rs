@@ -107,8 +107,12 @@ fn download(name: &str) -> Result<PathBuf, HubError> {
     let client = hf_hub::HFClient::builder().retry_max_attempts(1).build_sync().map_err(|e| unreachable(&e))?;
     let model = client.model(owner, repo);
     let allow: Vec<String> = WANTED.iter().map(|s| s.to_string()).collect();
+    let has_weights = |dir: &Path| {
+        dir.join(crate::model::hf::SAFETENSORS_FILE).exists() || dir.join(crate::model::hf::PYTORCH_FILE).exists()
+    };
     if let Ok(dir) = model.snapshot_download().allow_patterns(allow.clone()).local_files_only(true).send()
         && dir.join("config.json").exists()
+        && has_weights(&dir)
     {
         return Ok(dir);
     }

@@ -86,7 +86,7 @@ pub struct Ledger {
     /// The newest published version, until every worker has acknowledged it.
     broadcast: Option<Broadcast>,
     /// The last finished broadcast: its version and seconds from publication to the last
-    /// acknowledgement (`time/weight_broadcast` in the record of the iteration it served).
+    /// acknowledgement (`time/weight_broadcast` in the next record closed).
     broadcast_seconds: Option<(u64, f64)>,
 }
 
@@ -433,10 +433,9 @@ impl Ledger {
         stats.insert("time/rollout_wait".into(), rollout_wait.max(0.0));
         stats.insert("time/update".into(), timing.update_seconds);
         stats.insert("time/weight_serialize".into(), timing.publish_seconds);
-        // How long the weights this iteration was rolled out with took to reach every worker.
-        if let Some((version, seconds)) = self.broadcast_seconds.take()
-            && version == self.version
-        {
+        // How long the newest weights whose broadcast finished since the last record (usually
+        // those this iteration was rolled out with) took to reach every worker.
+        if let Some((_, seconds)) = self.broadcast_seconds.take() {
             stats.insert("time/weight_broadcast".into(), seconds);
         }
         stats.insert("weights/bytes".into(), timing.weight_bytes as f64);

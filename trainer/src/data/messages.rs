@@ -68,6 +68,26 @@ pub fn render(messages: &[Value], field: &str, part: Part, at: RowAt) -> Result<
     })
 }
 
+/// The prompt and the two responses of a preference pair given as two whole conversations
+/// (TRL's implicit prompt, conversational): the leading messages both share are the prompt, the
+/// rest of each its response; `None` when they share none.
+pub fn split_shared_turns(
+    chosen: &[Value],
+    rejected: &[Value],
+    fields: (&str, &str),
+    at: RowAt,
+) -> Result<Option<(String, String, String)>, DataError> {
+    let shared = chosen.iter().zip(rejected).take_while(|(a, b)| a == b).count();
+    if shared == 0 || shared == chosen.len() || shared == rejected.len() {
+        return Ok(None);
+    }
+    Ok(Some((
+        render(&chosen[..shared], fields.0, Part::Prompt, at)?,
+        render(&chosen[shared..], fields.0, Part::Completion, at)?,
+        render(&rejected[shared..], fields.1, Part::Completion, at)?,
+    )))
+}
+
 /// `user` → `User`; a role is capitalised, whatever it is.
 fn role_name(role: &str) -> String {
     let mut chars = role.chars();

@@ -54,6 +54,8 @@ pub enum DataError {
     UnknownFormat { path: PathBuf },
     #[error("{path}: missing: the set has {of} shards and each must be present")]
     MissingShard { path: PathBuf, of: usize },
+    #[error("{first} and {second} are the same shard of a set; keep one")]
+    AmbiguousShard { first: PathBuf, second: PathBuf },
     #[error("{path}: no usable rows")]
     Empty { path: PathBuf },
     #[error(transparent)]

@@ -11,27 +11,42 @@ use serde_json::Value;
 use crate::tokenizer::Tokenizer;
 
 use super::lines::*;
-use super::messages::{Part, text_or_messages};
+use super::messages::{Part, split_shared_turns, text_or_messages};
 use super::prompts::clean_review;
 use super::rows::{Columns, read_rows};
 use super::{DataError, Loaded, OnMalformed, PreferencePair, TextExample};
 
 /// Reads TRL's preference data (JSONL, CSV or parquet; column names from `columns`): `chosen`
 /// and `rejected` (strings, or conversations: the assistant's turns), and `prompt` (a string or
-/// a conversation, see [`super::messages`]). Without a prompt column, the prompt is the longest
-/// common prefix of `chosen` and `rejected` (cut back to a whitespace boundary), as TRL's
-/// implicit prompt; implicit-prompt conversations are flattened whole before the split.
+/// a conversation, see [`super::messages`]). Without a prompt column, the prompt is implicit, as
+/// in TRL: for two conversations, the turns both start with; for strings, the longest common
+/// prefix of `chosen` and `rejected` (cut back to a whitespace boundary).
 pub fn load_preferences(
     path: &Path,
     columns: &Columns,
     on_malformed: OnMalformed,
 ) -> Result<Loaded<PreferencePair>, DataError> {
-    let required = [columns.chosen.as_str(), columns.rejected.as_str()];
+    // A prompt column the user named must be there (a misspelt name would otherwise fall back to
+    // the implicit prompt unnoticed).
+    let named_prompt = columns.prompt != Columns::default().prompt;
+    let mut required = vec![columns.chosen.as_str(), columns.rejected.as_str()];
+    if named_prompt {
+        required.push(&columns.prompt);
+    }
     read_rows(path, &required, on_malformed, |v, at| {
         let prompt = match v.get(&columns.prompt) {
+            None | Some(Value::Null) if named_prompt => return Err(at.malformed(&columns.prompt, "a prompt")),
             None | Some(Value::Null) => None,
             Some(_) => Some(text_or_messages(v, &columns.prompt, Part::Prompt, at)?),
         };
+        // Two whole conversations: split at the turns they share, as TRL does.
+        if let (None, Some(Value::Array(chosen)), Some(Value::Array(rejected))) =
+            (&prompt, v.get(&columns.chosen), v.get(&columns.rejected))
+            && let Some((prompt, chosen, rejected)) =
+                split_shared_turns(chosen, rejected, (&columns.chosen, &columns.rejected), at)?
+        {
+            return Ok(PreferencePair { prompt, chosen, rejected });
+        }
         let part = if prompt.is_some() { Part::Completion } else { Part::Whole };
         let side = |field: &str| {
             let text = text_or_messages(v, field, part, at)?;

@@ -97,8 +97,10 @@ pub fn load_prompt_texts(
     if !is_tabular(path) {
         return load_unlabelled(path, columns, on_malformed);
     }
-    read_rows(path, &[], on_malformed, |row, at| {
-        let text = if row.get(&columns.prompt).is_some() {
+    let named_prompt = columns.prompt != Columns::default().prompt;
+    let required: &[&str] = if named_prompt { &[&columns.prompt] } else { &[] };
+    read_rows(path, required, on_malformed, |row, at| {
+        let text = if row.get(&columns.prompt).is_some() || named_prompt {
             text_or_messages(row, &columns.prompt, Part::Prompt, at)?
         } else {
             document_text(row, columns, at)?
@@ -132,6 +134,16 @@ pub fn rl_prompts(
 ) -> Result<Vec<Vec<u32>>, DataError> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut prompts = Vec::new();
+    let short = examples.iter().filter(|e| e.text.chars().count() <= config.min_chars).count();
+    if short > 0 {
+        // Prompt datasets (TRL's prompt-only rows) usually want min_chars = 0 and whole = true.
+        tracing::warn!(
+            dropped = short,
+            of = examples.len(),
+            min_chars = config.min_chars,
+            "texts not longer than prompts.min_chars give no prompt"
+        );
+    }
     for example in examples.iter().filter(|e| e.text.chars().count() > config.min_chars) {
         let text = clean_review(&example.text);
         // Review prompts are a review's first tokens: never tokenise more than those.

@@ -7,7 +7,12 @@
 //!   conversation's `messages`) become JSON arrays and objects.
 //!
 //! A file named as one shard of a set (`train-00000-of-00003.parquet`, the hub's naming) brings
-//! the whole set, in shard order; a missing shard is an error naming it.
+//! the whole set, in shard order; a missing shard is an error naming it. (To read one shard
+//! alone, give it another name.)
+//!
+//! A conversation is a list, so it needs JSONL or parquet: a CSV cell is always a string, read
+//! as text. A parquet binary (not UTF-8) column reads as no value, so a text field in one is an
+//! error, as the old typed reader had it.
 
 use std::path::{Path, PathBuf};
 
@@ -105,14 +110,23 @@ pub fn shards(path: &Path) -> Result<Vec<PathBuf>, DataError> {
     names.sort();
     (0..set.of)
         .map(|index| {
-            let found = names.iter().find(|n| {
-                ShardName::parse(Path::new(n))
-                    .is_some_and(|s| s.index == index && s.stem == set.stem && s.of == set.of && s.ext == set.ext)
-            });
-            found.map(|n| dir.join(n)).ok_or_else(|| DataError::MissingShard {
-                path: dir.join(format!("{}-{index:05}-of-{:05}.{}", set.stem, set.of, set.ext)),
-                of: set.of,
-            })
+            let found: Vec<&String> = names
+                .iter()
+                .filter(|n| {
+                    ShardName::parse(Path::new(n))
+                        .is_some_and(|s| s.index == index && s.stem == set.stem && s.of == set.of && s.ext == set.ext)
+                })
+                .collect();
+            match found.as_slice() {
+                [one] => Ok(dir.join(one)),
+                [] => Err(DataError::MissingShard {
+                    path: dir.join(format!("{}-{index:05}-of-{:05}.{}", set.stem, set.of, set.ext)),
+                    of: set.of,
+                }),
+                [first, second, ..] => {
+                    Err(DataError::AmbiguousShard { first: dir.join(first), second: dir.join(second) })
+                }
+            }
         })
         .collect()
 }
@@ -177,15 +191,21 @@ fn csv_rows(path: &Path, required: &[&str], each: &mut Each) -> Result<(), DataE
     let mut reader = csv::Reader::from_path(path).map_err(header_error)?;
     let headers = reader.headers().map_err(header_error)?.clone();
     check_columns(path, 1, headers.iter(), required)?;
-    for (index, record) in reader.records().enumerate() {
-        let line = index + 2;
+    let mut line = 1;
+    for record in reader.records() {
+        // The record's own first line: quoted fields may span several.
+        line = match &record {
+            Ok(r) => r.position().map_or(line + 1, |p| p.line() as usize),
+            Err(e) => e.position().map_or(line + 1, |p| p.line() as usize),
+        };
         let row = record.map_err(|e| malformed(path, line, "record", &format!("a CSV record ({e})"))).and_then(|r| {
             let mut object = Map::new();
             for (name, value) in headers.iter().zip(r.iter()) {
                 if value.len() > MAX_ROW_BYTES {
                     return Err(too_long(path, line, name));
                 }
-                object.insert(name.to_string(), Value::String(value.to_string()));
+                // A repeated column name: the first column of that name counts.
+                object.entry(name.to_string()).or_insert_with(|| Value::String(value.to_string()));
             }
             Ok(Value::Object(object))
         });
@@ -261,8 +281,19 @@ fn read_parquet(path: &Path, required: Vec<String>, rows: std::sync::mpsc::SyncS
             return;
         }
         let row = row.map_err(|e| malformed(path, line, "row", &format!("a readable row ({e})"))).and_then(|row| {
-            let value = row.to_json_value();
-            if text_bytes(&value) > MAX_ROW_BYTES { Err(too_long(path, line, "row")) } else { Ok(value) }
+            let mut object = Map::new();
+            for (name, field) in row.get_column_iter() {
+                // Binary data is no text (to_json_value would give base64).
+                let value = match field {
+                    parquet::record::Field::Bytes(_) => Value::Null,
+                    other => other.to_json_value(),
+                };
+                if text_bytes(&value) > MAX_ROW_BYTES {
+                    return Err(too_long(path, line, name));
+                }
+                object.entry(name.clone()).or_insert(value);
+            }
+            Ok(Value::Object(object))
         });
         if rows.send(Ok(Some(row))).is_err() {
             return;

@@ -36,6 +36,10 @@ fn labels_other_than_0_and_1_and_empty_pair_sides_are_malformed() {
     std::fs::write(&csv, "text,label\nfine,0\nodd,-1\n").unwrap();
     let err = load_text(&csv, OnMalformed::Error).unwrap_err().to_string();
     assert!(err.contains("labels.csv:3: label"), "{err}");
+    // A quoted field over two lines: errors name the record's own line.
+    std::fs::write(&csv, "text,label\n\"two\nlines\",0\nodd,-1\n").unwrap();
+    let err = load_text(&csv, OnMalformed::Error).unwrap_err().to_string();
+    assert!(err.contains("labels.csv:4: label"), "{err}");
     let prefs = dir.path().join("prefs.jsonl");
     std::fs::write(&prefs, "{\"prompt\": \"p\", \"chosen\": \"  \", \"rejected\": \"no\"}\n").unwrap();
     let err = load_preferences(&prefs, &Columns::default(), OnMalformed::Error).unwrap_err().to_string();
@@ -283,9 +287,8 @@ fn conversational_and_parquet_preference_pairs() {
         rejected: " No.\n".into(),
     };
     assert_eq!(pairs[0], want);
-    // An implicit prompt: the shared turns, cut at a word boundary.
-    assert_eq!(pairs[1].prompt, "User: Good film?\nAssistant: ");
-    assert_eq!((pairs[1].chosen.as_str(), pairs[1].rejected.as_str()), ("Yes!\n", "No.\n"));
+    // An implicit prompt: the turns both conversations share, split as the explicit one.
+    assert_eq!(pairs[1], want);
 
     // `--format trl` on a hub dataset reads its parquet.
     let parquet = dir.path().join("train-00000-of-00001.parquet");
@@ -321,6 +324,10 @@ fn column_names_can_be_mapped() {
     assert_eq!(pairs[0], PreferencePair { prompt: "Q:".into(), chosen: " yes".into(), rejected: " no".into() });
     let err = load_preferences(&prefs, &Columns::default(), OnMalformed::Error).unwrap_err().to_string();
     assert!(err.contains("prefs.jsonl:1: chosen: expected a string or a list"), "{err}");
+    // A prompt column named by the user must be there, not silently replaced by an implicit one.
+    let misspelt = Columns { prompt: "questoin".into(), ..columns.clone() };
+    let err = load_preferences(&prefs, &misspelt, OnMalformed::Error).unwrap_err().to_string();
+    assert!(err.contains("prefs.jsonl:1: questoin: expected a prompt"), "{err}");
 
     let prompts = dir.path().join("prompts.jsonl");
     std::fs::write(&prompts, "{\"question\": \"Why?\"}\n").unwrap();

@@ -70,11 +70,30 @@ pub fn heads_in(dir: &Path, config: &Gpt2Config) -> Heads {
         config.extra.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("GPT2LMHeadModel");
     if architecture.ends_with("ForSequenceClassification") {
         Heads::Score { num_labels: config.num_labels() }
-    } else if dir.join(VALUE_HEAD_FILE).exists() {
+    } else if dir.join(VALUE_HEAD_FILE).exists() || has_value_head(&dir.join(SAFETENSORS_FILE)) {
         Heads::LmValue
     } else {
         Heads::Lm
     }
+}
+
+/// Whether a safetensors file holds `v_head.*` tensors (a TRL checkpoint), from its header alone.
+fn has_value_head(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else { return false };
+    let mut length = [0u8; 8];
+    if file.read_exact(&mut length).is_err() {
+        return false;
+    }
+    // The header is a JSON object; a length past 100 MB is no real header.
+    let length = u64::from_le_bytes(length);
+    if length > 100 << 20 {
+        return false;
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header).is_ok()
+        && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&header)
+            .is_ok_and(|names| names.keys().any(|k| k.starts_with("v_head.")))
 }
 
 /// Loads a model directory with the heads its files describe.
@@ -139,7 +158,17 @@ fn load_weights<B: Backend>(
     check_result(&path, &result, |missing| {
         missing.starts_with("v_head.") || (missing.starts_with("score.") && !declares_score)
     })?;
-    let value_head_loaded = !result.missing.iter().any(|(p, _)| p.starts_with("v_head."));
+    let value_head_missing = result.missing.iter().filter(|(p, _)| p.starts_with("v_head.")).count();
+    // A value head is in the weights file whole (TRL's checkpoints) or not at all.
+    if model.v_head.is_some() && value_head_missing == 1 {
+        return Err(CheckpointError::Mismatch {
+            path: path.clone(),
+            missing: result.missing.iter().map(|(p, _)| p.clone()).filter(|p| p.starts_with("v_head.")).collect(),
+            unexpected: Vec::new(),
+            misshaped: Vec::new(),
+        });
+    }
+    let value_head_loaded = value_head_missing == 0;
     if model.v_head.is_some() {
         if value_head_file.exists() {
             let mut store = SafetensorsStore::from_file(&value_head_file).allow_partial(true).validate(false);

@@ -115,6 +115,9 @@ fn a_value_head_is_in_model_safetensors_where_trl_reads_it() {
     std::fs::remove_file(out.join(hf::VALUE_HEAD_FILE)).unwrap();
     let (_, back) = hf::load_as::<B>(&out, Heads::LmValue, &device).unwrap();
     assert_eq!(params(&back), params(&model), "the trained value head, not a fresh one");
+    // `hf::load` (export, generate) sees the head in model.safetensors too.
+    let (_, back) = hf::load::<B>(&out, &device).unwrap();
+    assert_eq!((back.heads(), params(&back)), (Heads::LmValue, params(&model)));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
