@@ -240,7 +240,9 @@ fn tls_problem(status: &Status, url: &str) -> Option<TlsProblem> {
 }
 
 /// A TLS problem that retrying cannot fix (a certificate or CA mismatch, TLS against plain
-/// text); a connection merely closed during the handshake may be a restart, so it is retried.
+/// text); a connection merely closed during the handshake may be a restart, so it is retried
+/// (and named, as a hint, in the error if the worker gives up).
 fn definite_tls_problem(status: &Status, url: &str) -> Option<TlsProblem> {
-    tls_problem(status, url).filter(|p| *p != TlsProblem::PeerWantsTls || !retryable(status))
+    tls_problem(status, url)
+        .filter(|p| !matches!(p, TlsProblem::PeerWantsTls | TlsProblem::ClosedByTlsPeer) || !retryable(status))
 }

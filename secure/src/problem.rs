@@ -21,6 +21,10 @@ pub enum TlsProblem {
     /// A plain-text client talking to a TLS server (the connection closed during the HTTP/2
     /// handshake).
     PeerWantsTls,
+    /// A TLS connection the peer closed right away: what a server requiring client certificates
+    /// does when it refuses ours and its alert is lost in the race with our first write; also a
+    /// restart, so it is retried.
+    ClosedByTlsPeer,
 }
 
 impl std::fmt::Display for TlsProblem {
@@ -40,6 +44,11 @@ impl std::fmt::Display for TlsProblem {
             Self::PeerWantsTls => {
                 "the HTTP/2 handshake failed: a plain-text client talking to a TLS server? \
                  (use an https:// address and tls.ca)"
+            }
+            Self::ClosedByTlsPeer => {
+                "TLS: the peer closed the connection; a peer that requires a client certificate does so \
+                 when it refuses ours (mutual TLS: set tls.client_cert and tls.client_key, signed by the \
+                 peer's CA)"
             }
         })
     }
@@ -73,7 +82,12 @@ impl TlsProblem {
         // impossible size; or it just closes the connection.
         let closed =
             ["frame_size_error", "frame with invalid size", "connection reset", "broken pipe", "unexpected eof"];
-        (plain_text && closed.iter().any(|c| text.contains(c))).then_some(Self::PeerWantsTls)
+        let closed = closed.iter().any(|c| text.contains(c));
+        match (closed, plain_text) {
+            (false, _) => None,
+            (true, true) => Some(Self::PeerWantsTls),
+            (true, false) => Some(Self::ClosedByTlsPeer),
+        }
     }
 }
 
@@ -102,4 +116,19 @@ fn from_rustls(error: &(dyn Error + 'static)) -> Option<TlsProblem> {
         E::InvalidMessage(_) | E::InappropriateMessage { .. } => TlsProblem::PeerNotTls,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_connection_means_tls_wanted_over_plain_text_and_a_refusal_hint_over_tls() {
+        let closed = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed because of a broken pipe");
+        assert_eq!(TlsProblem::find(&closed, true), Some(TlsProblem::PeerWantsTls));
+        assert_eq!(TlsProblem::find(&closed, false), Some(TlsProblem::ClosedByTlsPeer));
+        assert!(TlsProblem::ClosedByTlsPeer.to_string().contains("requires a client certificate"));
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(TlsProblem::find(&refused, false), None, "a peer that is down is no TLS problem");
+    }
 }
