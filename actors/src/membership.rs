@@ -77,7 +77,7 @@ pub fn first_worker_id(resumed: bool) -> u64 {
         return 1;
     }
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    (u64::from(nanos % (1 << 30)) + 1) << 20
+    (u64::from(nanos) + 1) << 20
 }
 
 pub struct MembershipState {

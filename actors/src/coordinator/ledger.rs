@@ -85,9 +85,8 @@ pub struct Ledger {
     score_seconds: Vec<f64>,
     /// The newest published version, until every worker has acknowledged it.
     broadcast: Option<Broadcast>,
-    /// The last finished broadcast: its version and seconds from publication to the last
-    /// acknowledgement (`time/weight_broadcast` in the next record closed).
-    broadcast_seconds: Option<(u64, f64)>,
+    /// The last finished broadcast's seconds from publication to the last acknowledgement (`time/weight_broadcast` in the next record closed).
+    broadcast_seconds: Option<f64>,
 }
 
 impl Ledger {
@@ -286,7 +285,7 @@ impl Ledger {
         {
             let seconds = last.saturating_duration_since(broadcast.published).as_secs_f64();
             metrics::gauge!("rlhf_time_weight_broadcast").set(seconds);
-            self.broadcast_seconds = Some((broadcast.version, seconds));
+            self.broadcast_seconds = Some(seconds);
         }
     }
 
@@ -435,7 +434,7 @@ impl Ledger {
         stats.insert("time/weight_serialize".into(), timing.publish_seconds);
         // How long the newest weights whose broadcast finished since the last record (usually
         // those this iteration was rolled out with) took to reach every worker.
-        if let Some((_, seconds)) = self.broadcast_seconds.take() {
+        if let Some(seconds) = self.broadcast_seconds.take() {
             stats.insert("time/weight_broadcast".into(), seconds);
         }
         stats.insert("weights/bytes".into(), timing.weight_bytes as f64);

@@ -1,10 +1,10 @@
-//! Reading rows: line-by-line with a size cap, JSONL, and the field helpers every format shares.
+//! Reading rows: line-by-line with a size cap, and the field helpers every format shares.
 
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::{DataError, Loaded, OnMalformed};
+use super::DataError;
 
 pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
     move |error| DataError::Io { path: path.to_path_buf(), error }
@@ -73,25 +73,6 @@ pub(super) fn for_each_line(
             each(number, Ok(line))?;
         }
     }
-}
-
-/// Parses each non-empty line of a JSONL file with `parse`, honouring `on_malformed`.
-pub(super) fn read_jsonl<T>(
-    path: &Path,
-    on_malformed: OnMalformed,
-    mut parse: impl FnMut(&Value, usize) -> Result<T, DataError>,
-) -> Result<Loaded<T>, DataError> {
-    let mut loaded = Loaded::new();
-    for_each_line(path, |number, line| {
-        let row = match line {
-            Err(_) => Err(too_long(path, number, "line")),
-            Ok(line) => serde_json::from_str::<Value>(line)
-                .map_err(|e| malformed(path, number, "line", &format!("a JSON object ({e})")))
-                .and_then(|value| parse(&value, number)),
-        };
-        loaded.push(row, on_malformed)
-    })?;
-    loaded.finish(path)
 }
 
 pub(super) fn string_field(value: &Value, field: &str, path: &Path, line: usize) -> Result<String, DataError> {

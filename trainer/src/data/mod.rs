@@ -27,7 +27,7 @@ use crate::error::TokenizerError;
 
 pub mod corpus;
 mod lines;
-pub mod messages;
+mod messages;
 mod pairs;
 mod prompts;
 mod rows;
@@ -38,8 +38,8 @@ mod text;
 pub use lines::MAX_ROW_BYTES;
 pub use pairs::{PairTruncation, load_comparisons, load_preferences, sentiment_pairs, tldr_prompt};
 pub use prompts::{PromptConfig, clean_review, is_comparisons, load_prompt_texts, load_sft_texts, rl_prompts};
-pub use rows::{Columns, PARQUET_STALL, RowAt, shards};
-pub use text::{document_text, load_labelled, load_text, load_text_fields, load_unlabelled};
+pub use rows::{Columns, PARQUET_STALL, shards};
+pub use text::{load_labelled, load_text, load_text_fields, load_unlabelled};
 
 /// Errors reading a dataset.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use crate::tokenizer::Tokenizer;
 
-use super::lines::*;
 use super::messages::{Part, split_shared_turns, text_or_messages};
 use super::prompts::clean_review;
 use super::rows::{Columns, read_rows};
@@ -81,26 +80,26 @@ pub fn tldr_prompt(subreddit: &str, title: &str, post: &str) -> String {
     format!("SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:")
 }
 
-/// Reads OpenAI summarize-from-feedback comparisons: the chosen summary is
+/// Reads OpenAI summarize-from-feedback comparisons (JSONL, or parquet with the same nested
+/// fields): the chosen summary is
 /// `summaries[choice].text`, the prompt is [`tldr_prompt`] of `info`.
 pub fn load_comparisons(path: &Path, on_malformed: OnMalformed) -> Result<Loaded<PreferencePair>, DataError> {
-    read_jsonl(path, on_malformed, |v, line| {
-        let info = v.get("info").ok_or_else(|| malformed(path, line, "info", "an object"))?;
-        let post =
-            info.get("post").and_then(Value::as_str).ok_or_else(|| malformed(path, line, "info.post", "a string"))?;
+    read_rows(path, &[], on_malformed, |v, at| {
+        let info = v.get("info").ok_or_else(|| at.malformed("info", "an object"))?;
+        let post = info.get("post").and_then(Value::as_str).ok_or_else(|| at.malformed("info.post", "a string"))?;
         let title = info.get("title").and_then(Value::as_str).unwrap_or_default();
         let subreddit = info.get("subreddit").and_then(Value::as_str).unwrap_or_default();
         let summaries = v.get("summaries").and_then(Value::as_array).filter(|s| s.len() == 2);
-        let summaries = summaries.ok_or_else(|| malformed(path, line, "summaries", "an array of two summaries"))?;
+        let summaries = summaries.ok_or_else(|| at.malformed("summaries", "an array of two summaries"))?;
         let text = |i: usize| {
             summaries[i]
                 .get("text")
                 .and_then(Value::as_str)
                 .map(str::to_string)
-                .ok_or_else(|| malformed(path, line, &format!("summaries[{i}].text"), "a string"))
+                .ok_or_else(|| at.malformed(&format!("summaries[{i}].text"), "a string"))
         };
         let choice = v.get("choice").and_then(Value::as_u64).filter(|&c| c < 2);
-        let choice = choice.ok_or_else(|| malformed(path, line, "choice", "0 or 1"))? as usize;
+        let choice = choice.ok_or_else(|| at.malformed("choice", "0 or 1"))? as usize;
         Ok(PreferencePair {
             prompt: tldr_prompt(subreddit, title, post),
             chosen: text(choice)?,
