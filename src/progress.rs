@@ -28,8 +28,14 @@ impl MetricsFile {
         for (key, value) in stats {
             record.insert(key.clone(), serde_json::json!(value));
         }
-        writeln!(self.0, "{}", serde_json::Value::Object(record)).context("writing metrics")
+        append_line(&mut self.0, &serde_json::Value::Object(record).to_string()).context("writing metrics")
     }
+}
+
+/// Appends `line` and its newline in one `write`, so that a reader polling the file (`rlhf run`'s
+/// progress, a test) sees whole lines only, never a record cut where a formatter flushed.
+pub fn append_line(file: &mut File, line: &str) -> std::io::Result<()> {
+    file.write_all(format!("{line}\n").as_bytes())
 }
 
 /// A bar that shows the step count and a few named metrics.

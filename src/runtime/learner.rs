@@ -1,7 +1,6 @@
 //! `rlhf learner`: the config, the policy and its run directory ([`RunDir`]: resume,
 //! checkpoints, accounting), then [`rlhf_actors::serve`] until the last iteration.
 
-use std::io::Write;
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -179,7 +178,10 @@ fn run_learner<B: AutodiffKernels>(
                 tracing::error!(error = %e, "cannot write metrics");
             }
             for rollout in lineage {
-                let _ = writeln!(lineage_file, "{}", serde_json::to_string(rollout).unwrap_or_default());
+                let line = serde_json::to_string(rollout).unwrap_or_default();
+                if let Err(e) = crate::progress::append_line(&mut lineage_file, &line) {
+                    tracing::error!(error = %e, "cannot write the rollout lineage");
+                }
             }
         }),
         // What the run leaves behind; a part that cannot be written fails the run.

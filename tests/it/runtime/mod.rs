@@ -133,8 +133,12 @@ pub(super) fn wait_for(what: &str, timeout: Duration, procs: &[&Proc], mut ready
     }
 }
 
+/// The whole JSON lines of a file another process may be appending to (a last line without its
+/// newline is still being written, and is left for the next read).
 pub(super) fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// A learner config on the fixture policy, IMDb prompts and the lexicon reward.
