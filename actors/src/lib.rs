@@ -125,7 +125,12 @@ pub async fn serve<B: AutodiffKernels>(
         .add_service(service)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await?;
-    coordinator.stop(None);
+    if stopped.is_some() {
+        // What is queued (the last update's record) is handled before the coordinator stops.
+        let _ = coordinator.drain();
+    } else {
+        coordinator.stop(None);
+    }
     if !handle.is_finished() {
         let _ = handle.await;
     }

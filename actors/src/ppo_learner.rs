@@ -205,10 +205,13 @@ async fn handle_message<B: AutodiffKernels>(
                 }
             }
             state.trainer = Some(*trainer);
+            // The coordinator hears of the update before a stop is acknowledged: the stop drains
+            // its queue, so the version's record and lineage are written before the process exits
+            // (a checkpoint of a version whose record was lost would leave a gap on resume).
+            state.parent.send_message(LearnerEvent::Updated(updated))?;
             if let Some(reply) = state.stopping.as_mut().and_then(Option::take) {
                 let _ = reply.send(checkpoint_newest(state));
             }
-            state.parent.send_message(LearnerEvent::Updated(updated))?;
         }
         PpoLearnerMsg::Stop(reply) => {
             if state.trainer.is_some() {
