@@ -54,7 +54,13 @@ mod client {
 #[test]
 fn a_hostile_worker_is_refused_field_by_field_and_the_run_completes() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = config(tmp.path(), 2, 8, 4, "lease_timeout_s = 2.0\n");
+    // Neither the lease nor the worker expires while the cases run on a loaded machine (a lease
+    // re-issued mid-way would turn the later refusals into FailedPrecondition); the lease is
+    // returned after them.
+    let config = config(tmp.path(), 2, 8, 4, "lease_timeout_s = 600.0\n");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("heartbeat_timeout_s = 1.5", "heartbeat_timeout_s = 30");
+    std::fs::write(&config, text).unwrap();
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let refusals: Vec<(String, String)> = runtime.block_on(async {
@@ -111,6 +117,8 @@ fn a_hostile_worker_is_refused_field_by_field_and_the_run_completes() {
         stolen.worker_id += 100;
         let status = client.submit_rollouts(stolen).await.unwrap_err();
         refusals.push(("FailedPrecondition".into(), format!("{:?}: {}", status.code(), status.message())));
+        let returned = rlhf_proto::v1::ReturnLeaseRequest { worker_id, lease_id: lease.lease_id };
+        client.return_lease(returned).await.expect("the hostile worker returns its lease");
         refusals
     });
     for (expected, got) in &refusals {
@@ -120,7 +128,7 @@ fn a_hostile_worker_is_refused_field_by_field_and_the_run_completes() {
             "expected {code} with {expected:?}, got {got}"
         );
     }
-    // The hostile worker's lease expires and is re-issued; an honest worker finishes the run.
+    // The hostile worker's returned lease is re-issued; an honest worker finishes the run.
     let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
     let (_worker, _) =
         start(tmp.path(), "worker", &["worker", "--learner", &addr, "--reward", &reward, "--name", "honest"], false);

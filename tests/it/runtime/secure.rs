@@ -250,6 +250,10 @@ fn tls_mistakes_get_errors_that_say_which() {
 fn a_join_flood_stops_at_max_workers() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), 1, 8, 0, "max_workers = 3\n");
+    // The flood's workers never heartbeat: none may expire (and free a place) while it runs.
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("heartbeat_timeout_s = 1.5", "heartbeat_timeout_s = 60");
+    std::fs::write(&config, text).unwrap();
     let (learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let codes: Vec<tonic::Code> = runtime.block_on(async {
