@@ -48,11 +48,12 @@ fn a_worker_that_joins_mid_run_gets_the_current_weights_and_work() {
     let config = config(tmp.path(), 8, 16, 2, "");
     let (mut learner, addr) = start(tmp.path(), "learner", &["learner", "--config", path_str(&config)], true);
     let (_reward, reward) = reward_server(tmp.path(), "reward", "127.0.0.1:0");
-    // The first worker rolls out slowly, so the run is still going when the second joins.
+    // The first worker rolls out slowly (8 leases of at least 100 ms an iteration), so the run is
+    // still going when the second has started, even on a loaded machine.
     let (_first, _) = start(
         tmp.path(),
         "first",
-        &["worker", "--learner", &addr, "--reward", &reward, "--name", "first", "--hold-lease-ms", "40"],
+        &["worker", "--learner", &addr, "--reward", &reward, "--name", "first", "--hold-lease-ms", "100"],
         false,
     );
     let metrics = tmp.path().join("out/metrics.jsonl");

@@ -338,6 +338,41 @@ fn column_names_can_be_mapped() {
 }
 
 #[test]
+fn a_binary_parquet_column_is_no_text() {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::writer::SerializedFileWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("with_images.parquet");
+    // A hub layout with an image column: BYTE_ARRAY without the UTF8 annotation.
+    let schema = "message rows { REQUIRED BYTE_ARRAY text (UTF8); REQUIRED BYTE_ARRAY image; REQUIRED INT64 label; }";
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let mut writer =
+        SerializedFileWriter::new(std::fs::File::create(&path).unwrap(), schema, Default::default()).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    for values in [
+        [ByteArray::from("A fine film."), ByteArray::from("A dull one.")],
+        [ByteArray::from(vec![0x89, b'P', b'N', b'G']), ByteArray::from(vec![0xff, 0xd8, 0xff])],
+    ] {
+        let mut column = group.next_column().unwrap().unwrap();
+        column.typed::<ByteArrayType>().write_batch(&values, None, None).unwrap();
+        column.close().unwrap();
+    }
+    let mut column = group.next_column().unwrap().unwrap();
+    column.typed::<Int64Type>().write_batch(&[1, 0], None, None).unwrap();
+    column.close().unwrap();
+    group.close().unwrap();
+    writer.close().unwrap();
+
+    // The binary column does not stop the text from loading...
+    let rows = load_labelled(&path, &Columns::default(), OnMalformed::Error).unwrap().rows;
+    assert_eq!(rows[1], TextExample { text: "A dull one.".into(), label: 0 });
+    // ...and is never read as text (no base64 of the image bytes).
+    let images = Columns { text: "image".into(), ..Columns::default() };
+    let err = load_labelled(&path, &images, OnMalformed::Error).unwrap_err().to_string();
+    assert!(err.contains("with_images.parquet:1: image: expected"), "{err}");
+}
+
+#[test]
 fn every_shard_of_a_hub_set_is_read() {
     let dir = tempfile::tempdir().unwrap();
     // The hub's names, one with a fingerprint as older uploads have.
