@@ -25,9 +25,7 @@ pub fn load_preferences(
     columns: &Columns,
     on_malformed: OnMalformed,
 ) -> Result<Loaded<PreferencePair>, DataError> {
-    // A prompt column the user named must be there (a misspelt name would otherwise fall back to
-    // the implicit prompt unnoticed).
-    let named_prompt = columns.prompt != Columns::default().prompt;
+    let named_prompt = columns.prompt_is_named();
     let mut required = vec![columns.chosen.as_str(), columns.rejected.as_str()];
     if named_prompt {
         required.push(&columns.prompt);

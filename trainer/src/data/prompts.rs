@@ -97,7 +97,7 @@ pub fn load_prompt_texts(
     if !is_tabular(path) {
         return load_unlabelled(path, columns, on_malformed);
     }
-    let named_prompt = columns.prompt != Columns::default().prompt;
+    let named_prompt = columns.prompt_is_named();
     let required: &[&str] = if named_prompt { &[&columns.prompt] } else { &[] };
     read_rows(path, required, on_malformed, |row, at| {
         let text = if row.get(&columns.prompt).is_some() || named_prompt {

@@ -51,6 +51,14 @@ impl Default for Columns {
     }
 }
 
+impl Columns {
+    /// Whether the user renamed the prompt column: such a column must then be there, since a
+    /// misspelt name would otherwise fall back unnoticed to an implicit prompt or a whole text.
+    pub(super) fn prompt_is_named(&self) -> bool {
+        self.prompt != Columns::default().prompt
+    }
+}
+
 /// Where a row came from, for errors.
 #[derive(Debug, Clone, Copy)]
 pub struct RowAt<'a> {
@@ -105,18 +113,19 @@ pub fn shards(path: &Path) -> Result<Vec<PathBuf>, DataError> {
         return Ok(vec![path.to_path_buf()]);
     };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut names: Vec<String> =
-        std::fs::read_dir(dir).map_err(io_error(dir))?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
-    names.sort();
+    // The set's shards in the folder, by index.
+    let mut siblings: Vec<(usize, String)> = std::fs::read_dir(dir)
+        .map_err(io_error(dir))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| {
+            let shard = ShardName::parse(Path::new(&name))?;
+            (shard.stem == set.stem && shard.of == set.of && shard.ext == set.ext).then_some((shard.index, name))
+        })
+        .collect();
+    siblings.sort();
     (0..set.of)
         .map(|index| {
-            let found: Vec<&String> = names
-                .iter()
-                .filter(|n| {
-                    ShardName::parse(Path::new(n))
-                        .is_some_and(|s| s.index == index && s.stem == set.stem && s.of == set.of && s.ext == set.ext)
-                })
-                .collect();
+            let found: Vec<&String> = siblings.iter().filter(|(i, _)| *i == index).map(|(_, name)| name).collect();
             match found.as_slice() {
                 [one] => Ok(dir.join(one)),
                 [] => Err(DataError::MissingShard {
